@@ -1,0 +1,131 @@
+"""The feature vector: user state as of stream time -> model input. Pure, shared.
+
+The worker and the training job both call :func:`vector` / :func:`matrix`, and a
+model's manifest records :data:`SCHEMA_HASH`, so a model trained on one
+definition of the features is never served against another.
+
+Counts, money and day spans go through ``log1p`` here; standardisation happens
+in the scorer with statistics stored in the model, because those depend on the
+training data while this transform does not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from stream.fold import DAY_MS, UserState
+
+#: Bump when the meaning of any feature changes; it feeds the schema hash.
+FEATURE_VERSION = "features/v1"
+
+#: For users who never ordered: "days since last order" is their tenure plus a
+#: year, so "never" sorts after "long ago" without an infinity in the input.
+NEVER_ORDERED_EXTRA_DAYS = 365.0
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "days_since_last_activity",
+    "days_since_last_order",
+    "tenure_days",
+    "order_count",
+    "orders_30d",
+    "orders_90d",
+    "total_spend",
+    "avg_order_value",
+    "spend_30d",
+    "spend_90d",
+    "session_count",
+    "product_views_30d",
+    "cart_adds_30d",
+    "cart_to_order",
+    "orders_per_session",
+    "return_ratio",
+    "distinct_categories",
+    "has_ordered",
+)
+
+#: Which features are log1p-transformed (counts, money, day spans).
+LOG_FEATURES = frozenset(FEATURE_NAMES) - {
+    "cart_to_order",
+    "orders_per_session",
+    "return_ratio",
+    "has_ordered",
+}
+
+SCHEMA_HASH = hashlib.sha256(
+    "\n".join([FEATURE_VERSION, *FEATURE_NAMES, *sorted(LOG_FEATURES)]).encode()
+).hexdigest()[:16]
+
+N_FEATURES = len(FEATURE_NAMES)
+_LOG_MASK = np.array([name in LOG_FEATURES for name in FEATURE_NAMES])
+
+
+def raw_features(state: UserState, now_ms: int) -> dict[str, float]:
+    """Human-readable features (before log1p), as of stream time ``now_ms``."""
+    now_ms = max(now_ms, state.last_seen)
+    days_since_activity = (now_ms - state.last_seen) / DAY_MS
+    tenure = (now_ms - state.first_seen) / DAY_MS
+    if state.last_order_at is None:
+        days_since_order = tenure + NEVER_ORDERED_EXTRA_DAYS
+    else:
+        days_since_order = (now_ms - state.last_order_at) / DAY_MS
+    sessions = state.session_count
+    orders = state.order_count
+    return {
+        "days_since_last_activity": days_since_activity,
+        "days_since_last_order": days_since_order,
+        "tenure_days": tenure,
+        "order_count": float(orders),
+        "orders_30d": state.decayed_at("orders_30d", now_ms),
+        "orders_90d": state.decayed_at("orders_90d", now_ms),
+        "total_spend": state.total_spend,
+        "avg_order_value": state.total_spend / orders if orders else 0.0,
+        "spend_30d": state.decayed_at("spend_30d", now_ms),
+        "spend_90d": state.decayed_at("spend_90d", now_ms),
+        "session_count": float(sessions),
+        "product_views_30d": state.decayed_at("views_30d", now_ms),
+        "cart_adds_30d": state.decayed_at("carts_30d", now_ms),
+        # Orders-only data has no carts; treat each order as its own cart then,
+        # so the ratio stays in [0, 1] and means "converts when it carts".
+        "cart_to_order": min(1.0, orders / state.cart_adds)
+        if state.cart_adds
+        else float(orders > 0),
+        "orders_per_session": orders / sessions if sessions else 0.0,
+        "return_ratio": min(1.0, (state.cancel_count + state.refund_count) / orders)
+        if orders
+        else 0.0,
+        "distinct_categories": float(state.distinct_categories),
+        "has_ordered": float(orders > 0),
+    }
+
+
+def vector(state: UserState, now_ms: int) -> np.ndarray:
+    """The model input for one user (float64, length :data:`N_FEATURES`)."""
+    raw = raw_features(state, now_ms)
+    out = np.fromiter((raw[name] for name in FEATURE_NAMES), dtype=np.float64, count=N_FEATURES)
+    # Clamp below at 0 before log1p: decayed counters can dip a hair under 0
+    # through float rounding, and log1p of a negative is a NaN in the model.
+    out[_LOG_MASK] = np.log1p(np.maximum(out[_LOG_MASK], 0.0))
+    return out
+
+
+def matrix(states: Sequence[UserState], now_ms: int | Sequence[int]) -> np.ndarray:
+    """Stack :func:`vector` for many users; ``now_ms`` is one time or one per user."""
+    if isinstance(now_ms, int):
+        times: Sequence[int] = [now_ms] * len(states)
+    else:
+        times = now_ms
+    if not states:
+        return np.zeros((0, N_FEATURES))
+    return np.stack([vector(s, t) for s, t in zip(states, times, strict=True)])
+
+
+def is_finite(x: np.ndarray) -> bool:
+    return bool(np.all(np.isfinite(x)))
+
+
+def round_features(raw: dict[str, float], digits: int = 4) -> dict[str, float]:
+    return {k: (round(v, digits) if math.isfinite(v) else v) for k, v in raw.items()}

@@ -1,0 +1,74 @@
+"""Training labels from behaviour after a cutoff. Pure, one rule for every trainer.
+
+For a cutoff T and horizon H, among users first seen at or before T, the
+label is what the user did in (T, T + H] (design.md, "Segments and labels"):
+
+* ``high_value``: purchased, spend in the top ``quantile`` of that window's buyers
+* ``regular``: purchased, not in the top
+* ``potential``: no purchase, but some activity
+* ``at_risk``: no activity at all
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from stream.events import Event, OrderEvent
+
+
+@dataclass(slots=True)
+class WindowActivity:
+    """What one user did inside a label window."""
+
+    events: int = 0
+    orders: int = 0
+    spend: float = 0.0
+
+    def add(self, event: Event) -> None:
+        self.events += 1
+        if isinstance(event, OrderEvent):
+            if event.event_type == "order_placed":
+                self.orders += 1
+                self.spend += event.total
+            else:
+                # Money given back did not stay spent: net it out of the window.
+                self.spend -= event.total
+
+
+def window_activity(events: Iterable[Event]) -> dict[str, WindowActivity]:
+    out: dict[str, WindowActivity] = {}
+    for event in events:
+        act = out.get(event.user_id)
+        if act is None:
+            act = out[event.user_id] = WindowActivity()
+        act.add(event)
+    return out
+
+
+def label_users(
+    users: Iterable[str],
+    activity: Mapping[str, WindowActivity],
+    *,
+    top_quantile: float = 0.2,
+) -> dict[str, str]:
+    """Label each of ``users`` from their window activity (absent = no activity)."""
+    users = list(users)
+    buyer_spend = [
+        max(activity[u].spend, 0.0) for u in users if u in activity and activity[u].orders > 0
+    ]
+    # The top-q threshold is taken over this window's buyers only, so a label
+    # means "top spender among those who bought", whatever the season.
+    threshold = float(np.quantile(buyer_spend, 1.0 - top_quantile)) if buyer_spend else 0.0
+    labels: dict[str, str] = {}
+    for user in users:
+        act = activity.get(user)
+        if act is None or act.events == 0:
+            labels[user] = "at_risk"
+        elif act.orders > 0:
+            labels[user] = "high_value" if max(act.spend, 0.0) >= threshold else "regular"
+        else:
+            labels[user] = "potential"
+    return labels

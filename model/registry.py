@@ -1,0 +1,125 @@
+"""The model registry on disk: ``<model_dir>/<version>/`` plus a ``current`` pointer.
+
+Each version directory holds ``manifest.json``, ``weights.npz`` (what the
+worker serves) and ``model.keras`` (what a data scientist reloads). Writes go
+to a temporary directory first and are renamed into place, so a reader never
+sees half a model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from model.features import FEATURE_NAMES, SCHEMA_HASH
+from model.scorer import Scorer
+
+CURRENT = "current"
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.npz"
+KERAS = "model.keras"
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be served, with the reason in words an operator can act on."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    version: str
+    manifest: dict[str, Any]
+    scorer: Scorer
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.scorer.classes
+
+
+def read_manifest(version_dir: Path) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = orjson.loads((version_dir / MANIFEST).read_bytes())
+    except FileNotFoundError as exc:
+        raise ModelError(f"{version_dir}: no {MANIFEST}") from exc
+    return data
+
+
+def load_version(version_dir: Path) -> LoadedModel:
+    manifest = read_manifest(version_dir)
+    if manifest.get("schema_hash") != SCHEMA_HASH:
+        raise ModelError(
+            f"model {version_dir.name} was trained on feature schema "
+            f"{manifest.get('schema_hash')!r}, this code computes {SCHEMA_HASH!r}; "
+            "retrain it with this version of the code"
+        )
+    if tuple(manifest.get("features", ())) != FEATURE_NAMES:
+        raise ModelError(f"model {version_dir.name}: feature names differ from this code's")
+    classes = tuple(manifest["classes"])
+    scorer = Scorer.load(version_dir / WEIGHTS, classes)
+    return LoadedModel(version=manifest["version"], manifest=manifest, scorer=scorer)
+
+
+def current_version(model_dir: Path) -> str | None:
+    pointer = model_dir / CURRENT
+    if not pointer.exists():
+        return None
+    return pointer.read_text().strip() or None
+
+
+def set_current(model_dir: Path, version: str) -> None:
+    if not (model_dir / version / MANIFEST).exists():
+        raise ModelError(f"no model version {version!r} in {model_dir}")
+    # Atomic replace: a worker reading the pointer sees the old or the new name.
+    fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=".current.")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(version + "\n")
+    os.replace(tmp, model_dir / CURRENT)
+
+
+def list_versions(model_dir: Path) -> list[str]:
+    if not model_dir.exists():
+        return []
+    return sorted(p.name for p in model_dir.iterdir() if (p / MANIFEST).exists())
+
+
+def publish_version(model_dir: Path, staging: Path, version: str) -> Path:
+    """Move a fully written staging directory into the registry as ``version``."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    target = model_dir / version
+    if target.exists():
+        raise ModelError(f"model version {version!r} already exists in {model_dir}")
+    os.replace(staging, target)
+    return target
+
+
+def bootstrap_dir() -> Path:
+    """The small model shipped inside the package, so a fresh checkout can serve."""
+    return Path(str(resources.files("model").joinpath("bootstrap")))
+
+
+def ensure_serving_model(model_dir: Path) -> str:
+    """Make sure ``model_dir`` has a current model, seeding it with the bootstrap one."""
+    version = current_version(model_dir)
+    if version is not None:
+        return version
+    boot = bootstrap_dir()
+    manifest = read_manifest(boot)
+    version = str(manifest["version"])
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if not (model_dir / version).exists():
+        staging = Path(tempfile.mkdtemp(dir=model_dir, prefix=".staging-"))
+        shutil.copytree(boot, staging, dirs_exist_ok=True)
+        publish_version(model_dir, staging, version)
+    set_current(model_dir, version)
+    return version
+
+
+def load_current(model_dir: Path) -> LoadedModel:
+    version = ensure_serving_model(model_dir)
+    return load_version(model_dir / version)

@@ -1,0 +1,262 @@
+"""Train the MLP, evaluate it on the temporal validation window, write a versioned artifact.
+
+Imports TensorFlow lazily (inside functions) so ``segmenter --help`` and the
+worker stay light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from model.dataset import Examples
+from model.evaluate import classification_report
+from model.features import FEATURE_NAMES, SCHEMA_HASH
+from model.registry import KERAS, MANIFEST, WEIGHTS, publish_version, set_current
+from model.scorer import save_weights
+
+log = logging.getLogger(__name__)
+# TensorFlow's C++ start-up chatter is noise for people running `segmenter train`.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    hidden: tuple[int, ...] = (32,)
+    dropout: float = 0.1
+    l2: float = 1e-4
+    learning_rate: float = 3e-3
+    epochs: int = 200
+    batch_size: int = 256
+    patience: int = 15
+    seed: int = 0
+
+
+@dataclass
+class Fitted:
+    model: Any
+    mean: np.ndarray
+    scale: np.ndarray
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
+def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    # A constant feature (e.g. no clicks in orders-only data) must pass as 0,
+    # not divide by zero.
+    scale[scale < 1e-9] = 1.0
+    return mean, scale
+
+
+def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
+    """Balanced weights for the classes present; absent classes get weight 0."""
+    counts = np.bincount(y, minlength=n_classes).astype(float)
+    present = counts > 0
+    weights = np.zeros(n_classes)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return {i: float(w) for i, w in enumerate(weights)}
+
+
+def fit(
+    train: Examples,
+    val: Examples,
+    cfg: TrainConfig,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> Fitted:
+    import keras
+    import tensorflow as tf
+
+    from model.network import build
+
+    # Same --seed, same weights: seed every RNG and ask TF for deterministic ops.
+    keras.utils.set_random_seed(cfg.seed)
+    tf.config.experimental.enable_op_determinism()
+
+    n_classes = len(train.classes)
+    mean, scale = standardisation(train.x)
+    model = build(
+        train.x.shape[1],
+        n_classes,
+        hidden=cfg.hidden,
+        dropout=cfg.dropout,
+        l2=cfg.l2,
+        learning_rate=cfg.learning_rate,
+        mean=mean,
+        scale=scale,
+    )
+    y_train = keras.utils.to_categorical(train.y, n_classes)
+    y_val = keras.utils.to_categorical(val.y, n_classes)
+    callbacks: list[Any] = [
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=cfg.patience, restore_best_weights=True
+        )
+    ]
+    if on_epoch is not None:
+        callbacks.append(
+            keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda epoch, logs: on_epoch(epoch, dict(logs or {}))
+            )
+        )
+    history = model.fit(
+        train.x,
+        y_train,
+        validation_data=(val.x, y_val),
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        class_weight=class_weights(train.y, n_classes),
+        shuffle=True,
+        verbose=0,
+        callbacks=callbacks,
+    )
+    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    return Fitted(model=model, mean=mean, scale=scale, history=hist)
+
+
+def predict_classes(fitted: Fitted, x: np.ndarray) -> np.ndarray:
+    return np.asarray(fitted.model.predict(x, verbose=0)).argmax(axis=1)
+
+
+def code_version() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def new_version(seed: int, n_examples: int) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    digest = hashlib.sha1(f"{stamp}-{seed}-{n_examples}".encode()).hexdigest()[:6]
+    return f"{stamp}-{digest}"
+
+
+def write_artifact(
+    model_dir: Path,
+    fitted: Fitted,
+    *,
+    classes: Sequence[str],
+    metrics: dict[str, Any],
+    cfg: TrainConfig,
+    training: dict[str, Any],
+    promote: bool,
+    version: str | None = None,
+) -> Path:
+    """Write model, weights, manifest and report into ``model_dir/<version>``, atomically."""
+    from model.network import dense_layers
+
+    version = version or new_version(cfg.seed, int(training.get("examples", 0)))
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=model_dir, prefix=".staging-"))
+    fitted.model.save(staging / KERAS)
+    save_weights(staging / WEIGHTS, fitted.mean, fitted.scale, dense_layers(fitted.model))
+    manifest = {
+        "version": version,
+        "created_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "features": list(FEATURE_NAMES),
+        "schema_hash": SCHEMA_HASH,
+        "classes": list(classes),
+        "normalisation": {
+            "mean": [float(v) for v in fitted.mean],
+            "scale": [float(v) for v in fitted.scale],
+        },
+        "network": {"hidden": list(cfg.hidden), "dropout": cfg.dropout, "l2": cfg.l2},
+        "training": {**training, "config": asdict(cfg)},
+        "metrics": metrics,
+        "code_version": code_version(),
+    }
+    (staging / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+    (staging / "report.json").write_bytes(
+        orjson.dumps(
+            {"version": version, **metrics, "history": fitted.history}, option=orjson.OPT_INDENT_2
+        )
+    )
+    target = publish_version(model_dir, staging, version)
+    if promote:
+        set_current(model_dir, version)
+    return target
+
+
+def evaluate(fitted: Fitted, val: Examples) -> dict[str, Any]:
+    return classification_report(val.y, predict_classes(fitted, val.x), val.classes)
+
+
+def train_from_events(
+    events: Sequence[Any],
+    model_dir: Path,
+    *,
+    horizon_ms: int,
+    step_ms: int,
+    cfg: TrainConfig,
+    top_quantile: float = 0.2,
+    promote: bool = True,
+    source: str = "",
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    version: str | None = None,
+) -> Path:
+    """Events -> examples at cutoffs -> temporal split -> fit -> evaluate -> registry."""
+    from model.dataset import build_examples, default_cutoffs, sort_events, temporal_split
+
+    ordered = sort_events(events)
+    if not ordered:
+        raise ValueError("no events to train on")
+    cutoffs = default_cutoffs(
+        ordered[0].timestamp, ordered[-1].timestamp, horizon_ms=horizon_ms, step_ms=step_ms
+    )
+    if len(cutoffs) < 2:
+        raise ValueError(
+            "the events span too little time for two cutoffs: "
+            "need warm-up (30 d) + horizon + one step of history"
+        )
+    examples = build_examples(ordered, cutoffs, horizon_ms=horizon_ms, top_quantile=top_quantile)
+    train, val = temporal_split(examples, horizon_ms)
+    log.info(
+        "training on %d examples (%d cutoffs), validating on %d (cutoff %s)",
+        len(train),
+        len(set(train.cutoffs.tolist())),
+        len(val),
+        int(val.cutoffs.max()),
+    )
+    fitted = fit(train, val, cfg, on_epoch=on_epoch)
+    metrics = evaluate(fitted, val)
+    distribution = {c: int((val.y == i).sum()) for i, c in enumerate(val.classes)}
+    training = {
+        "source": source,
+        "events": len(ordered),
+        "examples": len(train),
+        "validation_examples": len(val),
+        "window": {"from_ms": ordered[0].timestamp, "until_ms": ordered[-1].timestamp},
+        "cutoffs": [int(c) for c in sorted(set(examples.cutoffs.tolist()))],
+        "validation_cutoff_ms": int(val.cutoffs.max()),
+        "horizon_ms": horizon_ms,
+        "step_ms": step_ms,
+        "top_quantile": top_quantile,
+        "validation_distribution": distribution,
+    }
+    return write_artifact(
+        model_dir,
+        fitted,
+        classes=val.classes,
+        metrics=metrics,
+        cfg=cfg,
+        training=training,
+        promote=promote,
+        version=version,
+    )

@@ -1,0 +1,169 @@
+"""The Faust app: one agent over both input topics, thin glue around the batch processor.
+
+Delivery: the agent takes whole batches with ``stream.take_events`` and Faust
+acks them only after the loop body returns, i.e. after
+:meth:`BatchProcessor.process` has dead-lettered, published and committed to
+Redis. Offsets are committed from acked events only, so a committed offset
+never runs ahead of applied state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from model.registry import LoadedModel, load_current
+from model.segments import Hysteresis
+from stream import metrics
+from stream.events import DecodeLimits
+from stream.pipeline import BatchProcessor, PipelineConfig, RawRecord
+from stream.settings import Settings
+from stream.store import StateStore
+
+log = logging.getLogger("segmenter.worker")
+
+
+class FaustSink:
+    """Sends through the app's producer and resolves once the broker acknowledged.
+
+    ``force=True`` matters: inside an agent Faust would otherwise *attach* the
+    message to the current event and send it only when that event is acked,
+    which is after our Redis commit: the wrong order for at-least-once.
+    """
+
+    def __init__(self, app: faust.App) -> None:
+        self._app = app
+        self._topics: dict[str, Any] = {}
+
+    def _topic(self, name: str) -> Any:
+        topic = self._topics.get(name)
+        if topic is None:
+            topic = self._topics[name] = self._app.topic(
+                name, key_serializer="raw", value_serializer="raw"
+            )
+        return topic
+
+    def send(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> Awaitable[Any]:
+        return self._send(topic, key, value, headers)
+
+    async def _send(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> Any:
+        fut = await self._topic(topic).send(key=key, value=value, headers=headers, force=True)
+        return await fut
+
+
+class ModelHolder:
+    """The model being served; swapped as a whole, read once per batch."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.current = model
+        metrics.MODEL_INFO.labels(model.version).set(1)
+
+    def __call__(self) -> LoadedModel:
+        return self.current
+
+
+def pipeline_config(settings: Settings) -> PipelineConfig:
+    return PipelineConfig(
+        clickstream_topic=settings.topic_clickstream,
+        orders_topic=settings.topic_orders,
+        segments_topic=settings.topic_segments,
+        dlq_topic=settings.topic_dlq,
+        limits=DecodeLimits(
+            max_bytes=settings.max_event_bytes, max_future_ms=int(settings.max_future_s * 1000)
+        ),
+        hysteresis=Hysteresis(margin=settings.hysteresis_margin, floor=settings.hysteresis_floor),
+        dedup_window=settings.dedup_window,
+    )
+
+
+def create_app(settings: Settings) -> faust.App:
+    app = faust.App(
+        settings.group_id,
+        broker=settings.faust_broker,
+        datadir=str(settings.data_dir),
+        web_enabled=False,
+        key_serializer="raw",
+        value_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.broker_session_timeout_s,
+        broker_rebalance_timeout=settings.broker_rebalance_timeout_s,
+        broker_heartbeat_interval=settings.broker_heartbeat_interval_s,
+        broker_commit_interval=settings.commit_interval_s,
+        topic_partitions=settings.topic_partitions,
+        producer_acks=-1,
+        # One agent instance: per-user order must hold across the batch, and
+        # scaling out is by partitions across worker processes, not coroutines.
+        agent_supervisor="mode.OneForOneSupervisor",
+    )
+    store = StateStore.from_url(
+        settings.redis_url,
+        settings.redis_prefix,
+        password=settings.redis_password.get_secret_value() if settings.redis_password else None,
+    )
+    holder = ModelHolder(load_current(settings.model_dir))
+    stopping = {"now": False}
+    processor = BatchProcessor(
+        store,
+        FaustSink(app),
+        holder,
+        pipeline_config(settings),
+        should_stop=lambda: stopping["now"],
+    )
+    source = app.topic(*settings.input_topics, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(source, name="segmenter-fold", concurrency=1)
+    async def fold_agent(stream: Any) -> None:  # faust.Stream; take_events is untyped
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            records = [
+                RawRecord(
+                    e.message.topic,
+                    e.message.partition,
+                    e.message.offset,
+                    e.message.key,
+                    e.message.value,
+                )
+                for e in events
+            ]
+            result = await processor.process(records)
+            log.debug(
+                "batch: %d records, %d applied, %d duplicates, %d dead-lettered, %d changes",
+                result.records,
+                result.applied,
+                result.duplicates,
+                result.dead_lettered,
+                len(result.changes),
+            )
+
+    @app.timer(interval=5.0)
+    async def refresh_population() -> None:
+        try:
+            counts = await store.segment_counts()
+        except Exception as exc:  # the gauge can wait; the batch path reports Redis trouble
+            log.debug("segment counts not refreshed: %s", exc)
+            return
+        for segment, n in counts.items():
+            metrics.SEGMENT_USERS.labels(segment).set(n)
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def on_assigned(app: faust.App, assigned: set[TP], **kwargs: Any) -> None:
+        log.info("partitions assigned: %s", ", ".join(sorted(f"{t}:{p}" for t, p in assigned)))
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def on_shutdown(app: faust.App, **kwargs: Any) -> None:
+        # A batch in flight finishes (or, if Redis is down, gives up without
+        # applying anything); its events are then redelivered to whoever
+        # owns the partition next.
+        stopping["now"] = True
+        log.info("shutting down: finishing the current batch")
+
+    app.segmenter_store = store  # type: ignore[attr-defined]
+    app.segmenter_model = holder  # type: ignore[attr-defined]
+    return app

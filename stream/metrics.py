@@ -1,0 +1,57 @@
+"""Prometheus metrics. Names follow Prometheus conventions; no label ever holds a user id."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+EVENTS = Counter(
+    "segmenter_events_total",
+    "Input events by outcome: applied, duplicate or dead_lettered",
+    ["topic", "event_type", "outcome"],
+)
+DEAD_LETTERS = Counter(
+    "segmenter_dead_letters_total", "Records sent to the DLQ, by reason", ["topic", "reason"]
+)
+EVENT_TO_PUBLISH = Histogram(
+    "segmenter_event_to_publish_seconds",
+    "Event timestamp to its segment change being published",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+BATCH_SECONDS = Histogram(
+    "segmenter_batch_seconds",
+    "Time to process one batch, decode to Redis commit",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+BATCH_SIZE = Histogram(
+    "segmenter_batch_size",
+    "Records per batch",
+    buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2000, 5000),
+)
+REDIS_SECONDS = Histogram(
+    "segmenter_redis_seconds",
+    "Redis round trips by operation",
+    ["op"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+REDIS_ERRORS = Counter(
+    "segmenter_redis_errors_total", "Failed Redis round trips (the batch is retried)", ["op"]
+)
+COMMIT_CONFLICTS = Counter(
+    "segmenter_commit_conflicts_total", "Batches re-run because another writer got there first"
+)
+SEGMENT_CHANGES = Counter(
+    "segmenter_segment_changes_total",
+    "Published segment changes",
+    ["from_segment", "to_segment"],
+)
+SEGMENT_USERS = Gauge(
+    "segmenter_segment_users", "Users currently in each segment (exact, from Redis)", ["segment"]
+)
+STREAM_TIME = Gauge("segmenter_stream_time_seconds", "Stream time: the largest event time applied")
+MODEL_INFO = Gauge("segmenter_model_info", "The model version being served", ["version"])
+
+
+def serve(host: str, port: int) -> None:
+    """Expose /metrics on ``host:port`` (port 0 = off)."""
+    if port:
+        start_http_server(port, addr=host)

@@ -1,0 +1,314 @@
+"""One batch, start to finish: decode, dead-letter, fold, score, publish, commit.
+
+This is the whole worker minus Faust. The agent hands it a list of raw
+records and acks them only after :meth:`BatchProcessor.process` returns, so
+the commit order is the one that keeps the guarantees:
+
+1. dead-letter the rejects and wait until the broker has them;
+2. read the touched users (one pipelined round trip) and fold the new events,
+   skipping any the user record says it already holds;
+3. score every touched user in one forward pass and apply hysteresis;
+4. publish the changes and wait until the broker has them;
+5. write states, offsets, counts and stream time in one Lua script;
+6. (the caller) ack, so Faust commits the offsets.
+
+A crash anywhere before 5 replays the batch; the offset marks in the user
+records make the replay a no-op for state, and a change published twice
+carries the same per-user ``version``, so subscribers can drop it
+(at-least-once for published changes, effectively-once for state).
+Redis errors are retried with capped backoff *inside* ``process``: raising
+out of the agent would make Faust ack the batch, and nothing may be acked
+before it is applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import orjson
+from redis.exceptions import RedisError
+
+from model.features import vector
+from model.registry import LoadedModel
+from model.segments import Hysteresis, as_probabilities, decide
+from stream import metrics
+from stream.events import DecodeLimits, Event, Reason, Rejected, decode, iso
+from stream.fold import apply
+from stream.store import ConflictError, StateStore, UserRecord, UserWrite, event_digest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+    @property
+    def tp(self) -> str:
+        return f"{self.topic}:{self.partition}"
+
+
+class Sink(Protocol):
+    """Where messages go. ``send`` returns an awaitable that resolves once the broker has it."""
+
+    def send(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> Awaitable[Any]: ...
+
+
+@dataclass
+class BatchResult:
+    records: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    users: int = 0
+    attempts: int = 1
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    clickstream_topic: str = "clickstream"
+    orders_topic: str = "orders"
+    segments_topic: str = "customer-segments"
+    dlq_topic: str = "segmenter-dlq"
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
+    hysteresis: Hysteresis = field(default_factory=Hysteresis)
+    dedup_window: int = 16
+    retry_initial_s: float = 0.1
+    retry_max_s: float = 5.0
+
+
+def dlq_headers(record: RawRecord, rejected: Rejected) -> list[tuple[str, bytes]]:
+    """The DLQ envelope: original key/value untouched, the why and the where in headers."""
+    return [
+        ("x-dlq-reason", rejected.reason.value.encode()),
+        ("x-dlq-detail", rejected.detail.encode("utf-8", "replace")[:1024]),
+        ("x-source-topic", record.topic.encode()),
+        ("x-source-partition", str(record.partition).encode()),
+        ("x-source-offset", str(record.offset).encode()),
+    ]
+
+
+class BatchProcessor:
+    def __init__(
+        self,
+        store: StateStore,
+        sink: Sink,
+        model: Callable[[], LoadedModel],
+        config: PipelineConfig,
+        *,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.store = store
+        self.sink = sink
+        self.model = model
+        self.cfg = config
+        self._clock_ms = clock_ms
+        self._should_stop = should_stop
+        self._kinds: dict[str, Literal["clickstream", "orders"]] = {
+            config.clickstream_topic: "clickstream",
+            config.orders_topic: "orders",
+        }
+
+    # -- step 1: decode and dead-letter -----------------------------------
+
+    def _decode(
+        self, records: Sequence[RawRecord]
+    ) -> tuple[list[tuple[RawRecord, Event]], list[tuple[RawRecord, Rejected]]]:
+        now = self._clock_ms()
+        good: list[tuple[RawRecord, Event]] = []
+        bad: list[tuple[RawRecord, Rejected]] = []
+        for rec in records:
+            kind = self._kinds.get(rec.topic)
+            if kind is None:
+                bad.append((rec, Rejected(Reason.UNKNOWN_TOPIC, f"no decoder for {rec.topic}")))
+                continue
+            result = decode(kind, rec.key, rec.value, now_ms=now, limits=self.cfg.limits)
+            if isinstance(result, Rejected):
+                bad.append((rec, result))
+            else:
+                good.append((rec, result))
+        return good, bad
+
+    async def _dead_letter(self, bad: list[tuple[RawRecord, Rejected]]) -> None:
+        if not bad:
+            return
+        futures = [
+            self.sink.send(self.cfg.dlq_topic, rec.key, rec.value, dlq_headers(rec, why))
+            for rec, why in bad
+        ]
+        await asyncio.gather(*futures)
+        for rec, why in bad:
+            metrics.EVENTS.labels(rec.topic, "unknown", "dead_lettered").inc()
+            metrics.DEAD_LETTERS.labels(rec.topic, why.reason.value).inc()
+            log.warning(
+                "dead-lettered %s[%d]@%d: %s: %s",
+                rec.topic,
+                rec.partition,
+                rec.offset,
+                why.reason.value,
+                why.detail,
+            )
+
+    # -- steps 2-5 ---------------------------------------------------------
+
+    async def process(self, records: Sequence[RawRecord]) -> BatchResult:
+        started = time.perf_counter()
+        good, bad = self._decode(records)
+        await self._dead_letter(bad)
+        # Every record of the batch is accounted for once this batch commits,
+        # dead-lettered ones included: their partition offsets advance too.
+        partition_offsets: dict[str, int] = {}
+        for rec in records:
+            if partition_offsets.get(rec.tp, -1) < rec.offset:
+                partition_offsets[rec.tp] = rec.offset
+        by_user: dict[str, list[tuple[RawRecord, Event]]] = {}
+        for rec, event in good:
+            by_user.setdefault(event.user_id, []).append((rec, event))
+
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                result = await self._fold_score_publish_commit(by_user, partition_offsets)
+                break
+            except ConflictError as exc:
+                metrics.COMMIT_CONFLICTS.inc()
+                log.info("batch re-run after a concurrent write: %s", exc)
+            except RedisError as exc:
+                metrics.REDIS_ERRORS.labels("batch").inc()
+                await self._backoff(attempt, exc)
+        result.records = len(records)
+        result.dead_lettered = len(bad)
+        result.attempts = attempt
+        metrics.BATCH_SIZE.observe(len(records))
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        return result
+
+    async def _fold_score_publish_commit(
+        self,
+        by_user: dict[str, list[tuple[RawRecord, Event]]],
+        partition_offsets: dict[str, int],
+    ) -> BatchResult:
+        result = BatchResult()
+        users = list(by_user)
+        t0 = time.perf_counter()
+        loaded, stored_time = await self.store.load(users)
+        metrics.REDIS_SECONDS.labels("load").observe(time.perf_counter() - t0)
+
+        touched: dict[str, UserRecord] = {}
+        old_segments: dict[str, str | None] = {}
+        counted: list[tuple[str, str, str]] = []  # (topic, event_type, outcome)
+        latest: dict[str, int] = {}
+        batch_time = 0
+        window = self.cfg.dedup_window
+        for uid in users:
+            rec = loaded[uid]
+            old_segments[uid] = rec.segment
+            changed = False
+            for raw, event in by_user[uid]:
+                seen_offset = rec.offsets.get(raw.tp, -1)
+                digest = event_digest(event.event_id)
+                if raw.offset <= seen_offset or digest in rec.recent:
+                    result.duplicates += 1
+                    counted.append((raw.topic, event.event_type, "duplicate"))
+                    continue
+                apply(rec.state, event)
+                rec.offsets[raw.tp] = raw.offset
+                if window:
+                    rec.recent.append(digest)
+                    del rec.recent[:-window]
+                changed = True
+                result.applied += 1
+                counted.append((raw.topic, event.event_type, "applied"))
+                batch_time = max(batch_time, event.timestamp)
+                latest[uid] = max(latest.get(uid, 0), event.timestamp)
+            if changed:
+                touched[uid] = rec
+
+        stream_time = max(stored_time, batch_time)
+        model = self.model()
+        messages: list[tuple[str, dict[str, Any]]] = []
+        if touched:
+            order = list(touched)
+            x = np.stack([vector(touched[u].state, stream_time) for u in order])
+            probs = model.scorer.predict(x)
+            emitted_at = iso(self._clock_ms())
+            for uid, row in zip(order, probs, strict=True):
+                rec = touched[uid]
+                p = as_probabilities(model.classes, row)
+                new = decide(rec.segment, p, self.cfg.hysteresis)
+                rec.probabilities = {k: round(v, 4) for k, v in p.items()}
+                rec.model_version = model.version
+                if new != rec.segment:
+                    rec.version += 1
+                    messages.append(
+                        (
+                            uid,
+                            {
+                                "user_id": uid,
+                                "segment": new,
+                                "previous_segment": rec.segment,
+                                "probabilities": rec.probabilities,
+                                "model_version": model.version,
+                                "event_time": iso(stream_time),
+                                "emitted_at": emitted_at,
+                                "version": rec.version,
+                            },
+                        )
+                    )
+                    rec.segment = new
+
+        # Publish before the Redis commit: if we die in between, the batch is
+        # replayed from the old state and the same change (same version) is
+        # published again: a duplicate subscribers can drop, never a loss.
+        if messages:
+            await asyncio.gather(
+                *(
+                    self.sink.send(self.cfg.segments_topic, uid.encode(), orjson.dumps(msg), [])
+                    for uid, msg in messages
+                )
+            )
+        writes = [UserWrite(uid, rec, old_segments[uid]) for uid, rec in touched.items()]
+        t1 = time.perf_counter()
+        await self.store.commit(writes, partition_offsets, stream_time)
+        metrics.REDIS_SECONDS.labels("commit").observe(time.perf_counter() - t1)
+
+        # Counters only after the commit: a re-run batch must not count twice.
+        for topic, event_type, outcome in counted:
+            metrics.EVENTS.labels(topic, event_type, outcome).inc()
+        now_ms = self._clock_ms()
+        for uid, msg in messages:
+            metrics.SEGMENT_CHANGES.labels(msg["previous_segment"] or "none", msg["segment"]).inc()
+            metrics.EVENT_TO_PUBLISH.observe(max(0.0, (now_ms - latest[uid]) / 1000))
+        if stream_time:
+            metrics.STREAM_TIME.set(stream_time / 1000)
+        result.changes = [m for _, m in messages]
+        result.users = len(touched)
+        return result
+
+    async def _backoff(self, attempt: int, exc: Exception) -> None:
+        if self._should_stop():
+            raise asyncio.CancelledError(f"stopping while Redis is unavailable: {exc}")
+        delay = min(self.cfg.retry_max_s, self.cfg.retry_initial_s * 2 ** (attempt - 1))
+        log.warning(
+            "Redis unavailable (%s: %s); batch not applied, retry %d in %.1fs",
+            type(exc).__name__,
+            exc,
+            attempt,
+            delay,
+        )
+        await asyncio.sleep(delay)

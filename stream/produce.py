@@ -1,0 +1,102 @@
+"""Producing events to the input topics (for `segmenter produce`, the demo and tests).
+
+Delivery: at-least-once, idempotent producer (acks=all), keyed by user_id so
+one user's events stay in order on one partition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import KafkaException, Producer
+
+from stream.generate import GeneratedEvent
+
+
+def make_producer(bootstrap: str, **overrides: Any) -> Producer:
+    conf = {
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 20,
+        "batch.num.messages": 10000,
+        "compression.type": "none",
+        **overrides,
+    }
+    return Producer(conf)
+
+
+def produce(
+    producer: Producer,
+    records: Iterable[tuple[str, bytes | None, bytes | None]],
+    on_sent: Callable[[int], None] | None = None,
+) -> int:
+    """Send ``(topic, key, value)`` records; flush; raise if any delivery failed."""
+    errors: list[str] = []
+
+    def delivered(err: Any, msg: Any) -> None:
+        if err is not None:
+            errors.append(f"{msg.topic()}: {err}")
+
+    n = 0
+    for topic, key, value in records:
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, on_delivery=delivered)
+                break
+            except BufferError:
+                # Local queue full: let librdkafka drain, then try again.
+                producer.poll(0.05)
+        n += 1
+        if n % 1000 == 0:
+            producer.poll(0)
+            if on_sent:
+                on_sent(1000)
+    remaining = producer.flush(60)
+    if on_sent:
+        on_sent(n % 1000)
+    if remaining:
+        raise KafkaException(f"{remaining} messages still undelivered after 60 s")
+    if errors:
+        raise KafkaException(f"{len(errors)} deliveries failed, first: {errors[0]}")
+    return n
+
+
+def encode_generated(events: Iterable[GeneratedEvent]) -> Iterator[tuple[str, bytes, bytes]]:
+    for e in events:
+        yield e.topic, e.key.encode(), orjson.dumps(e.value)
+
+
+def write_jsonl(path: Path, events: Iterable[GeneratedEvent]) -> int:
+    n = 0
+    with path.open("wb") as fh:
+        for e in events:
+            fh.write(orjson.dumps({"topic": e.topic, "key": e.key, "value": e.value}))
+            fh.write(b"\n")
+            n += 1
+    return n
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[str, bytes | None, bytes]]:
+    """Records of a file written by `segmenter generate` or `segmenter export`."""
+    with path.open("rb") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = orjson.loads(line)
+                topic = obj["topic"]
+                key = obj.get("key")
+                value = obj["value"]
+            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ValueError(
+                    f"{path}:{lineno}: not a {{topic, key, value}} line: {exc}"
+                ) from exc
+            yield (
+                topic,
+                None if key is None else str(key).encode(),
+                value.encode() if isinstance(value, str) else orjson.dumps(value),
+            )

@@ -1,0 +1,153 @@
+"""Typed settings from the environment (prefix ``SEGMENTER_``), validated at start-up.
+
+A wrong value fails here, before any connection is made, with a message that
+names the variable and says what it expects (see :func:`load_settings`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "SEGMENTER_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    # --- connections
+    kafka_url: str = Field(
+        "kafka://127.0.0.1:9092", description="Broker list, kafka://host:port[;host:port]"
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="redis:// or rediss:// URL")
+    redis_password: SecretStr | None = Field(None, description="Redis AUTH password")
+    redis_prefix: str = Field("seg", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+
+    # --- topics
+    topic_clickstream: str = "clickstream"
+    topic_orders: str = "orders"
+    topic_segments: str = "customer-segments"
+    topic_dlq: str = "segmenter-dlq"
+    topic_partitions: int = Field(8, ge=1, le=1024, description="Partitions when creating topics")
+
+    # --- consumer group and batching
+    group_id: str = Field("segmenter", min_length=1)
+    batch_max: int = Field(1000, ge=1, le=100_000)
+    batch_within_s: float = Field(0.05, gt=0, le=10)
+    broker_session_timeout_s: float = Field(30.0, gt=0)
+    broker_rebalance_timeout_s: float = Field(60.0, gt=0)
+    broker_heartbeat_interval_s: float = Field(3.0, gt=0)
+    commit_interval_s: float = Field(1.0, gt=0)
+
+    # --- input guards
+    max_event_bytes: int = Field(64 * 1024, ge=256)
+    max_future_s: float = Field(86_400.0, ge=0)
+    dedup_window: int = Field(16, ge=0, le=256, description="Recent event_ids kept per user")
+
+    # --- model and segments
+    model_dir: Path = Path("var/models")
+    hysteresis_margin: float = Field(0.1, ge=0, le=1)
+    hysteresis_floor: float = Field(0.2, ge=0, le=1)
+
+    # --- operations
+    metrics_host: str = Field("127.0.0.1", description="Bind address; 0.0.0.0 in containers")
+    metrics_port: int = Field(9108, ge=0, le=65535, description="0 disables /metrics")
+    data_dir: Path = Path("var/faust")
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @field_validator("kafka_url")
+    @classmethod
+    def _kafka_url(cls, value: str) -> str:
+        for part in value.split(";"):
+            parts = urlsplit(part if "://" in part else f"kafka://{part}")
+            if parts.scheme != "kafka" or not parts.hostname or parts.port is None:
+                raise ValueError(
+                    f"{part!r} is not a broker address; expected kafka://host:port "
+                    "(several separated by ';')"
+                )
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+            raise ValueError(f"expected redis://host:port/db or rediss://…, got {redact(value)!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_topics(self) -> Settings:
+        topics = [self.topic_clickstream, self.topic_orders, self.topic_segments, self.topic_dlq]
+        if len(set(topics)) != len(topics):
+            raise ValueError(f"topic names must be distinct, got {topics}")
+        return self
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``host:port,host:port`` for confluent-kafka and aiokafka."""
+        out = []
+        for part in self.kafka_url.split(";"):
+            parts = urlsplit(part if "://" in part else f"kafka://{part}")
+            out.append(f"{parts.hostname}:{parts.port}")
+        return ",".join(out)
+
+    @property
+    def faust_broker(self) -> str:
+        return ";".join(f"kafka://{hp}" for hp in self.bootstrap_servers.split(","))
+
+    @property
+    def input_topics(self) -> tuple[str, str]:
+        return (self.topic_clickstream, self.topic_orders)
+
+    @property
+    def all_topics(self) -> tuple[str, ...]:
+        return (*self.input_topics, self.topic_segments, self.topic_dlq)
+
+    def safe_summary(self) -> dict[str, object]:
+        """What may be logged: secrets masked, URLs stripped of credentials."""
+        out: dict[str, object] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                out[name] = "**********" if value.get_secret_value() else ""
+            elif name.endswith("_url") and isinstance(value, str):
+                out[name] = redact(value)
+            else:
+                out[name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+def redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+
+
+class SettingsError(SystemExit):
+    """Raised (as a clean exit) when the environment holds a wrong setting."""
+
+
+def describe_errors(exc: ValidationError) -> str:
+    lines = ["Invalid configuration:"]
+    for err in exc.errors(include_url=False):
+        field = ".".join(str(p) for p in err["loc"])
+        var = f"{ENV_PREFIX}{field.upper()}" if field else "(settings)"
+        shown = err.get("input")
+        if field and "password" in field:
+            shown = "**********"
+        lines.append(f"  {var}: {err['msg']} (got {shown!r})")
+    lines.append("Fix the variable(s) above; `segmenter --help` lists every setting.")
+    return "\n".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError(describe_errors(exc)) from None

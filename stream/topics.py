@@ -1,0 +1,45 @@
+"""Topic creation (idempotent). Tansu does not auto-create topics on produce."""
+
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def topic_specs(settings: Settings) -> list[NewTopic]:
+    p = settings.topic_partitions
+    return [
+        NewTopic(settings.topic_clickstream, p, 1),
+        NewTopic(settings.topic_orders, p, 1),
+        # Compacted: a subscriber that starts late reads the latest segment
+        # per user, and `forget` tombstones erase a user for good.
+        NewTopic(settings.topic_segments, p, 1, config={"cleanup.policy": "compact"}),
+        NewTopic(settings.topic_dlq, 1, 1),
+    ]
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 15.0) -> list[str]:
+    """Create whichever of the service's topics do not exist yet; return those created."""
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    wanted = [t for t in topic_specs(settings) if t.topic not in existing]
+    if not wanted:
+        return []
+    created = []
+    for name, fut in admin.create_topics(wanted, operation_timeout=timeout_s).items():
+        try:
+            fut.result(timeout=timeout_s)
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args and exc.args[0].name() == "TOPIC_ALREADY_EXISTS":
+                continue
+            raise
+    if created:
+        log.info("created topics: %s", ", ".join(created))
+    return created
