@@ -123,11 +123,14 @@ def _consume(bootstrap: str, topic: str, st: DemoState, stop: threading.Event) -
     try:
         while not stop.is_set():
             for msg in consumer.consume(500, timeout=0.2):
-                if msg.error():
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        st.errors.append(str(msg.error()))
+                err = msg.error()
+                if err is not None:
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        st.errors.append(str(err))
                     continue
-                change = orjson.loads(msg.value())
+                change = orjson.loads(msg.value() or b"null")
+                if change is None:
+                    continue  # a tombstone (`segmenter forget`)
                 with st.lock:
                     st.received += 1
                     st.changes[change["segment"]] += 1
