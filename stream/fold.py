@@ -5,9 +5,11 @@ Design choices that the rest of the system relies on:
 * **Event time only.** Nothing here reads a clock. Windows are exponentially
   decayed counters keyed on event time, so adding a late event with its decayed
   weight gives the same value (up to float rounding) whatever the arrival order.
-* **Bounded state.** Distinct sessions and categories are kept as fixed-size
-  bitmaps (linear counting), not as growing sets, so a user's Redis footprint
-  does not grow with their history.
+* **Bounded state.** Distinct categories are a fixed-size bitmap (linear
+  counting) and sessions are counted against a short ring of the user's most
+  recent session ids, so a user's Redis footprint does not grow with their
+  history. Session counts are exact as long as a late event does not belong
+  to a session older than the last :data:`RECENT_SESSIONS` of that user.
 * **Deterministic.** Hashes are CRC32, not Python's salted ``hash()``, so the
   live worker and an offline replay build byte-identical state from the same
   events in the same order.
@@ -18,7 +20,6 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass, field, fields
-from typing import Any
 
 from stream.events import ClickEvent, Event, OrderEvent
 
@@ -36,7 +37,7 @@ HALF_LIVES: dict[str, float] = {
     "sessions_30d": 30.0,
 }
 
-SESSION_BITS = 256
+RECENT_SESSIONS = 4
 CATEGORY_BITS = 64
 
 
@@ -75,14 +76,12 @@ class UserState:
     product_views: int = 0
     cart_adds: int = 0
     events: int = 0
-    sessions: int = 0  # bitmap, SESSION_BITS wide
+    session_count: int = 0
+    #: CRC32s of the most recent session ids, newest last (RECENT_SESSIONS long)
+    recent_sessions: list[int] = field(default_factory=list)
     categories: int = 0  # bitmap, CATEGORY_BITS wide
     #: decayed counters, valued at ``last_seen``
     decayed: dict[str, float] = field(default_factory=lambda: dict.fromkeys(HALF_LIVES, 0.0))
-
-    @property
-    def session_count(self) -> int:
-        return round(linear_count(self.sessions, SESSION_BITS))
 
     @property
     def distinct_categories(self) -> int:
@@ -97,26 +96,8 @@ class UserState:
         for f in fields(self):
             setattr(clone, f.name, getattr(self, f.name))
         clone.decayed = dict(self.decayed)
+        clone.recent_sessions = list(self.recent_sessions)
         return clone
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        # Bitmaps as hex: JSON numbers lose precision past 2**53.
-        out["sessions"] = format(self.sessions, "x")
-        out["categories"] = format(self.categories, "x")
-        out["decayed"] = dict(self.decayed)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> UserState:
-        state = cls()
-        for f in fields(cls):
-            if f.name in data:
-                setattr(state, f.name, data[f.name])
-        state.sessions = int(data.get("sessions", "0"), 16)
-        state.categories = int(data.get("categories", "0"), 16)
-        state.decayed = {name: float(data.get("decayed", {}).get(name, 0.0)) for name in HALF_LIVES}
-        return state
 
 
 def _add_decayed(state: UserState, name: str, weight: float, ts: int) -> None:
@@ -149,9 +130,11 @@ def apply(state: UserState, event: Event) -> None:
 
 
 def _apply_click(state: UserState, event: ClickEvent, ts: int) -> None:
-    bit = _bit(event.session_id, SESSION_BITS)
-    if not state.sessions & bit:
-        state.sessions |= bit
+    sid = zlib.crc32(event.session_id.encode("utf-8"))
+    if sid not in state.recent_sessions:
+        state.session_count += 1
+        state.recent_sessions.append(sid)
+        del state.recent_sessions[:-RECENT_SESSIONS]
         _add_decayed(state, "sessions_30d", 1.0, ts)
     if event.category:
         state.categories |= _bit(event.category, CATEGORY_BITS)

@@ -76,7 +76,8 @@ def encode_state(s: UserState) -> list[Any]:
         s.product_views,
         s.cart_adds,
         s.events,
-        format(s.sessions, "x"),
+        s.session_count,
+        s.recent_sessions,
         format(s.categories, "x"),
         [s.decayed[k] for k in _DECAYED],
     ]
@@ -96,11 +97,11 @@ def decode_state(row: list[Any]) -> UserState:
         s.product_views,
         s.cart_adds,
         s.events,
-        sessions,
+        s.session_count,
+        s.recent_sessions,
         categories,
         decayed,
     ) = row
-    s.sessions = int(sessions, 16)
     s.categories = int(categories, 16)
     s.decayed = {k: float(v) for k, v in zip(_DECAYED, decayed, strict=True)}
     s.total_spend = float(s.total_spend)

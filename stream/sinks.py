@@ -1,0 +1,69 @@
+"""A confluent-kafka producer behind the pipeline's ``Sink`` interface.
+
+Delivery: each ``send`` resolves when the broker acknowledged the record
+(acks=all, idempotent producer), or fails with the delivery error. Used by the
+tools that publish outside a Faust worker (tests, `segmenter forget`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from confluent_kafka import KafkaException, Producer
+
+
+class ConfluentSink:
+    def __init__(self, bootstrap: str, **overrides: Any) -> None:
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 2,
+                **overrides,
+            }
+        )
+        self._stop = threading.Event()
+        # librdkafka only runs delivery callbacks inside poll(): a small thread
+        # keeps polling so awaiting a send never depends on the caller polling.
+        self._poller = threading.Thread(target=self._poll, name="sink-poller", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.05)
+
+    def send(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+
+        def delivered(err: Any, msg: Any) -> None:
+            def resolve() -> None:
+                if fut.done():
+                    return
+                if err is not None:
+                    fut.set_exception(KafkaException(err))
+                else:
+                    fut.set_result((msg.partition(), msg.offset()))
+
+            loop.call_soon_threadsafe(resolve)
+
+        kafka_headers: list[tuple[str, str | bytes | None]] | None = list(headers) or None
+        while True:
+            try:
+                self._producer.produce(
+                    topic, key=key, value=value, headers=kafka_headers, on_delivery=delivered
+                )
+                break
+            except BufferError:
+                self._producer.poll(0.05)
+        return fut
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._producer.flush(timeout_s)
+        self._stop.set()
+        self._poller.join(timeout_s)

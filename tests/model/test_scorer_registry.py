@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from model.features import N_FEATURES, SCHEMA_HASH
+from model.registry import (
+    ModelError,
+    bootstrap_dir,
+    current_version,
+    ensure_serving_model,
+    load_current,
+    load_version,
+)
+
+
+def test_numpy_forward_pass_matches_keras_on_10k_random_inputs() -> None:
+    import keras
+
+    boot = bootstrap_dir()
+    served = load_version(boot)
+    reference = keras.models.load_model(boot / "model.keras")
+    rng = np.random.default_rng(42)
+    # Spread inputs well beyond the training range: the two must agree everywhere.
+    x = rng.normal(0.0, 3.0, size=(10_000, N_FEATURES)) * served.scorer.scale + served.scorer.mean
+    ours = served.scorer.predict(x)
+    theirs = np.asarray(reference.predict(x.astype(np.float32), verbose=0, batch_size=2048))
+    assert ours.shape == theirs.shape == (10_000, len(served.classes))
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    np.testing.assert_allclose(ours.sum(axis=1), 1.0, atol=1e-9)
+
+
+def test_bootstrap_model_is_for_this_feature_schema() -> None:
+    manifest = orjson.loads((bootstrap_dir() / "manifest.json").read_bytes())
+    assert manifest["schema_hash"] == SCHEMA_HASH
+    assert manifest["classes"] == ["high_value", "regular", "potential", "at_risk"]
+
+
+def test_empty_model_dir_is_seeded_with_the_bootstrap_model(tmp_path: Path) -> None:
+    version = ensure_serving_model(tmp_path / "models")
+    assert current_version(tmp_path / "models") == version
+    assert load_current(tmp_path / "models").version == version
+
+
+def test_model_with_another_feature_schema_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(bootstrap_dir(), bad)
+    manifest = orjson.loads((bad / "manifest.json").read_bytes())
+    manifest["schema_hash"] = "0" * 16
+    (bad / "manifest.json").write_bytes(orjson.dumps(manifest))
+    with pytest.raises(ModelError, match="feature schema"):
+        load_version(bad)
