@@ -1,10 +1,9 @@
 """The Faust app: one agent over both input topics, thin glue around the batch processor.
 
-Delivery: the agent takes whole batches with ``stream.take_events`` and Faust
-acks them only after the loop body returns, i.e. after
-:meth:`BatchProcessor.process` has dead-lettered, published and committed to
-Redis. Offsets are committed from acked events only, so a committed offset
-never runs ahead of applied state.
+Delivery: the agent takes whole batches with ``stream.noack_take`` and acks
+them itself, only after :meth:`BatchProcessor.process` has dead-lettered,
+published and committed to Redis. Faust commits offsets from acked events
+only, so a committed offset never runs ahead of applied state.
 """
 
 from __future__ import annotations
@@ -120,8 +119,12 @@ def create_app(settings: Settings) -> faust.App:
     source = app.topic(*settings.input_topics, key_serializer="raw", value_serializer="raw")
 
     @app.agent(source, name="segmenter-fold", concurrency=1)
-    async def fold_agent(stream: Any) -> None:  # faust.Stream; take_events is untyped
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+    async def fold_agent(stream: Any) -> None:  # a faust.Stream; its batching API is untyped
+        # noack_take, not take_events: take_events acks a batch in a `finally`,
+        # so a batch cancelled mid-way (shutdown, rebalance) would be acked,
+        # and its offsets committed, without having been applied. We ack only
+        # after process() has published and committed to Redis.
+        async for events in stream.noack_take(settings.batch_max, within=settings.batch_within_s):
             records = [
                 RawRecord(
                     e.message.topic,
@@ -133,6 +136,8 @@ def create_app(settings: Settings) -> faust.App:
                 for e in events
             ]
             result = await processor.process(records)
+            for event in events:
+                await stream.ack(event)
             log.debug(
                 "batch: %d records, %d applied, %d duplicates, %d dead-lettered, %d changes",
                 result.records,

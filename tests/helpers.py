@@ -1,0 +1,110 @@
+"""Helpers for tests that drive a real worker: produce, wait for it, snapshot Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from confluent_kafka import Producer
+
+from stream.settings import Settings
+from stream.store import StateStore, encode_record
+from tests.conftest import WorkerProcess
+
+
+def produce(settings: Settings, items: list[tuple[str, bytes | None, bytes]]) -> dict[str, int]:
+    """Produce (topic, key, value); return the last offset per topic:partition."""
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "acks": "all"})
+    ends: dict[str, int] = {}
+    errors: list[Any] = []
+
+    def delivered(err: Any, msg: Any) -> None:
+        if err:
+            errors.append(err)
+        else:
+            tp = f"{msg.topic()}:{msg.partition()}"
+            ends[tp] = max(ends.get(tp, -1), msg.offset())
+
+    for topic, key, value in items:
+        producer.produce(topic, key=key, value=value, on_delivery=delivered)
+    assert producer.flush(30) == 0 and not errors
+    return ends
+
+
+def as_items(
+    settings: Settings, values: list[dict[str, Any]]
+) -> list[tuple[str, bytes | None, bytes]]:
+    return [
+        (
+            settings.topic_orders
+            if v["event_type"].startswith("order_")
+            else settings.topic_clickstream,
+            v["user_id"].encode(),
+            orjson.dumps(v),
+        )
+        for v in values
+    ]
+
+
+async def _offsets(settings: Settings) -> dict[str, int]:
+    store = StateStore.from_url(settings.redis_url, settings.redis_prefix)
+    try:
+        return await store.partition_offsets()
+    finally:
+        await store.close()
+
+
+async def snapshot(settings: Settings) -> dict[str, bytes]:
+    store = StateStore.from_url(settings.redis_url, settings.redis_prefix)
+    try:
+        out = {}
+        for user in sorted(await store.scan_users()):
+            rec = await store.get(user)
+            assert rec is not None
+            out[user] = encode_record(rec)
+        out["__counts__"] = orjson.dumps(await store.segment_counts(), option=orjson.OPT_SORT_KEYS)
+        return out
+    finally:
+        await store.close()
+
+
+def wait_applied(
+    settings: Settings, ends: dict[str, int], worker: WorkerProcess, timeout_s: float = 90
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        applied = asyncio.run(_offsets(settings))
+        if all(applied.get(tp, -1) >= off for tp, off in ends.items()):
+            return
+        assert worker.proc.poll() is None, worker.log()[-3000:]
+        time.sleep(0.3)
+    raise AssertionError(
+        f"not applied in {timeout_s}s: {ends} vs {applied}\n{worker.log()[-3000:]}"
+    )
+
+
+def wait_committed(
+    settings: Settings, ends: dict[str, int], worker: WorkerProcess, timeout_s: float = 90
+) -> None:
+    """Wait until the worker's consumer group has committed past every end offset."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    probe = Consumer(
+        {"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.group_id}
+    )
+    parts = [TopicPartition(tp.rsplit(":", 1)[0], int(tp.rsplit(":", 1)[1])) for tp in ends]
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            committed = {
+                f"{p.topic}:{p.partition}": p.offset for p in probe.committed(parts, timeout=10)
+            }
+            if all(committed[tp] > off for tp, off in ends.items()):
+                return
+            assert worker.proc.poll() is None, worker.log()[-3000:]
+            time.sleep(0.3)
+        raise AssertionError(f"group {settings.group_id} did not commit {ends}: {committed}")
+    finally:
+        probe.close()
