@@ -9,16 +9,19 @@ only, so a committed offset never runs ahead of applied state.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable
 from typing import Any
 
 import faust
 from faust.types import TP
 
-from model.registry import LoadedModel, load_current
+from model.registry import LoadedModel, ModelError, current_version, load_current, load_version
 from model.segments import Hysteresis
 from stream import metrics
 from stream.events import DecodeLimits
+from stream.health import Health
+from stream.http import serve as serve_http
 from stream.pipeline import BatchProcessor, PipelineConfig, RawRecord
 from stream.settings import Settings
 from stream.store import StateStore
@@ -59,7 +62,11 @@ class FaustSink:
 
 
 class ModelHolder:
-    """The model being served; swapped as a whole, read once per batch."""
+    """The model being served; swapped as a whole, read once per batch.
+
+    A batch reads the model once at scoring time, so a switch lands between
+    batches: every change a batch publishes carries the version that scored it.
+    """
 
     def __init__(self, model: LoadedModel) -> None:
         self.current = model
@@ -67,6 +74,29 @@ class ModelHolder:
 
     def __call__(self) -> LoadedModel:
         return self.current
+
+    def swap(self, model: LoadedModel) -> None:
+        old = self.current.version
+        self.current = model
+        metrics.MODEL_INFO.remove(old)
+        metrics.MODEL_INFO.labels(model.version).set(1)
+
+    def reload_if_promoted(self, model_dir: Any) -> bool:
+        """Switch to the registry's ``current`` model if it changed; keep serving on failure."""
+        wanted = current_version(model_dir)
+        if wanted is None or wanted == self.current.version:
+            return False
+        try:
+            model = load_version(model_dir / wanted)
+        except (ModelError, OSError, ValueError, KeyError) as exc:
+            metrics.MODEL_RELOADS.labels("rejected").inc()
+            log.error("model %s refused, still serving %s: %s", wanted, self.current.version, exc)
+            return False
+        old = self.current.version
+        self.swap(model)
+        metrics.MODEL_RELOADS.labels("success").inc()
+        log.info("model switched from %s to %s", old, model.version)
+        return True
 
 
 def pipeline_config(settings: Settings) -> PipelineConfig:
@@ -81,6 +111,23 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
         hysteresis=Hysteresis(margin=settings.hysteresis_margin, floor=settings.hysteresis_floor),
         dedup_window=settings.dedup_window,
     )
+
+
+async def _update_lag(app: faust.App, health: Health, applied: dict[str, int]) -> None:
+    tps = [TP(t, int(p)) for t, p in (tp.rsplit(":", 1) for tp in health.assigned)]
+    if not tps:
+        return
+    try:
+        # aiokafka's end offsets (not librdkafka's watermarks, which
+        # under-report on Tansu: design.md).
+        highwaters = await app.consumer.highwaters(*tps)
+    except Exception as exc:
+        health.kafka_ok, health.kafka_error = False, f"{type(exc).__name__}: {exc}"
+        return
+    health.kafka_ok, health.kafka_error = True, None
+    for tp, high in highwaters.items():
+        next_to_apply = applied.get(f"{tp.topic}:{tp.partition}", -1) + 1
+        metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - next_to_apply))
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -108,6 +155,8 @@ def create_app(settings: Settings) -> faust.App:
         password=settings.redis_password.get_secret_value() if settings.redis_password else None,
     )
     holder = ModelHolder(load_current(settings.model_dir))
+    health = Health(model_version=holder.current.version)
+    metrics.init_series()
     stopping = {"now": False}
     processor = BatchProcessor(
         store,
@@ -115,6 +164,7 @@ def create_app(settings: Settings) -> faust.App:
         holder,
         pipeline_config(settings),
         should_stop=lambda: stopping["now"],
+        health=health,
     )
     source = app.topic(*settings.input_topics, key_serializer="raw", value_serializer="raw")
 
@@ -138,6 +188,7 @@ def create_app(settings: Settings) -> faust.App:
             result = await processor.process(records)
             for event in events:
                 await stream.ack(event)
+            health.last_batch_at = time.time()
             log.debug(
                 "batch: %d records, %d applied, %d duplicates, %d dead-lettered, %d changes",
                 result.records,
@@ -147,19 +198,42 @@ def create_app(settings: Settings) -> faust.App:
                 len(result.changes),
             )
 
-    @app.timer(interval=5.0)
-    async def refresh_population() -> None:
+    @app.task
+    async def start_http() -> None:
+        if settings.metrics_port:
+            await serve_http(health, settings.metrics_host, settings.metrics_port)
+            log.info(
+                "serving /metrics, /healthz, /readyz on %s:%d",
+                settings.metrics_host,
+                settings.metrics_port,
+            )
+
+    @app.timer(interval=settings.housekeeping_interval_s)
+    async def housekeeping() -> None:
+        """Refresh what SREs watch: Redis health, segment populations, lag, the model."""
         try:
+            await store.ping()
             counts = await store.segment_counts()
-        except Exception as exc:  # the gauge can wait; the batch path reports Redis trouble
-            log.debug("segment counts not refreshed: %s", exc)
+            applied = await store.partition_offsets()
+            health.redis_ok, health.redis_error = True, None
+        except Exception as exc:  # reported, never fatal: the batch path owns retries
+            health.redis_ok, health.redis_error = False, f"{type(exc).__name__}: {exc}"
             return
         for segment, n in counts.items():
             metrics.SEGMENT_USERS.labels(segment).set(n)
+        await _update_lag(app, health, applied)
+        if holder.reload_if_promoted(settings.model_dir):
+            health.model_version = holder.current.version
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(app: faust.App, assigned: set[TP], **kwargs: Any) -> None:
-        log.info("partitions assigned: %s", ", ".join(sorted(f"{t}:{p}" for t, p in assigned)))
+        ours = {f"{t}:{p}" for t, p in assigned if t in settings.input_topics}
+        health.assigned = frozenset(ours)
+        health.kafka_ok, health.kafka_error = True, None
+        for labels in list(metrics.CONSUMER_LAG._metrics):  # forget partitions we lost
+            if f"{labels[0]}:{labels[1]}" not in ours:
+                metrics.CONSUMER_LAG.remove(*labels)
+        log.info("partitions assigned: %s", ", ".join(sorted(ours)) or "none")
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def on_shutdown(app: faust.App, **kwargs: Any) -> None:
@@ -169,6 +243,7 @@ def create_app(settings: Settings) -> faust.App:
         stopping["now"] = True
         log.info("shutting down: finishing the current batch")
 
+    app.segmenter_health = health  # type: ignore[attr-defined]
     app.segmenter_store = store  # type: ignore[attr-defined]
     app.segmenter_model = holder  # type: ignore[attr-defined]
     return app

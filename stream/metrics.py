@@ -55,3 +55,29 @@ def serve(host: str, port: int) -> None:
     """Expose /metrics on ``host:port`` (port 0 = off)."""
     if port:
         start_http_server(port, addr=host)
+CONSUMER_LAG = Gauge(
+    "segmenter_consumer_lag",
+    "High watermark minus the next offset to apply (last applied + 1), per assigned partition",
+    ["topic", "partition"],
+)
+MODEL_RELOADS = Counter(
+    "segmenter_model_reloads_total",
+    "Attempts to switch to a newly promoted model: success, or rejected (old one kept)",
+    ["outcome"],
+)
+LAST_RETRAIN = Gauge(
+    "segmenter_last_retrain_timestamp_seconds", "When the retrain job last finished a run"
+)
+RETRAIN_RUNS = Counter(
+    "segmenter_retrain_runs_total",
+    "Retrain runs by outcome: promoted, candidate (kept out by the gate), failed, skipped",
+    ["outcome"],
+)
+
+
+def init_series() -> None:
+    """Create the known label sets at zero, so rate() and alerts see 0, not "no data"."""
+    for outcome in ("success", "rejected"):
+        MODEL_RELOADS.labels(outcome)
+    for outcome in ("promoted", "candidate", "failed", "skipped"):
+        RETRAIN_RUNS.labels(outcome)

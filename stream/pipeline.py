@@ -40,6 +40,7 @@ from model.segments import Hysteresis, as_probabilities, decide
 from stream import metrics
 from stream.events import DecodeLimits, Event, Reason, Rejected, decode, iso
 from stream.fold import apply
+from stream.health import Health
 from stream.store import ConflictError, StateStore, UserRecord, UserWrite, event_digest
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ class BatchProcessor:
         *,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         should_stop: Callable[[], bool] = lambda: False,
+        health: Health | None = None,
     ) -> None:
         self.store = store
         self.sink = sink
@@ -118,6 +120,7 @@ class BatchProcessor:
         self.cfg = config
         self._clock_ms = clock_ms
         self._should_stop = should_stop
+        self._health = health
         self._kinds: dict[str, Literal["clickstream", "orders"]] = {
             config.clickstream_topic: "clickstream",
             config.orders_topic: "orders",
@@ -184,12 +187,17 @@ class BatchProcessor:
             attempt += 1
             try:
                 result = await self._fold_score_publish_commit(by_user, partition_offsets)
+                if self._health is not None:
+                    self._health.redis_ok, self._health.redis_error = True, None
                 break
             except ConflictError as exc:
                 metrics.COMMIT_CONFLICTS.inc()
                 log.info("batch re-run after a concurrent write: %s", exc)
             except RedisError as exc:
                 metrics.REDIS_ERRORS.labels("batch").inc()
+                if self._health is not None:
+                    self._health.redis_ok = False
+                    self._health.redis_error = f"{type(exc).__name__}: {exc}"
                 await self._backoff(attempt, exc)
         result.records = len(records)
         result.dead_lettered = len(bad)

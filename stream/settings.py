@@ -54,7 +54,12 @@ class Settings(BaseSettings):
 
     # --- operations
     metrics_host: str = Field("127.0.0.1", description="Bind address; 0.0.0.0 in containers")
-    metrics_port: int = Field(9108, ge=0, le=65535, description="0 disables /metrics")
+    metrics_port: int = Field(
+        9108, ge=0, le=65535, description="/metrics, /healthz, /readyz; 0 turns them off"
+    )
+    housekeeping_interval_s: float = Field(
+        5.0, gt=0, le=300, description="Redis health, populations, lag, model check"
+    )
     data_dir: Path = Path("var/faust")
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 

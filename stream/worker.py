@@ -6,7 +6,6 @@ import logging
 
 import faust
 
-from stream import metrics
 from stream.app import create_app
 from stream.settings import Settings
 from stream.topics import ensure_topics
@@ -17,7 +16,6 @@ log = logging.getLogger("segmenter.worker")
 def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
     log.info("settings: %s", settings.safe_summary())
     ensure_topics(settings)
-    metrics.serve(settings.metrics_host, settings.metrics_port)
     app = create_app(settings)
     log.info(
         "serving model %s; consuming %s as group %r",
