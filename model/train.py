@@ -158,8 +158,13 @@ def write_artifact(
     training: dict[str, Any],
     promote: bool,
     version: str | None = None,
+    validation: Examples | None = None,
 ) -> Path:
-    """Write model, weights, manifest and report into ``model_dir/<version>``, atomically."""
+    """Write model, weights, manifest and report into ``model_dir/<version>``, atomically.
+
+    ``validation.npz`` keeps the validation window's inputs and labels, so the
+    promotion gate can score the serving model on exactly the same rows.
+    """
     from model.network import dense_layers
 
     version = version or new_version(cfg.seed, int(training.get("examples", 0)))
@@ -188,6 +193,8 @@ def write_artifact(
             {"version": version, **metrics, "history": fitted.history}, option=orjson.OPT_INDENT_2
         )
     )
+    if validation is not None:
+        np.savez_compressed(staging / "validation.npz", x=validation.x, y=validation.y)
     target = publish_version(model_dir, staging, version)
     if promote:
         set_current(model_dir, version)
@@ -259,4 +266,5 @@ def train_from_events(
         training=training,
         promote=promote,
         version=version,
+        validation=val,
     )

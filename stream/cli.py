@@ -238,6 +238,43 @@ def train(
 
 
 @app.command()
+def retrain(
+    every: Annotated[str, typer.Option(help="Interval between runs, e.g. 24h")] = "24h",
+    once: Annotated[
+        bool, typer.Option("--once", help="One run, then exit (0 unless it failed)")
+    ] = False,
+    window: Annotated[
+        str, typer.Option(help="Replay this much event time back from the newest event")
+    ] = "365d",
+    horizon: Annotated[str, typer.Option(help="Label horizon after each cutoff")] = "90d",
+    step: Annotated[str, typer.Option(help="Spacing between cutoffs")] = "7d",
+    tolerance: Annotated[
+        float, typer.Option(help="Gate: allowed macro-F1 drop vs the serving model")
+    ] = 0.01,
+    epochs: Annotated[int, typer.Option(min=1)] = 200,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Scheduled retraining: replay the topics, train, gate against the serving model, promote.
+
+    Serves /metrics (segmenter_retrain_runs_total, segmenter_last_retrain_timestamp_seconds)
+    on SEGMENTER_METRICS_PORT. A Redis lock keeps two schedulers from training at once.
+    """
+    from model.train import TrainConfig
+    from stream.retrain import RetrainConfig, run_forever
+
+    settings = settings_or_exit()
+    setup_logging(settings.log_level)
+    cfg = RetrainConfig(
+        window_days=parse_duration(window) / 86_400_000,
+        horizon_ms=parse_duration(horizon),
+        step_ms=parse_duration(step),
+        tolerance=tolerance,
+        train=TrainConfig(epochs=epochs, seed=seed),
+    )
+    raise typer.Exit(run_forever(settings, cfg, parse_duration(every) / 1000, once=once))
+
+
+@app.command()
 def user(
     user_id: Annotated[str, typer.Argument(help="The user to look up")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,

@@ -1,0 +1,65 @@
+"""Replay input topics from Kafka into memory, for training (read-only, no group commit).
+
+Reads every partition by manual assignment until librdkafka reports partition
+EOF (not ``get_watermark_offsets``, which under-reports on Tansu). Events are
+filtered on their *own* timestamps: Tansu answers offsets-for-times by broker
+append time, so the broker cannot be trusted to cut an event-time range.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+OFFSET_BEGINNING = -2
+
+
+def replay_topics(
+    bootstrap: str,
+    topics: list[str],
+    *,
+    on_progress: Callable[[int], None] | None = None,
+    timeout_s: float = 300.0,
+) -> Iterator[tuple[str, bytes | None, bytes | None]]:
+    """Yield ``(topic, key, value)`` of every record now in ``topics``, partition by partition."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"segmenter-replay-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        parts = []
+        for topic in topics:
+            meta = consumer.list_topics(topic, timeout=10).topics[topic]
+            if meta.error is not None:
+                raise RuntimeError(f"cannot replay {topic}: {meta.error}")
+            parts += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
+        consumer.assign(parts)
+        pending = {(p.topic, p.partition) for p in parts}
+
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"replay did not reach the end of {sorted(pending)}")
+            batch = consumer.consume(1000, timeout=0.5)
+            n = 0
+            for msg in batch:
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard((msg.topic(), msg.partition()))
+                        continue
+                    raise RuntimeError(f"replay failed: {err}")
+                n += 1
+                yield str(msg.topic()), msg.key(), msg.value()
+            if on_progress and n:
+                on_progress(n)
+    finally:
+        consumer.close()
