@@ -87,6 +87,8 @@ class EmbeddedKafka:
     """A memory-only Tansu broker on 127.0.0.1."""
 
     port: int = 0
+    #: Advertise another port than we listen on (tests put a TCP proxy there).
+    advertised_port: int = 0
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -100,6 +102,7 @@ class EmbeddedKafka:
     def start(self, timeout_s: float = 20.0) -> EmbeddedKafka:
         self.port = self.port or free_port()
         addr = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port or self.port}"
         env = {**os.environ, "RUST_LOG": os.environ.get("TANSU_LOG", "warn")}
         self.proc = subprocess.Popen(
             [
@@ -108,7 +111,7 @@ class EmbeddedKafka:
                 "--listener-url",
                 addr,
                 "--advertised-listener-url",
-                addr,
+                advertised,
                 "--storage-engine",
                 "memory://tansu/",
             ],
