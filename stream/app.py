@@ -9,6 +9,7 @@ only, so a committed offset never runs ahead of applied state.
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Awaitable
 from typing import Any
@@ -19,7 +20,7 @@ from faust.types import TP
 from model.registry import LoadedModel, ModelError, current_version, load_current, load_version
 from model.segments import Hysteresis
 from stream import metrics
-from stream.events import DecodeLimits
+from stream.events import DecodeLimits, iso
 from stream.health import Health
 from stream.http import serve as serve_http
 from stream.pipeline import BatchProcessor, PipelineConfig, RawRecord
@@ -110,7 +111,28 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
         ),
         hysteresis=Hysteresis(margin=settings.hysteresis_margin, floor=settings.hysteresis_floor),
         dedup_window=settings.dedup_window,
+        max_lateness_ms=int(settings.retention_days * 86_400_000),
+        # Backstop only: retention is enforced in event time by the sweep, and
+        # the TTL (retention + 30 days of wall time) catches abandoned keys.
+        key_ttl_ms=int((settings.retention_days + 30) * 86_400_000),
+        pseudonymize_key=(
+            settings.pseudonymize_key.get_secret_value().encode()
+            if settings.pseudonymize_key
+            else None
+        ),
     )
+
+
+async def _expire_inactive(store: StateStore, settings: Settings) -> None:
+    """Retention in event time: users inactive for retention_days of stream time are erased."""
+    stream_time = await store.stream_time()
+    if not stream_time:
+        return
+    cutoff = stream_time - int(settings.retention_days * 86_400_000)
+    expired = await store.expire_inactive(cutoff)
+    if expired:
+        metrics.EXPIRED_USERS.inc(len(expired))
+        log.info("retention: erased %d users inactive since before %s", len(expired), iso(cutoff))
 
 
 async def _update_lag(app: faust.App, health: Health, applied: dict[str, int]) -> None:
@@ -130,10 +152,37 @@ async def _update_lag(app: faust.App, health: Health, applied: dict[str, int]) -
         metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - next_to_apply))
 
 
+def faust_credentials(settings: Settings) -> Any:
+    """aiokafka credentials for Faust from the same settings librdkafka clients use."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+        )
+        if settings.kafka_ssl_certfile:
+            context.load_cert_chain(
+                str(settings.kafka_ssl_certfile),
+                str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+            )
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    assert settings.kafka_sasl_password is not None
+    return faust.SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=settings.kafka_sasl_password.get_secret_value(),
+        ssl_context=context,
+        mechanism=settings.kafka_sasl_mechanism,
+    )
+
+
 def create_app(settings: Settings) -> faust.App:
     app = faust.App(
         settings.group_id,
         broker=settings.faust_broker,
+        broker_credentials=faust_credentials(settings),
         datadir=str(settings.data_dir),
         web_enabled=False,
         key_serializer="raw",
@@ -149,11 +198,7 @@ def create_app(settings: Settings) -> faust.App:
         # scaling out is by partitions across worker processes, not coroutines.
         agent_supervisor="mode.OneForOneSupervisor",
     )
-    store = StateStore.from_url(
-        settings.redis_url,
-        settings.redis_prefix,
-        password=settings.redis_password.get_secret_value() if settings.redis_password else None,
-    )
+    store = StateStore.from_settings(settings)
     holder = ModelHolder(load_current(settings.model_dir))
     health = Health(model_version=holder.current.version)
     metrics.init_series()
@@ -222,6 +267,7 @@ def create_app(settings: Settings) -> faust.App:
         for segment, n in counts.items():
             metrics.SEGMENT_USERS.labels(segment).set(n)
         await _update_lag(app, health, applied)
+        await _expire_inactive(store, settings)
         if holder.reload_if_promoted(settings.model_dir):
             health.model_version = holder.current.version
 

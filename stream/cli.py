@@ -7,7 +7,7 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import typer
@@ -123,7 +123,7 @@ def generate(
         with progress() as bar:
             task = bar.add_task("producing", total=None)
             n = produce(
-                make_producer(settings.bootstrap_servers),
+                make_producer(settings.kafka_client_config()),
                 encode_generated(gen(cfg)),
                 on_sent=lambda k: bar.advance(task, k),
             )
@@ -134,33 +134,86 @@ def generate(
 def produce_cmd(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Input file")],
     fmt: Annotated[
-        str, typer.Option("--format", help="jsonl (from `segmenter generate`)")
-    ] = "jsonl",
+        str,
+        typer.Option(
+            "--format",
+            help="jsonl or parquet (from `segmenter generate`/`export`), online-retail "
+            "(UCI Online Retail CSV), rees46 (REES46 behaviour CSV). Default: by suffix",
+        ),
+    ] = "",
 ) -> None:
     """Send a file of events to the input topics, keyed by user_id."""
-    from stream.produce import make_producer, produce, read_jsonl
+    from stream.produce import make_producer, produce
     from stream.topics import ensure_topics
 
     settings = settings_or_exit()
-    if fmt != "jsonl":
-        raise typer.BadParameter(f"unknown format {fmt!r}; this version reads: jsonl")
+    records, skipped = _read_input(file, fmt, settings)
+    if skipped:
+        console.print(f"[yellow]rows skipped on import: {dict(skipped)}")
     ensure_topics(settings)
     with progress() as bar:
         task = bar.add_task(f"producing {file.name}", total=None)
         n = produce(
-            make_producer(settings.bootstrap_servers),
-            read_jsonl(file),
+            make_producer(settings.kafka_client_config()),
+            records,
             on_sent=lambda k: bar.advance(task, k),
         )
     console.print(f"produced {n:,} records from {file}")
+
+
+def _read_input(file: Path, fmt: str, settings: Settings) -> tuple[Any, Any]:
+    from stream.importers import FORMATS, read_input
+
+    fmt = fmt or {".parquet": "parquet", ".jsonl": "jsonl"}.get(file.suffix, "")
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"say --format: one of {', '.join(FORMATS)}")
+    return read_input(
+        file,
+        fmt,
+        clickstream_topic=settings.topic_clickstream,
+        orders_topic=settings.topic_orders,
+    )
+
+
+@app.command("export")
+def export_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="events.jsonl or events.parquet")],
+    topics: Annotated[str, typer.Option(help="Comma-separated topics")] = "",
+    since: Annotated[str | None, typer.Option(help="ISO time (event time), inclusive")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO time (event time), inclusive")] = None,
+) -> None:
+    """Export topics to a file for data teams, filtered on each event's own timestamp."""
+    from stream.events import _to_epoch_ms
+    from stream.export import export_records
+    from stream.replay import replay_topics
+
+    settings = settings_or_exit()
+    names = [t for t in topics.split(",") if t] or list(settings.input_topics)
+    with progress() as bar:
+        task = bar.add_task("exporting", total=None)
+        result = export_records(
+            replay_topics(settings.kafka_client_config(), names),
+            out,
+            since_ms=_to_epoch_ms(since) if since else None,
+            until_ms=_to_epoch_ms(until) if until else None,
+            on_progress=lambda k: bar.advance(task, k),
+        )
+    console.print(
+        f"exported {result.written:,} events to {out} "
+        f"({result.skipped_out_of_range:,} outside the range, {result.invalid:,} invalid)"
+    )
 
 
 @app.command()
 def train(
     input_file: Annotated[
         Path | None,
-        typer.Option("--input", "-i", exists=True, dir_okay=False, help="JSONL events to train on"),
+        typer.Option("--input", "-i", exists=True, dir_okay=False, help="Events file to train on"),
     ] = None,
+    fmt: Annotated[
+        str,
+        typer.Option("--format", help="jsonl, parquet, online-retail or rees46 (default: suffix)"),
+    ] = "",
     users: Annotated[int, typer.Option(help="Synthetic users when no --input")] = 2000,
     days: Annotated[float, typer.Option(help="Synthetic days when no --input")] = 365.0,
     seed: Annotated[int, typer.Option(help="Seeds the data generator and the weights")] = 0,
@@ -184,10 +237,16 @@ def train(
     settings = settings_or_exit()
     until_ms = _to_epoch_ms(until) if until else None
     if input_file is not None:
-        from stream.produce import read_jsonl
-
-        decoded = decode_records(read_jsonl(input_file), until_ms=until_ms)
-        source = str(input_file)
+        records, skipped = _read_input(input_file, fmt, settings)
+        if skipped:
+            console.print(f"[yellow]rows skipped on import: {dict(skipped)}")
+        decoded = decode_records(
+            records,
+            clickstream_topic=settings.topic_clickstream,
+            orders_topic=settings.topic_orders,
+            until_ms=until_ms,
+        )
+        source = f"{input_file} ({fmt or input_file.suffix.lstrip('.')})"
     else:
         from stream.generate import GeneratorConfig
         from stream.generate import generate as gen
@@ -295,6 +354,24 @@ def user(
         console.print(f"  p({k}) = {v:.3f}")
     for k, v in found["features"].items():
         console.print(f"  {k:<26} {v}")
+
+
+@app.command("forget")
+def forget_cmd(
+    user_id: Annotated[str, typer.Argument(help="The user to erase (raw id)")],
+) -> None:
+    """Right to erasure: delete the user's state and publish a tombstone on customer-segments."""
+    from stream.forget import forget
+
+    settings = settings_or_exit()
+    setup_logging(settings.log_level)
+    done = asyncio.run(forget(settings, user_id))
+    what = "state deleted" if done.had_state else "no state was held"
+    typer.echo(
+        f"forgot {user_id!r}: {what}; tombstone at {settings.topic_segments} offset "
+        f"{done.tombstone_offset}"
+    )
+    log.info("erasure: user %s forgotten (had state: %s)", done.user_key, done.had_state)
 
 
 @app.command()

@@ -78,7 +78,7 @@ def _servers() -> Iterator[dict[str, str]]:
 
 
 def _produce(settings: Settings, cfg: GeneratorConfig, rate: float, st: DemoState) -> None:
-    producer = make_producer(settings.bootstrap_servers, **{"linger.ms": 5})
+    producer = make_producer(settings.kafka_client_config(), **{"linger.ms": 5})
 
     def delivered(err: object, msg: object) -> None:
         if err is not None:
@@ -107,12 +107,12 @@ def _produce(settings: Settings, cfg: GeneratorConfig, rate: float, st: DemoStat
     st.producing_done = True
 
 
-def _consume(bootstrap: str, topic: str, st: DemoState, stop: threading.Event) -> None:
+def _consume(kafka: dict[str, object], topic: str, st: DemoState, stop: threading.Event) -> None:
     # Manual assignment from the beginning: no group join to wait for, and we
     # see every change the worker publishes during the run.
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **kafka,
             "group.id": "segmenter-demo-viewer",
             "enable.auto.commit": False,
         }
@@ -167,7 +167,7 @@ def _view(st: DemoState, total_hint: int, elapsed: float) -> Group:
 
 
 async def _caught_up(settings: Settings, st: DemoState) -> bool:
-    store = StateStore.from_url(settings.redis_url, settings.redis_prefix)
+    store = StateStore.from_settings(settings)
     try:
         applied = await store.partition_offsets()
     finally:
@@ -219,7 +219,7 @@ def run_demo(*, users: int, days: float, seed: int, rate: float, timeout_s: floa
 
 
 async def _reset(settings: Settings) -> None:
-    store = StateStore.from_url(settings.redis_url, settings.redis_prefix)
+    store = StateStore.from_settings(settings)
     try:
         await store.delete_prefix()
     finally:
@@ -242,7 +242,7 @@ def _drive(
     stop = threading.Event()
     viewer = threading.Thread(
         target=_consume,
-        args=(settings.bootstrap_servers, settings.topic_segments, st, stop),
+        args=(settings.kafka_client_config(), settings.topic_segments, st, stop),
         daemon=True,
     )
     viewer.start()
@@ -299,7 +299,7 @@ def _drive(
 
 
 async def _segment_counts(settings: Settings) -> dict[str, int]:
-    store = StateStore.from_url(settings.redis_url, settings.redis_prefix)
+    store = StateStore.from_settings(settings)
     try:
         return await store.segment_counts()
     finally:

@@ -46,6 +46,7 @@ class Reason(StrEnum):
     KEY_MISMATCH = "key_mismatch"
     TIMESTAMP_RANGE = "timestamp_range"
     UNKNOWN_TOPIC = "unknown_topic"
+    TOO_LATE = "too_late"
 
 
 def _to_epoch_ms(value: object) -> int:

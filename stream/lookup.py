@@ -42,13 +42,11 @@ def describe(user_id: str, rec: UserRecord, stream_time: int) -> dict[str, Any]:
 
 
 async def lookup_user(settings: Settings, user_id: str) -> dict[str, Any] | None:
-    store = StateStore.from_url(
-        settings.redis_url,
-        settings.redis_prefix,
-        password=settings.redis_password.get_secret_value() if settings.redis_password else None,
-    )
+    store = StateStore.from_settings(settings)
+    from stream.forget import stored_id
+
     try:
-        rec = await store.get(user_id)
+        rec = await store.get(stored_id(settings, user_id))
         if rec is None:
             return None
         return describe(user_id, rec, await store.stream_time())

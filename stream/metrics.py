@@ -76,6 +76,10 @@ MODEL_RELOADS = Counter(
     "Attempts to switch to a newly promoted model: success, or rejected (old one kept)",
     ["outcome"],
 )
+EXPIRED_USERS = Counter(
+    "segmenter_expired_users_total",
+    "Users erased by retention (inactive for SEGMENTER_RETENTION_DAYS of event time)",
+)
 LAST_RETRAIN = Gauge(
     "segmenter_last_retrain_timestamp_seconds", "When the retrain job last finished a run"
 )

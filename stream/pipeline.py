@@ -41,6 +41,7 @@ from stream import metrics
 from stream.events import DecodeLimits, Event, Reason, Rejected, decode, iso
 from stream.fold import apply
 from stream.health import Health
+from stream.privacy import pseudonym
 from stream.store import ConflictError, StateStore, UserRecord, UserWrite, event_digest
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,13 @@ class PipelineConfig:
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     hysteresis: Hysteresis = field(default_factory=Hysteresis)
     dedup_window: int = 16
+    #: Events older than stream time minus this are dead-lettered: their user
+    #: may already have been expired by retention, and would come back wrong.
+    max_lateness_ms: int = 400 * 86_400_000
+    #: Wall-clock TTL on user keys: a backstop for keys no worker sweeps any more.
+    key_ttl_ms: int = 0
+    #: HMAC key for pseudonymising user ids on ingest (None: keep raw ids).
+    pseudonymize_key: bytes | None = None
     retry_initial_s: float = 0.1
     retry_max_s: float = 5.0
 
@@ -121,6 +129,8 @@ class BatchProcessor:
         self._clock_ms = clock_ms
         self._should_stop = should_stop
         self._health = health
+        #: Stream time as of the last batch this processor committed (0 = not yet known).
+        self.stream_time = 0
         self._kinds: dict[str, Literal["clickstream", "orders"]] = {
             config.clickstream_topic: "clickstream",
             config.orders_topic: "orders",
@@ -132,6 +142,8 @@ class BatchProcessor:
         self, records: Sequence[RawRecord]
     ) -> tuple[list[tuple[RawRecord, Event]], list[tuple[RawRecord, Rejected]]]:
         now = self._clock_ms()
+        oldest = self.stream_time - self.cfg.max_lateness_ms if self.stream_time else 0
+        key = self.cfg.pseudonymize_key
         good: list[tuple[RawRecord, Event]] = []
         bad: list[tuple[RawRecord, Rejected]] = []
         for rec in records:
@@ -142,7 +154,21 @@ class BatchProcessor:
             result = decode(kind, rec.key, rec.value, now_ms=now, limits=self.cfg.limits)
             if isinstance(result, Rejected):
                 bad.append((rec, result))
+            elif result.timestamp < oldest:
+                bad.append(
+                    (
+                        rec,
+                        Rejected(
+                            Reason.TOO_LATE,
+                            f"timestamp {iso(result.timestamp)} is more than "
+                            f"{self.cfg.max_lateness_ms // 86_400_000} days before stream time "
+                            f"{iso(self.stream_time)}",
+                        ),
+                    )
+                )
             else:
+                if key is not None:
+                    result = result.model_copy(update={"user_id": pseudonym(key, result.user_id)})
                 good.append((rec, result))
         return good, bad
 
@@ -170,6 +196,9 @@ class BatchProcessor:
 
     async def process(self, records: Sequence[RawRecord]) -> BatchResult:
         started = time.perf_counter()
+        if not self.stream_time:
+            # A fresh processor learns stream time before judging lateness.
+            self.stream_time = await self._with_redis_retry(self.store.stream_time)
         good, bad = self._decode(records)
         await self._dead_letter(bad)
         # Every record of the batch is accounted for once this batch commits,
@@ -215,6 +244,7 @@ class BatchProcessor:
         users = list(by_user)
         t0 = time.perf_counter()
         loaded, stored_time = await self.store.load(users)
+        self.stream_time = max(self.stream_time, stored_time)
         metrics.REDIS_SECONDS.labels("load").observe(time.perf_counter() - t0)
 
         touched: dict[str, UserRecord] = {}
@@ -292,7 +322,8 @@ class BatchProcessor:
             )
         writes = [UserWrite(uid, rec, old_segments[uid]) for uid, rec in touched.items()]
         t1 = time.perf_counter()
-        await self.store.commit(writes, partition_offsets, stream_time)
+        await self.store.commit(writes, partition_offsets, stream_time, self.cfg.key_ttl_ms)
+        self.stream_time = max(self.stream_time, stream_time)
         metrics.REDIS_SECONDS.labels("commit").observe(time.perf_counter() - t1)
 
         # Counters only after the commit: a re-run batch must not count twice.
@@ -307,6 +338,16 @@ class BatchProcessor:
         result.changes = [m for _, m in messages]
         result.users = len(touched)
         return result
+
+    async def _with_redis_retry(self, fn: Callable[[], Awaitable[int]]) -> int:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await fn()
+            except RedisError as exc:
+                metrics.REDIS_ERRORS.labels("stream_time").inc()
+                await self._backoff(attempt, exc)
 
     async def _backoff(self, attempt: int, exc: Exception) -> None:
         if self._should_stop():

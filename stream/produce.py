@@ -16,9 +16,10 @@ from confluent_kafka import KafkaException, Producer
 from stream.generate import GeneratedEvent
 
 
-def make_producer(bootstrap: str, **overrides: Any) -> Producer:
+def make_producer(kafka_config: dict[str, Any], **overrides: Any) -> Producer:
+    """A producer from ``Settings.kafka_client_config()`` (servers and security)."""
     conf = {
-        "bootstrap.servers": bootstrap,
+        **kafka_config,
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 20,

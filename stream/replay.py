@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
@@ -18,7 +19,7 @@ OFFSET_BEGINNING = -2
 
 
 def replay_topics(
-    bootstrap: str,
+    kafka_config: dict[str, Any],
     topics: list[str],
     *,
     on_progress: Callable[[int], None] | None = None,
@@ -27,7 +28,7 @@ def replay_topics(
     """Yield ``(topic, key, value)`` of every record now in ``topics``, partition by partition."""
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **kafka_config,
             "group.id": f"segmenter-replay-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "enable.partition.eof": True,

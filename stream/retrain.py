@@ -92,7 +92,7 @@ def run_once(settings: Settings, cfg: RetrainConfig, client: Any) -> RunResult:
         return RunResult("skipped", reason="lock held by another scheduler")
     try:
         decoded = decode_records(
-            replay_topics(settings.bootstrap_servers, list(settings.input_topics)),
+            replay_topics(settings.kafka_client_config(), list(settings.input_topics)),
             clickstream_topic=settings.topic_clickstream,
             orders_topic=settings.topic_orders,
         )
@@ -135,10 +135,7 @@ def run_once(settings: Settings, cfg: RetrainConfig, client: Any) -> RunResult:
 def run_forever(settings: Settings, cfg: RetrainConfig, every_s: float, once: bool = False) -> int:
     metrics.init_series()
     metrics.serve(settings.metrics_host, settings.metrics_port)
-    client = redis.Redis.from_url(
-        settings.redis_url,
-        password=settings.redis_password.get_secret_value() if settings.redis_password else None,
-    )
+    client = redis.Redis.from_url(settings.redis_url, **settings.redis_client_kwargs())
     while True:
         started = time.monotonic()
         try:

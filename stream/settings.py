@@ -7,6 +7,7 @@ names the variable and says what it expects (see :func:`load_settings`).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -22,8 +23,16 @@ class Settings(BaseSettings):
     kafka_url: str = Field(
         "kafka://127.0.0.1:9092", description="Broker list, kafka://host:port[;host:port]"
     )
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="redis:// or rediss:// URL")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle for the brokers' TLS")
+    kafka_ssl_certfile: Path | None = Field(None, description="Client certificate (mutual TLS)")
+    kafka_ssl_keyfile: Path | None = None
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="redis:// or rediss:// (TLS)")
     redis_password: SecretStr | None = Field(None, description="Redis AUTH password")
+    redis_ssl_ca_certs: Path | None = Field(None, description="CA bundle for rediss://")
     redis_prefix: str = Field("seg", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 
     # --- topics
@@ -46,6 +55,14 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(64 * 1024, ge=256)
     max_future_s: float = Field(86_400.0, ge=0)
     dedup_window: int = Field(16, ge=0, le=256, description="Recent event_ids kept per user")
+    retention_days: float = Field(
+        400.0,
+        gt=0,
+        description="Forget users inactive this long in event time; also the lateness bound",
+    )
+    pseudonymize_key: SecretStr | None = Field(
+        None, description="HMAC key: when set, user ids are pseudonymised on ingest"
+    )
 
     # --- model and segments
     model_dir: Path = Path("var/models")
@@ -84,6 +101,28 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _security(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"SEGMENTER_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "SEGMENTER_KAFKA_SASL_USERNAME and SEGMENTER_KAFKA_SASL_PASSWORD"
+            )
+        for name in (
+            "kafka_ssl_cafile",
+            "kafka_ssl_certfile",
+            "kafka_ssl_keyfile",
+            "redis_ssl_ca_certs",
+        ):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"SEGMENTER_{name.upper()}={path} is not a readable file")
+        if self.pseudonymize_key is not None and len(self.pseudonymize_key.get_secret_value()) < 16:
+            raise ValueError("SEGMENTER_PSEUDONYMIZE_KEY must be at least 16 characters")
+        return self
+
+    @model_validator(mode="after")
     def _distinct_topics(self) -> Settings:
         topics = [self.topic_clickstream, self.topic_orders, self.topic_segments, self.topic_dlq]
         if len(set(topics)) != len(topics):
@@ -98,6 +137,36 @@ class Settings(BaseSettings):
             parts = urlsplit(part if "://" in part else f"kafka://{part}")
             out.append(f"{parts.hostname}:{parts.port}")
         return ",".join(out)
+
+    def kafka_client_config(self) -> dict[str, Any]:
+        """librdkafka (confluent-kafka) settings: bootstrap servers plus security."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol.startswith("SASL_"):
+            assert self.kafka_sasl_password is not None
+            conf |= {
+                "sasl.mechanisms": self.kafka_sasl_mechanism,
+                "sasl.username": self.kafka_sasl_username,
+                "sasl.password": self.kafka_sasl_password.get_secret_value(),
+            }
+        if self.kafka_ssl_cafile:
+            conf["ssl.ca.location"] = str(self.kafka_ssl_cafile)
+        if self.kafka_ssl_certfile:
+            conf["ssl.certificate.location"] = str(self.kafka_ssl_certfile)
+        if self.kafka_ssl_keyfile:
+            conf["ssl.key.location"] = str(self.kafka_ssl_keyfile)
+        return conf
+
+    def redis_client_kwargs(self) -> dict[str, Any]:
+        """Extra redis-py keyword arguments (AUTH and TLS); the URL carries the rest."""
+        kwargs: dict[str, Any] = {}
+        if self.redis_password is not None:
+            kwargs["password"] = self.redis_password.get_secret_value()
+        if self.redis_ssl_ca_certs is not None:
+            kwargs["ssl_ca_certs"] = str(self.redis_ssl_ca_certs)
+        return kwargs
 
     @property
     def faust_broker(self) -> str:

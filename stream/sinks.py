@@ -15,10 +15,10 @@ from confluent_kafka import KafkaException, Producer
 
 
 class ConfluentSink:
-    def __init__(self, bootstrap: str, **overrides: Any) -> None:
+    def __init__(self, kafka_config: dict[str, Any], **overrides: Any) -> None:
         self._producer = Producer(
             {
-                "bootstrap.servers": bootstrap,
+                **kafka_config,
                 "enable.idempotence": True,
                 "acks": "all",
                 "linger.ms": 2,

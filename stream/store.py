@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from stream.fold import HALF_LIVES, UserState
+from stream.settings import Settings
 
 CODEC_VERSION = 1
 _DECAYED = tuple(HALF_LIVES)
@@ -142,27 +143,33 @@ def decode_record(data: bytes, rev: int) -> UserRecord:
 
 # All-or-nothing batch commit. Revisions are checked for every user before
 # anything is written, so a refused batch leaves Redis exactly as it was.
+# KEYS: counts, offsets, stream_time, active, user keys...
+# ARGV: stream_time, n_offsets, ttl_ms, (field, offset) * n, then per user:
+#       expected rev, record, old segment, new segment, user id, last_seen
 _COMMIT_LUA = """
 local n_off = tonumber(ARGV[2])
-local base = 2 + 2 * n_off
-for i = 4, #KEYS do
-  local j = base + (i - 4) * 4
+local ttl = tonumber(ARGV[3])
+local base = 3 + 2 * n_off
+for i = 5, #KEYS do
+  local j = base + (i - 5) * 6
   local rev = redis.call('HGET', KEYS[i], 'r') or '0'
   if rev ~= ARGV[j + 1] then
     return {'conflict', KEYS[i]}
   end
 end
-for i = 4, #KEYS do
-  local j = base + (i - 4) * 4
+for i = 5, #KEYS do
+  local j = base + (i - 5) * 6
   redis.call('HSET', KEYS[i], 'd', ARGV[j + 2], 'r', tonumber(ARGV[j + 1]) + 1)
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) end
   local old, new = ARGV[j + 3], ARGV[j + 4]
   if old ~= new then
     if old ~= '' then redis.call('HINCRBY', KEYS[1], old, -1) end
     if new ~= '' then redis.call('HINCRBY', KEYS[1], new, 1) end
   end
+  redis.call('ZADD', KEYS[4], ARGV[j + 6], ARGV[j + 5])
 end
 for k = 0, n_off - 1 do
-  local f, off = ARGV[3 + 2 * k], tonumber(ARGV[4 + 2 * k])
+  local f, off = ARGV[4 + 2 * k], tonumber(ARGV[5 + 2 * k])
   local cur = redis.call('HGET', KEYS[2], f)
   if (not cur) or tonumber(cur) < off then redis.call('HSET', KEYS[2], f, off) end
 end
@@ -170,6 +177,18 @@ local st = tonumber(ARGV[1])
 local cur = tonumber(redis.call('GET', KEYS[3]) or '0')
 if st > cur then redis.call('SET', KEYS[3], ARGV[1]) end
 return {'ok', ''}
+"""
+
+# Delete one user: state, membership of the activity index, and their place in
+# the segment population, together. KEYS: user key, counts, active. ARGV: uid.
+_FORGET_LUA = """
+local d = redis.call('HGET', KEYS[1], 'd')
+redis.call('ZREM', KEYS[3], ARGV[1])
+if not d then return 0 end
+local g = cjson.decode(d)['g']
+if g and g ~= cjson.null then redis.call('HINCRBY', KEYS[2], g, -1) end
+redis.call('DEL', KEYS[1])
+return 1
 """
 
 
@@ -192,20 +211,29 @@ class StateStore:
         self._r: Any = client
         self.prefix = prefix
         self._commit = client.register_script(_COMMIT_LUA)
+        self._forget = client.register_script(_FORGET_LUA)
         self.k_counts = f"{prefix}:counts"
+        self.k_active = f"{prefix}:active"
+        self.k_forgotten = f"{prefix}:forgotten_total"
         self.k_offsets = f"{prefix}:offsets"
         self.k_stream_time = f"{prefix}:stream_time"
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, password: str | None = None) -> StateStore:
+    def from_url(cls, url: str, prefix: str, **redis_kwargs: Any) -> StateStore:
         client = aioredis.Redis.from_url(
             url,
-            password=password,
             socket_timeout=5.0,
             socket_connect_timeout=3.0,
             health_check_interval=15,
+            **redis_kwargs,
         )
         return cls(client, prefix)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StateStore:
+        return cls.from_url(
+            settings.redis_url, settings.redis_prefix, **settings.redis_client_kwargs()
+        )
 
     def user_key(self, user_id: str) -> str:
         return f"{self.prefix}:u:{{{user_id}}}"
@@ -238,11 +266,16 @@ class StateStore:
         writes: Iterable[UserWrite],
         partition_offsets: dict[str, int],
         stream_time: int,
+        ttl_ms: int = 0,
     ) -> None:
-        """Write a batch atomically; raise :class:`ConflictError` if anyone else wrote first."""
+        """Write a batch atomically; raise :class:`ConflictError` if anyone else wrote first.
+
+        ``ttl_ms`` (0 = none) is a wall-clock backstop on each written user key;
+        the authoritative, event-time retention is :meth:`expire_inactive`.
+        """
         writes = list(writes)
-        keys = [self.k_counts, self.k_offsets, self.k_stream_time]
-        args: list[Any] = [stream_time, len(partition_offsets)]
+        keys = [self.k_counts, self.k_offsets, self.k_stream_time, self.k_active]
+        args: list[Any] = [stream_time, len(partition_offsets), ttl_ms]
         for tp, off in partition_offsets.items():
             args += [tp, off]
         for w in writes:
@@ -252,10 +285,42 @@ class StateStore:
                 encode_record(w.record),
                 w.old_segment or "",
                 w.record.segment or "",
+                w.user_id,
+                w.record.state.last_seen,
             ]
         status, detail = await self._commit(keys=keys, args=args)
         if status != b"ok":
             raise ConflictError(f"concurrent write to {detail.decode()}")
+
+    async def forget(self, user_id: str) -> bool:
+        """Erase one user (right to erasure). True if there was state to erase."""
+        erased = bool(
+            await self._forget(
+                keys=[self.user_key(user_id), self.k_counts, self.k_active], args=[user_id]
+            )
+        )
+        if erased:
+            await self._r.incr(self.k_forgotten)
+        return erased
+
+    async def inactive_users(self, before_ms: int, limit: int) -> list[str]:
+        """Users whose last event is older than ``before_ms`` (event time), oldest first."""
+        raw = await self._r.zrangebyscore(
+            self.k_active, "-inf", f"({before_ms}", start=0, num=limit
+        )
+        return [u.decode() for u in raw]
+
+    async def expire_inactive(self, before_ms: int, limit: int = 500) -> list[str]:
+        """Retention in event time: erase up to ``limit`` users inactive since ``before_ms``."""
+        users = await self.inactive_users(before_ms, limit)
+        for user in users:
+            await self._forget(
+                keys=[self.user_key(user), self.k_counts, self.k_active], args=[user]
+            )
+        return users
+
+    async def forgotten_total(self) -> int:
+        return int(await self._r.get(self.k_forgotten) or 0)
 
     async def stream_time(self) -> int:
         return int(await self._r.get(self.k_stream_time) or 0)

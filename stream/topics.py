@@ -26,7 +26,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
 
 def ensure_topics(settings: Settings, timeout_s: float = 15.0) -> list[str]:
     """Create whichever of the service's topics do not exist yet; return those created."""
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = AdminClient(settings.kafka_client_config())
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = [t for t in topic_specs(settings) if t.topic not in existing]
     if not wanted:

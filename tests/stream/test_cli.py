@@ -103,7 +103,7 @@ def test_user_prints_the_documented_json(settings_factory: Callable[..., Setting
 
     async def feed() -> None:
         store = StateStore.from_url(settings.redis_url, settings.redis_prefix)
-        sink = ConfluentSink(settings.bootstrap_servers)
+        sink = ConfluentSink(settings.kafka_client_config())
         model = load_current(settings.model_dir)
         proc = BatchProcessor(store, sink, lambda: model, pipeline_config(settings))
         recs = [

@@ -36,7 +36,7 @@ def records(settings: Settings, values: list[dict], start_offset: int = 0) -> li
 
 async def run_batches(settings: Settings, batches: list[list[RawRecord]]):  # type: ignore[no-untyped-def]
     store = StateStore.from_url(settings.redis_url, settings.redis_prefix)
-    sink = ConfluentSink(settings.bootstrap_servers)
+    sink = ConfluentSink(settings.kafka_client_config())
     model = load_current(settings.model_dir)
     proc = BatchProcessor(
         store, sink, lambda: model, pipeline_config(settings), clock_ms=lambda: NOW

@@ -1,0 +1,191 @@
+"""Security and privacy: erasure, pseudonymisation, retention, secrets, client security config."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import orjson
+import pytest
+
+from model.registry import load_current
+from stream.app import faust_credentials, pipeline_config
+from stream.pipeline import BatchProcessor, BatchResult, RawRecord
+from stream.settings import Settings, SettingsError, load_settings
+from stream.sinks import ConfluentSink
+from stream.store import StateStore
+from tests.conftest import TopicReader, WorkerProcess, settings_env
+from tests.factories import DAY, T0, click, order
+from tests.helpers import as_items, produce, wait_applied
+from tests.stream.test_cli import segmenter
+
+
+async def feed(settings: Settings, values: list[dict], start: int = 0) -> BatchResult:  # type: ignore[type-arg]
+    store = StateStore.from_settings(settings)
+    sink = ConfluentSink(settings.kafka_client_config())
+    model = load_current(settings.model_dir)
+    proc = BatchProcessor(store, sink, lambda: model, pipeline_config(settings))
+    records = [
+        RawRecord(
+            settings.topic_orders
+            if v["event_type"].startswith("order_")
+            else settings.topic_clickstream,
+            0,
+            start + i,
+            v["user_id"].encode(),
+            orjson.dumps(v),
+        )
+        for i, v in enumerate(values)
+    ]
+    try:
+        return await proc.process(records)
+    finally:
+        sink.close()
+        await store.close()
+
+
+async def counts(settings: Settings) -> dict[str, int]:
+    store = StateStore.from_settings(settings)
+    try:
+        return await store.segment_counts()
+    finally:
+        await store.close()
+
+
+async def dump_prefix(settings: Settings) -> bytes:
+    """Every key and value under the test's prefix, as one blob to search."""
+    store = StateStore.from_settings(settings)
+    r = store._r
+    out = b""
+    try:
+        async for key in r.scan_iter(match=f"{settings.redis_prefix}:*"):
+            kind = (await r.type(key)).decode()
+            out += key + b"\n"
+            if kind == "hash":
+                out += b"".join(k + v for k, v in (await r.hgetall(key)).items())
+            elif kind == "zset":
+                out += b"".join(await r.zrange(key, 0, -1))
+            elif kind == "string":
+                out += await r.get(key)
+        return out
+    finally:
+        await store.close()
+
+
+@pytest.mark.integration
+def test_forget_erases_the_user_and_tombstones_the_compacted_topic(
+    settings_factory: Callable[..., Settings], reader_factory: Callable[[str], TopicReader]
+) -> None:
+    settings = settings_factory()
+    asyncio.run(feed(settings, [click("erin", T0), order("erin", T0 + 1000), click("bob", T0)]))
+    before = asyncio.run(counts(settings))
+    out = segmenter("forget", "erin", env=settings_env(settings))
+    assert out.returncode == 0, out.stderr
+    assert "state deleted" in out.stdout
+
+    async def check() -> None:
+        store = StateStore.from_settings(settings)
+        try:
+            assert await store.get("erin") is None
+            assert await store.get("bob") is not None
+            assert "erin" not in await store.inactive_users(T0 + 400 * DAY, 100)
+            after = await store.segment_counts()
+            assert sum(after.values()) == sum(before.values()) - 1
+            assert await store.forgotten_total() == 1
+        finally:
+            await store.close()
+
+    asyncio.run(check())
+    reader = reader_factory(settings.topic_segments)
+    msgs = reader.wait_for(lambda m: any(x.key() == b"erin" and x.value() is None for x in m))
+    erin = [m for m in msgs if m.key() == b"erin"]
+    assert erin[-1].value() is None and erin[0].value() is not None  # change, then tombstone
+    again = segmenter("forget", "erin", env=settings_env(settings))
+    assert again.returncode == 0 and "no state was held" in again.stdout
+
+
+@pytest.mark.integration
+def test_pseudonymised_ids_never_reach_redis_or_the_output_topic(
+    settings_factory: Callable[..., Settings], reader_factory: Callable[[str], TopicReader]
+) -> None:
+    settings = settings_factory(pseudonymize_key="k" * 32)
+    result = asyncio.run(feed(settings, [click("alice-raw-id", T0), order("alice-raw-id", T0 + 5)]))
+    assert result.applied == 2
+    assert b"alice-raw-id" not in asyncio.run(dump_prefix(settings))
+    msgs = reader_factory(settings.topic_segments).wait_for(lambda m: len(m) >= 1)
+    for m in msgs:
+        assert b"alice-raw-id" not in m.key() and b"alice-raw-id" not in m.value()
+        assert m.key().startswith(b"p_")
+    found = segmenter("user", "alice-raw-id", "--json", env=settings_env(settings))
+    assert found.returncode == 0, found.stderr
+    assert orjson.loads(found.stdout)["features"]["order_count"] == 1
+
+
+@pytest.mark.integration
+def test_retention_erases_users_inactive_in_event_time_and_late_events_are_dead_lettered(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    settings = settings_factory(retention_days=100)
+    asyncio.run(feed(settings, [click("old", T0), click("new", T0 + 5 * DAY)]))
+    asyncio.run(feed(settings, [click("new", T0 + 120 * DAY)], start=2))
+
+    async def sweep() -> list[str]:
+        store = StateStore.from_settings(settings)
+        try:
+            expired = await store.expire_inactive(T0 + 20 * DAY)  # stream time - 100 days
+            assert await store.get("old") is None and await store.get("new") is not None
+            assert sum((await store.segment_counts()).values()) == 1
+            return expired
+        finally:
+            await store.close()
+
+    assert asyncio.run(sweep()) == ["old"]
+    late = asyncio.run(feed(settings, [click("new", T0 + 10 * DAY)], start=3))
+    assert late.dead_lettered == 1 and late.applied == 0
+
+
+def test_security_settings_map_to_kafka_and_redis_clients(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not a real CA, only needs to exist")
+    s = Settings(
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="svc",
+        kafka_sasl_password="s3cret-kafka",
+        redis_url="rediss://redis.example:6380/0",
+        redis_password="s3cret-redis",
+        redis_ssl_ca_certs=ca,
+    )
+    conf = s.kafka_client_config()
+    assert conf["security.protocol"] == "SASL_PLAINTEXT"
+    assert conf["sasl.mechanisms"] == "SCRAM-SHA-512" and conf["sasl.password"] == "s3cret-kafka"
+    assert s.redis_client_kwargs() == {"password": "s3cret-redis", "ssl_ca_certs": str(ca)}
+    creds = faust_credentials(s)
+    assert creds.username == "svc" and creds.mechanism.value == "SCRAM-SHA-512"
+    summary = str(s.safe_summary())
+    assert "s3cret" not in summary and repr(s).count("s3cret") == 0
+
+
+def test_sasl_without_credentials_fails_at_start_up_with_what_to_set() -> None:
+    with pytest.raises(SettingsError, match="SEGMENTER_KAFKA_SASL_USERNAME"):
+        load_settings(kafka_security_protocol="SASL_SSL")
+
+
+@pytest.mark.integration
+def test_secrets_never_appear_in_worker_logs(
+    settings_factory: Callable[..., Settings], worker_factory: Callable[[Settings], WorkerProcess]
+) -> None:
+    settings = settings_factory(
+        kafka_sasl_password="kafka-secret-value-123",
+        pseudonymize_key="hmac-secret-value-4567890",
+        log_level="DEBUG",
+    )
+    worker = worker_factory(settings)
+    worker.wait_ready()
+    ends = produce(settings, as_items(settings, [click("zed", T0), click("zed", T0 + 1)]))
+    wait_applied(settings, ends, worker)
+    assert worker.stop() == 0
+    log = worker.log()
+    assert "settings:" in log  # the summary is logged, masked
+    for secret in ("kafka-secret-value-123", "hmac-secret-value-4567890"):
+        assert secret not in log
