@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from datetime import UTC, datetime
 import tempfile
 from dataclasses import dataclass
 from importlib import resources
@@ -115,11 +116,53 @@ def ensure_serving_model(model_dir: Path) -> str:
     if not (model_dir / version).exists():
         staging = Path(tempfile.mkdtemp(dir=model_dir, prefix=".staging-"))
         shutil.copytree(boot, staging, dirs_exist_ok=True)
-        publish_version(model_dir, staging, version)
-    set_current(model_dir, version)
+        try:
+            publish_version(model_dir, staging, version)
+        except (ModelError, OSError):
+            # Another worker sharing the volume seeded it first: same files, fine.
+            shutil.rmtree(staging, ignore_errors=True)
+            if not (model_dir / version / MANIFEST).exists():
+                raise
+    if current_version(model_dir) is None:
+        set_current(model_dir, version)
     return version
 
 
 def load_current(model_dir: Path) -> LoadedModel:
     version = ensure_serving_model(model_dir)
     return load_version(model_dir / version)
+
+
+HISTORY = "history.jsonl"
+
+
+def promotion_history(model_dir: Path) -> list[dict[str, Any]]:
+    path = model_dir / HISTORY
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def promote(model_dir: Path, version: str, reason: str) -> dict[str, Any]:
+    """Make ``version`` current and record why, so rollback knows what came before."""
+    load_version(model_dir / version)  # refuse what a worker would refuse
+    previous = current_version(model_dir)
+    set_current(model_dir, version)
+    entry = {
+        "version": version,
+        "previous": previous,
+        "reason": reason,
+        "at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+    }
+    with (model_dir / HISTORY).open("ab") as fh:
+        fh.write(orjson.dumps(entry) + b"\n")
+    return entry
+
+
+def rollback(model_dir: Path) -> dict[str, Any]:
+    """Go back to the version that was current before the current one."""
+    current = current_version(model_dir)
+    for entry in reversed(promotion_history(model_dir)):
+        if entry["version"] == current and entry.get("previous"):
+            return promote(model_dir, entry["previous"], f"rollback from {current}")
+    raise ModelError(f"no earlier promotion than {current!r} is recorded in {model_dir / HISTORY}")

@@ -8,6 +8,7 @@ only, so a committed offset never runs ahead of applied state.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import time
@@ -20,6 +21,7 @@ from faust.types import TP
 from model.registry import LoadedModel, ModelError, current_version, load_current, load_version
 from model.segments import Hysteresis
 from stream import metrics
+from stream.announce import AnnouncementListener
 from stream.events import DecodeLimits, iso
 from stream.health import Health
 from stream.http import serve as serve_http
@@ -243,6 +245,22 @@ def create_app(settings: Settings) -> faust.App:
                 len(result.changes),
             )
 
+    listener: list[AnnouncementListener] = []
+
+    def reload_now() -> None:
+        if holder.reload_if_promoted(settings.model_dir):
+            health.model_version = holder.current.version
+
+    @app.task
+    async def listen_for_promotions() -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_announcement(message: dict[str, Any]) -> None:
+            log.info("model announcement: %s", message.get("version"))
+            loop.call_soon_threadsafe(reload_now)  # swap on the loop, between batches
+
+        listener.append(AnnouncementListener(settings, on_announcement).start())
+
     @app.task
     async def start_http() -> None:
         if settings.metrics_port:
@@ -268,8 +286,7 @@ def create_app(settings: Settings) -> faust.App:
             metrics.SEGMENT_USERS.labels(segment).set(n)
         await _update_lag(app, health, applied)
         await _expire_inactive(store, settings)
-        if holder.reload_if_promoted(settings.model_dir):
-            health.model_version = holder.current.version
+        reload_now()
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(app: faust.App, assigned: set[TP], **kwargs: Any) -> None:
@@ -288,6 +305,8 @@ def create_app(settings: Settings) -> faust.App:
         # owns the partition next.
         stopping["now"] = True
         log.info("shutting down: finishing the current batch")
+        for each in listener:
+            each.stop()
 
     app.segmenter_health = health  # type: ignore[attr-defined]
     app.segmenter_store = store  # type: ignore[attr-defined]

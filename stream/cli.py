@@ -189,12 +189,13 @@ def export_cmd(
 
     settings = settings_or_exit()
     names = [t for t in topics.split(",") if t] or list(settings.input_topics)
+    since_ms = _to_epoch_ms(since) if since else None
     with progress() as bar:
         task = bar.add_task("exporting", total=None)
         result = export_records(
-            replay_topics(settings.kafka_client_config(), names),
+            replay_topics(settings.kafka_client_config(), names, since_ms=since_ms),
             out,
-            since_ms=_to_epoch_ms(since) if since else None,
+            since_ms=since_ms,
             until_ms=_to_epoch_ms(until) if until else None,
             on_progress=lambda k: bar.advance(task, k),
         )
@@ -387,6 +388,67 @@ def demo(
     setup_logging("WARNING")
     code = run_demo(users=users, days=days, seed=seed, rate=rate)
     raise typer.Exit(code)
+
+
+models_app = typer.Typer(
+    help="The model registry: list, show, promote, rollback.", no_args_is_help=True
+)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Every version in SEGMENTER_MODEL_DIR, with its validation macro-F1; * marks current."""
+    from model.registry import current_version, list_versions, read_manifest
+
+    settings = settings_or_exit()
+    current = current_version(settings.model_dir)
+    for version in list_versions(settings.model_dir):
+        manifest = read_manifest(settings.model_dir / version)
+        f1 = manifest.get("metrics", {}).get("macro_f1")
+        gate = manifest.get("gate", {}).get("outcome", "")
+        mark = "*" if version == current else " "
+        f1_text = f"{f1:.3f}" if isinstance(f1, float) else "-"
+        typer.echo(
+            f"{mark} {version:<28} macro-F1 {f1_text}  {manifest.get('created_at', '')}  {gate}"
+        )
+
+
+@models_app.command("show")
+def models_show(
+    version: Annotated[str, typer.Argument(help="Version (default: current)")] = "",
+) -> None:
+    """A version's manifest (features, schema hash, classes, window, metrics, gate)."""
+    from model.registry import current_version, read_manifest
+
+    settings = settings_or_exit()
+    version = version or (current_version(settings.model_dir) or "")
+    manifest = read_manifest(settings.model_dir / version)
+    manifest.pop("normalisation", None)
+    sys.stdout.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+@models_app.command("promote")
+def models_promote(
+    version: Annotated[str, typer.Argument(help="Version to make current")],
+    reason: Annotated[str, typer.Option(help="Recorded in the promotion history")] = "manual",
+) -> None:
+    """Make a version current (workers switch without a restart) and announce it."""
+    from stream.announce import promote_and_announce
+
+    settings = settings_or_exit()
+    entry = promote_and_announce(settings, version, reason)
+    typer.echo(f"current: {entry['version']} (was {entry['previous']})")
+
+
+@models_app.command("rollback")
+def models_rollback() -> None:
+    """Go back to the version that was current before this one, and announce it."""
+    from stream.announce import rollback_and_announce
+
+    settings = settings_or_exit()
+    entry = rollback_and_announce(settings)
+    typer.echo(f"current: {entry['version']} (rolled back from {entry['previous']})")
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
 
 OFFSET_BEGINNING = -2
 
@@ -22,10 +22,18 @@ def replay_topics(
     kafka_config: dict[str, Any],
     topics: list[str],
     *,
+    since_ms: int | None = None,
     on_progress: Callable[[int], None] | None = None,
     timeout_s: float = 300.0,
 ) -> Iterator[tuple[str, bytes | None, bytes | None]]:
-    """Yield ``(topic, key, value)`` of every record now in ``topics``, partition by partition."""
+    """Yield ``(topic, key, value)`` of the records now in ``topics``.
+
+    With ``since_ms``, each partition starts at the offset the broker gives
+    for that time (offsets-for-times) instead of offset 0. That is only a
+    lower bound to skip what is surely too old: Tansu answers by append time
+    and returns 0 for history, and a record's Kafka timestamp is not its event
+    time, so callers still filter on each event's own timestamp.
+    """
     consumer = Consumer(
         {
             **kafka_config,
@@ -42,6 +50,14 @@ def replay_topics(
             if meta.error is not None:
                 raise RuntimeError(f"cannot replay {topic}: {meta.error}")
             parts += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
+        if since_ms is not None:
+            wanted = [TopicPartition(p.topic, p.partition, since_ms) for p in parts]
+            found = consumer.offsets_for_times(wanted, timeout=10)
+            # -1: no record that late in this partition, so nothing to read there.
+            parts = [
+                p if p.offset >= 0 else TopicPartition(p.topic, p.partition, OFFSET_END)
+                for p in found
+            ]
         consumer.assign(parts)
         pending = {(p.topic, p.partition) for p in parts}
 

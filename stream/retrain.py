@@ -24,10 +24,11 @@ import orjson
 import redis
 
 from model.evaluate import classification_report
-from model.registry import current_version, load_version, set_current
+from model.registry import current_version, load_version
 from model.sources import decode_records
 from model.train import TrainConfig, train_from_events
 from stream import metrics
+from stream.announce import promote_and_announce
 from stream.fold import DAY_MS
 from stream.replay import replay_topics
 from stream.settings import Settings
@@ -97,7 +98,8 @@ def run_once(settings: Settings, cfg: RetrainConfig, client: Any) -> RunResult:
             orders_topic=settings.topic_orders,
         )
         if not decoded.events:
-            return RunResult("failed", reason="no events in the input topics")
+            # A fresh stack: nothing to learn from yet, which is not a failure.
+            return RunResult("skipped", reason="no events in the input topics yet")
         newest = max(e.timestamp for e in decoded.events)
         since = newest - int(cfg.window_days * DAY_MS)
         events = [e for e in decoded.events if e.timestamp >= since]
@@ -124,7 +126,7 @@ def run_once(settings: Settings, cfg: RetrainConfig, client: Any) -> RunResult:
             "promoted" if ok else "candidate", path.name, reason, report["macro_f1"], current_f1
         )
         if ok:
-            set_current(settings.model_dir, path.name)
+            promote_and_announce(settings, path.name, f"retrain: {reason}")
         (path / "gate.json").write_bytes(orjson.dumps(result.__dict__, option=orjson.OPT_INDENT_2))
         log.info("model %s: %s (%s)", path.name, result.outcome, reason)
         return result

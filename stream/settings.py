@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     topic_orders: str = "orders"
     topic_segments: str = "customer-segments"
     topic_dlq: str = "segmenter-dlq"
+    topic_models: str = "segmenter-models"
     topic_partitions: int = Field(8, ge=1, le=1024, description="Partitions when creating topics")
 
     # --- consumer group and batching
@@ -124,7 +125,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _distinct_topics(self) -> Settings:
-        topics = [self.topic_clickstream, self.topic_orders, self.topic_segments, self.topic_dlq]
+        topics = [
+            self.topic_clickstream,
+            self.topic_orders,
+            self.topic_segments,
+            self.topic_dlq,
+            self.topic_models,
+        ]
         if len(set(topics)) != len(topics):
             raise ValueError(f"topic names must be distinct, got {topics}")
         return self
@@ -178,7 +185,7 @@ class Settings(BaseSettings):
 
     @property
     def all_topics(self) -> tuple[str, ...]:
-        return (*self.input_topics, self.topic_segments, self.topic_dlq)
+        return (*self.input_topics, self.topic_segments, self.topic_dlq, self.topic_models)
 
     def safe_summary(self) -> dict[str, object]:
         """What may be logged: secrets masked, URLs stripped of credentials."""

@@ -21,6 +21,8 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         # per user, and `forget` tombstones erase a user for good.
         NewTopic(settings.topic_segments, p, 1, config={"cleanup.policy": "compact"}),
         NewTopic(settings.topic_dlq, 1, 1),
+        # Promotions, key "current": compacted, so the latest announcement stays.
+        NewTopic(settings.topic_models, 1, 1, config={"cleanup.policy": "compact"}),
     ]
 
 
