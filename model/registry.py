@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
-from datetime import UTC, datetime
 import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any

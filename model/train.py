@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from model.baselines import majority_class, previous_segment_baseline, rfm_baseline
 from model.dataset import Examples
 from model.evaluate import classification_report
 from model.features import FEATURE_NAMES, SCHEMA_HASH
@@ -41,6 +42,11 @@ class TrainConfig:
     batch_size: int = 256
     patience: int = 15
     seed: int = 0
+    #: 1.0 = fully balanced class weights, 0.0 = none. Measured on generated
+    #: data (300 users, 240 days, 3 seeds): balanced 0.77-0.79 macro-F1, square
+    #: root 0.81-0.84, none 0.83-0.86; balanced weights over-predict the rare
+    #: classes when the validation window's priors differ from training's.
+    class_weight_power: float = 0.5
 
 
 @dataclass
@@ -60,12 +66,12 @@ def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, scale
 
 
-def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
-    """Balanced weights for the classes present; absent classes get weight 0."""
+def class_weights(y: np.ndarray, n_classes: int, power: float = 1.0) -> dict[int, float]:
+    """Balanced weights, raised to ``power``, for the classes present; absent ones get 0."""
     counts = np.bincount(y, minlength=n_classes).astype(float)
     present = counts > 0
     weights = np.zeros(n_classes)
-    weights[present] = counts.sum() / (present.sum() * counts[present])
+    weights[present] = (counts.sum() / (present.sum() * counts[present])) ** power
     return {i: float(w) for i, w in enumerate(weights)}
 
 
@@ -115,7 +121,7 @@ def fit(
         validation_data=(val.x, y_val),
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
-        class_weight=class_weights(train.y, n_classes),
+        class_weight=class_weights(train.y, n_classes, cfg.class_weight_power),
         shuffle=True,
         verbose=0,
         callbacks=callbacks,
@@ -242,8 +248,30 @@ def train_from_events(
         int(val.cutoffs.max()),
     )
     fitted = fit(train, val, cfg, on_epoch=on_epoch)
-    metrics = evaluate(fitted, val)
+    predicted = predict_classes(fitted, val.x)
+    metrics = classification_report(val.y, predicted, val.classes)
+    # The baselines answer "is the network worth it?" on the very same rows.
+    val_cutoff = int(val.cutoffs.max())
+    previous, _ = previous_segment_baseline(
+        examples, val_cutoff, horizon_ms, fallback=majority_class(train.y, len(train.classes))
+    )
+    metrics["baselines"] = {
+        "rfm": classification_report(
+            val.y, rfm_baseline(train, val, top_quantile=top_quantile), val.classes
+        ),
+        "previous_segment": classification_report(val.y, previous, val.classes),
+    }
+    n = len(val.classes)
     distribution = {c: int((val.y == i).sum()) for i, c in enumerate(val.classes)}
+    distributions = {
+        "train": {
+            c: int(v) for c, v in zip(val.classes, np.bincount(train.y, minlength=n), strict=True)
+        },
+        "validation": distribution,
+        "predicted": {
+            c: int(v) for c, v in zip(val.classes, np.bincount(predicted, minlength=n), strict=True)
+        },
+    }
     training = {
         "source": source,
         "events": len(ordered),
@@ -256,8 +284,9 @@ def train_from_events(
         "step_ms": step_ms,
         "top_quantile": top_quantile,
         "validation_distribution": distribution,
+        "distributions": distributions,
     }
-    return write_artifact(
+    target = write_artifact(
         model_dir,
         fitted,
         classes=val.classes,
@@ -267,4 +296,27 @@ def train_from_events(
         promote=promote,
         version=version,
         validation=val,
+    )
+    render_report(target)
+    return target
+
+
+def render_report(target: Path, gate: dict[str, Any] | None = None) -> list[Path]:
+    """(Re)write report.md and its plots from the artifact's own files."""
+    from model.report import write_report
+
+    manifest = orjson.loads((target / MANIFEST).read_bytes())
+    report = orjson.loads((target / "report.json").read_bytes())
+    metrics = dict(manifest["metrics"])
+    baselines = metrics.pop("baselines", {})
+    return write_report(
+        target,
+        version=manifest["version"],
+        classes=manifest["classes"],
+        model_metrics=metrics,
+        baselines=baselines,
+        history=report.get("history", {}),
+        distribution=manifest["training"].get("distributions", {}),
+        gate=gate,
+        training=manifest["training"],
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -42,12 +43,16 @@ def parse_duration(text: str) -> int:
 
 
 def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(name)s: %(message)s",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)],
-        force=True,
-    )
+    """Rich output for people at a terminal; one plain line per record for log collectors."""
+    if console.is_terminal:
+        handler: logging.Handler = RichHandler(
+            console=console, show_path=False, rich_tracebacks=True
+        )
+        fmt = "%(name)s: %(message)s"
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
 
 
 def settings_or_exit(**overrides: object) -> Settings:
@@ -226,7 +231,13 @@ def train(
     model_dir: Annotated[
         Path | None, typer.Option(help="Registry (default SEGMENTER_MODEL_DIR)")
     ] = None,
-    promote: Annotated[bool, typer.Option(help="Make the new model current")] = True,
+    promote: Annotated[
+        bool, typer.Option(help="Make it current if it passes the promotion gate")
+    ] = True,
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote even if the gate says no")
+    ] = False,
+    tolerance: Annotated[float, typer.Option(help="Gate: allowed macro-F1 drop vs serving")] = 0.01,
     version: Annotated[str | None, typer.Option(help="Version name (default: timestamp)")] = None,
 ) -> None:
     """Train the MLP on events at cutoffs (temporal validation) and write a versioned model."""
@@ -279,13 +290,24 @@ def train(
             horizon_ms=parse_duration(horizon),
             step_ms=parse_duration(step),
             cfg=cfg,
-            promote=promote,
+            promote=False,
             source=source,
             on_epoch=on_epoch,
             version=version,
         )
+    from model.gate import judge
+
+    registry = model_dir or settings.model_dir
+    verdict = judge(registry, target, tolerance)
     report = orjson.loads((target / "report.json").read_bytes())
-    console.print(f"model [bold]{target.name}[/] written to {target}")
+    console.print(
+        f"model [bold]{target.name}[/] written to {target} (report: {target / 'report.md'})"
+    )
+    console.print(f"gate: {verdict.outcome}: {verdict.reason}")
+    if promote and (verdict.passed or force):
+        _promote_locally(
+            settings, registry, target.name, "segmenter train" + (" --force" if force else "")
+        )
     console.print(
         f"validation: accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f} "
         f"on {report['n']} users"
@@ -294,6 +316,27 @@ def train(
         console.print(
             f"  {cls:<11} precision {m['precision']:.3f} recall {m['recall']:.3f} "
             f"f1 {m['f1']:.3f} support {m['support']}"
+        )
+
+
+def _promote_locally(settings: Settings, registry: Path, version: str, reason: str) -> None:
+    """Promote in the registry, then announce if a broker answers (workers also poll)."""
+    from model.registry import promote
+    from stream.announce import announce
+
+    entry = promote(registry, version, reason)
+    console.print(f"current model: {version} (was {entry['previous']})")
+    host, _, port = settings.bootstrap_servers.split(",")[0].rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except OSError:
+        console.print(f"[yellow]no broker at {host}:{port}: not announced (workers poll)")
+        return
+    try:
+        announce(settings.model_copy(update={"model_dir": registry}), entry, timeout_s=5)
+    except Exception as exc:  # training offline is fine; workers poll the pointer
+        console.print(
+            f"[yellow]not announced on {settings.topic_models} ({exc}); workers will poll"
         )
 
 

@@ -16,15 +16,11 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import orjson
 import redis
 
-from model.evaluate import classification_report
-from model.registry import current_version, load_version
+from model.gate import judge
 from model.sources import decode_records
 from model.train import TrainConfig, train_from_events
 from stream import metrics
@@ -57,32 +53,6 @@ class RunResult:
     reason: str = ""
     candidate_f1: float | None = None
     current_f1: float | None = None
-
-
-def gate(candidate_f1: float, current_f1: float | None, tolerance: float) -> tuple[bool, str]:
-    """Pure promotion rule, so it is tested apart from training."""
-    if current_f1 is None:
-        return True, "no serving model to compare with"
-    if candidate_f1 >= current_f1 - tolerance:
-        return True, f"macro-F1 {candidate_f1:.4f} >= serving {current_f1:.4f} - {tolerance}"
-    return False, f"macro-F1 {candidate_f1:.4f} < serving {current_f1:.4f} - {tolerance}"
-
-
-def _serving_f1(model_dir: Path, x: np.ndarray, y: np.ndarray, classes: list[str]) -> float | None:
-    version = current_version(model_dir)
-    if version is None:
-        return None
-    try:
-        serving = load_version(model_dir / version)
-    except Exception as exc:  # an unusable serving model should not block a good candidate
-        log.warning(
-            "serving model %s cannot be scored (%s); gate compares with nothing", version, exc
-        )
-        return None
-    if list(serving.classes) != classes:
-        return None
-    pred = serving.scorer.predict(x).argmax(axis=1)
-    return float(classification_report(y, pred, classes)["macro_f1"])
 
 
 def run_once(settings: Settings, cfg: RetrainConfig, client: Any) -> RunResult:
@@ -118,16 +88,13 @@ def run_once(settings: Settings, cfg: RetrainConfig, client: Any) -> RunResult:
             promote=False,
             source=f"replay({','.join(settings.input_topics)}, last {cfg.window_days} days)",
         )
-        report = orjson.loads((path / "report.json").read_bytes())
-        val = np.load(path / "validation.npz")
-        current_f1 = _serving_f1(settings.model_dir, val["x"], val["y"], report["classes"])
-        ok, reason = gate(report["macro_f1"], current_f1, cfg.tolerance)
+        verdict = judge(settings.model_dir, path, cfg.tolerance)
+        reason = verdict.reason
         result = RunResult(
-            "promoted" if ok else "candidate", path.name, reason, report["macro_f1"], current_f1
+            verdict.outcome, path.name, reason, verdict.candidate_f1, verdict.current_f1
         )
-        if ok:
+        if verdict.passed:
             promote_and_announce(settings, path.name, f"retrain: {reason}")
-        (path / "gate.json").write_bytes(orjson.dumps(result.__dict__, option=orjson.OPT_INDENT_2))
         log.info("model %s: %s (%s)", path.name, result.outcome, reason)
         return result
     finally:

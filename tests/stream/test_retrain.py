@@ -8,21 +8,24 @@ import orjson
 import pytest
 import redis
 
+from model.gate import decide
 from model.registry import current_version, ensure_serving_model, list_versions
 from stream.generate import GeneratorConfig, generate
 from stream.produce import encode_generated
-from stream.retrain import gate
 from stream.settings import Settings
 from tests.conftest import settings_env
 from tests.helpers import produce
 from tests.stream.test_cli import segmenter
 
 
-def test_gate_promotes_only_when_not_worse_than_serving() -> None:
-    assert gate(0.70, None, 0.01)[0]
-    assert gate(0.70, 0.705, 0.01)[0]
-    ok, reason = gate(0.60, 0.70, 0.01)
-    assert not ok and "0.6000 < serving 0.7000" in reason
+def test_gate_needs_both_baselines_beaten_and_no_regression() -> None:
+    base = {"rfm": 0.5, "previous_segment": 0.6}
+    assert decide(0.70, base, None, 0.01)[0]
+    assert decide(0.70, base, 0.705, 0.01)[0]
+    ok, reason = decide(0.60, {"rfm": 0.5}, 0.70, 0.01)
+    assert not ok and "0.6000 < serving model 0.7000" in reason
+    ok, reason = decide(0.65, base | {"previous_segment": 0.66}, None, 0.01)
+    assert not ok and "previous_segment" in reason
 
 
 @pytest.mark.integration
@@ -56,9 +59,9 @@ def test_retrain_once_replays_the_topics_and_gates_against_the_serving_model(
     verdict = orjson.loads((settings.model_dir / new[0] / "gate.json").read_bytes())
     assert verdict["outcome"] in ("promoted", "candidate")
     assert verdict["current_f1"] is not None, "the serving model was scored on the same window"
-    assert verdict["outcome"] == (
-        "promoted" if gate(verdict["candidate_f1"], verdict["current_f1"], 0.01)[0] else "candidate"
-    )
+    expected = decide(verdict["candidate_f1"], verdict["baselines_f1"], verdict["current_f1"], 0.01)
+    assert verdict["outcome"] == ("promoted" if expected[0] else "candidate")
+    assert (settings.model_dir / new[0] / "report.md").exists()
     expected_current = new[0] if verdict["outcome"] == "promoted" else boot
     assert current_version(settings.model_dir) == expected_current
     manifest = orjson.loads((settings.model_dir / new[0] / "manifest.json").read_bytes())
