@@ -26,8 +26,11 @@ from stream.events import DecodeLimits, iso
 from stream.health import Health
 from stream.http import serve as serve_http
 from stream.pipeline import BatchProcessor, PipelineConfig, RawRecord
-from stream.settings import Settings
+from stream.playbook import Playbook, PlaybookError
+from stream.playbook import load as load_playbook
+from stream.settings import Settings, SettingsError
 from stream.store import StateStore
+from stream.topics import ensure_segment_topics
 
 log = logging.getLogger("segmenter.worker")
 
@@ -102,8 +105,12 @@ class ModelHolder:
         return True
 
 
-def pipeline_config(settings: Settings) -> PipelineConfig:
+def pipeline_config(settings: Settings, playbook: Playbook | None = None) -> PipelineConfig:
     return PipelineConfig(
+        reevaluate_days=settings.reevaluate_days,
+        explain_top_k=settings.explain_top_k,
+        segment_topic_template=settings.segment_topic_template if settings.segment_topics else None,
+        playbook=playbook,
         clickstream_topic=settings.topic_clickstream,
         orders_topic=settings.topic_orders,
         segments_topic=settings.topic_segments,
@@ -202,6 +209,12 @@ def create_app(settings: Settings) -> faust.App:
     )
     store = StateStore.from_settings(settings)
     holder = ModelHolder(load_current(settings.model_dir))
+    try:
+        playbook = load_playbook(settings.playbook_path, holder.current.classes)
+    except PlaybookError as exc:
+        raise SettingsError(f"Invalid playbook: {exc}") from None
+    if settings.segment_topics:
+        ensure_segment_topics(settings, holder.current.classes)
     health = Health(model_version=holder.current.version)
     metrics.init_series()
     stopping = {"now": False}
@@ -209,7 +222,7 @@ def create_app(settings: Settings) -> faust.App:
         store,
         FaustSink(app),
         holder,
-        pipeline_config(settings),
+        pipeline_config(settings, playbook),
         should_stop=lambda: stopping["now"],
         health=health,
     )
@@ -287,6 +300,32 @@ def create_app(settings: Settings) -> faust.App:
         await _update_lag(app, health, applied)
         await _expire_inactive(store, settings)
         reload_now()
+
+    @app.timer(interval=settings.reevaluate_interval_s)
+    async def reevaluate() -> None:
+        """Re-score users whose inactivity crossed a threshold (stream time, not wall time)."""
+        if not health.assigned:
+            return
+        try:
+            # One sweeper at a time across the fleet; the revision check would
+            # keep two correct, but they would publish duplicate changes.
+            token = await store.try_lock("reevaluate", 30_000)
+        except Exception as exc:
+            log.debug("re-evaluation skipped: %s", exc)
+            return
+        if token is None:
+            return
+        try:
+            for _ in range(20):  # bounded per tick, so shutdown is never held up long
+                result = await processor.reevaluate(limit=500)
+                if result.changes:
+                    log.info(
+                        "re-evaluation: %d users, %d changes", result.users, len(result.changes)
+                    )
+                if result.users < 500:
+                    break
+        finally:
+            await store.unlock("reevaluate", token)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(app: faust.App, assigned: set[TP], **kwargs: Any) -> None:

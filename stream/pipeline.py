@@ -34,6 +34,7 @@ import numpy as np
 import orjson
 from redis.exceptions import RedisError
 
+from model.explain import top_reasons
 from model.features import vector
 from model.registry import LoadedModel
 from model.segments import Hysteresis, as_probabilities, decide
@@ -41,6 +42,7 @@ from stream import metrics
 from stream.events import DecodeLimits, Event, Reason, Rejected, decode, iso
 from stream.fold import apply
 from stream.health import Health
+from stream.playbook import Playbook
 from stream.privacy import pseudonym
 from stream.store import ConflictError, StateStore, UserRecord, UserWrite, event_digest
 
@@ -93,6 +95,13 @@ class PipelineConfig:
     max_lateness_ms: int = 400 * 86_400_000
     #: Wall-clock TTL on user keys: a backstop for keys no worker sweeps any more.
     key_ttl_ms: int = 0
+    #: Inactivity thresholds (days of event time) at which a user is re-scored.
+    reevaluate_days: tuple[float, ...] = (14.0, 30.0, 60.0, 90.0, 120.0, 180.0, 365.0)
+    #: Features reported per change (0 = no explanations).
+    explain_top_k: int = 3
+    #: e.g. "segments.{segment}": also publish entered/exited events there.
+    segment_topic_template: str | None = None
+    playbook: Playbook | None = None
     #: HMAC key for pseudonymising user ids on ingest (None: keep raw ids).
     pseudonymize_key: bytes | None = None
     retry_initial_s: float = 0.1
@@ -278,66 +287,156 @@ class BatchProcessor:
                 touched[uid] = rec
 
         stream_time = max(stored_time, batch_time)
-        model = self.model()
-        messages: list[tuple[str, dict[str, Any]]] = []
-        if touched:
-            order = list(touched)
-            x = np.stack([vector(touched[u].state, stream_time) for u in order])
-            probs = model.scorer.predict(x)
-            emitted_at = iso(self._clock_ms())
-            for uid, row in zip(order, probs, strict=True):
-                rec = touched[uid]
-                p = as_probabilities(model.classes, row)
-                new = decide(rec.segment, p, self.cfg.hysteresis)
-                rec.probabilities = {k: round(v, 4) for k, v in p.items()}
-                rec.model_version = model.version
-                if new != rec.segment:
-                    rec.version += 1
-                    messages.append(
-                        (
-                            uid,
-                            {
-                                "user_id": uid,
-                                "segment": new,
-                                "previous_segment": rec.segment,
-                                "probabilities": rec.probabilities,
-                                "model_version": model.version,
-                                "event_time": iso(stream_time),
-                                "emitted_at": emitted_at,
-                                "version": rec.version,
-                            },
-                        )
-                    )
-                    rec.segment = new
-
-        # Publish before the Redis commit: if we die in between, the batch is
-        # replayed from the old state and the same change (same version) is
-        # published again: a duplicate subscribers can drop, never a loss.
-        if messages:
-            await asyncio.gather(
-                *(
-                    self.sink.send(self.cfg.segments_topic, uid.encode(), orjson.dumps(msg), [])
-                    for uid, msg in messages
-                )
-            )
-        writes = [UserWrite(uid, rec, old_segments[uid]) for uid, rec in touched.items()]
-        t1 = time.perf_counter()
-        await self.store.commit(writes, partition_offsets, stream_time, self.cfg.key_ttl_ms)
-        self.stream_time = max(self.stream_time, stream_time)
-        metrics.REDIS_SECONDS.labels("commit").observe(time.perf_counter() - t1)
+        # Each touched user is scored as of their own latest event, not the
+        # batch's stream time: then what a user's events do to their segment
+        # does not depend on how the stream happened to be cut into batches,
+        # and a replay of history gives the same changes at the same times.
+        messages = await self._score_publish_commit(
+            touched,
+            old_segments,
+            {u: r.state.last_seen for u, r in touched.items()},
+            {u: self._next_due(r.state.last_seen, r.state.last_seen) for u, r in touched.items()},
+            partition_offsets,
+            stream_time,
+            trigger="events",
+        )
 
         # Counters only after the commit: a re-run batch must not count twice.
         for topic, event_type, outcome in counted:
             metrics.EVENTS.labels(topic, event_type, outcome).inc()
         now_ms = self._clock_ms()
-        for uid, msg in messages:
-            metrics.SEGMENT_CHANGES.labels(msg["previous_segment"] or "none", msg["segment"]).inc()
+        for uid, _ in messages:
             metrics.EVENT_TO_PUBLISH.observe(max(0.0, (now_ms - latest[uid]) / 1000))
         if stream_time:
             metrics.STREAM_TIME.set(stream_time / 1000)
         result.changes = [m for _, m in messages]
         result.users = len(touched)
         return result
+
+    def _next_due(self, last_seen: int, at_ms: int) -> int:
+        """Event time of the next inactivity threshold after ``at_ms`` (0 = none left)."""
+        for days in self.cfg.reevaluate_days:
+            due = last_seen + int(days * 86_400_000)
+            if due > at_ms:
+                return due
+        return 0
+
+    async def _score_publish_commit(
+        self,
+        touched: dict[str, UserRecord],
+        old_segments: dict[str, str | None],
+        at_ms: dict[str, int],
+        dues: dict[str, int],
+        partition_offsets: dict[str, int],
+        stream_time: int,
+        *,
+        trigger: str,
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Score ``touched`` as of ``at_ms``, publish the changes, commit. Shared by
+        event batches and time-driven re-evaluation, so both follow one rule."""
+        model = self.model()
+        messages: list[tuple[str, dict[str, Any]]] = []
+        side: list[tuple[str, str, dict[str, Any]]] = []  # (topic, user, message)
+        if touched:
+            order = list(touched)
+            x = np.stack([vector(touched[u].state, at_ms[u]) for u in order])
+            probs = model.scorer.predict(x)
+            emitted_at = iso(self._clock_ms())
+            changed_rows: list[int] = []
+            for i, (uid, row) in enumerate(zip(order, probs, strict=True)):
+                rec = touched[uid]
+                p = as_probabilities(model.classes, row)
+                new = decide(rec.segment, p, self.cfg.hysteresis)
+                rec.probabilities = {k: round(v, 4) for k, v in p.items()}
+                rec.model_version = model.version
+                if new == rec.segment:
+                    continue
+                rec.version += 1
+                changed_rows.append(i)
+                previous = rec.segment
+                playbook = self.cfg.playbook
+                messages.append(
+                    (
+                        uid,
+                        {
+                            "user_id": uid,
+                            "segment": new,
+                            "previous_segment": previous,
+                            "probabilities": rec.probabilities,
+                            "model_version": model.version,
+                            "event_time": iso(at_ms[uid]),
+                            "emitted_at": emitted_at,
+                            "version": rec.version,
+                            "trigger": trigger,
+                            "explanation": [],
+                            "action": playbook.action_for(previous, new) if playbook else None,
+                        },
+                    )
+                )
+                rec.segment = new
+            if changed_rows and self.cfg.explain_top_k:
+                # One extra forward pass for all changed users, none for the rest.
+                classes = [
+                    model.classes.index(messages[k][1]["segment"]) for k in range(len(changed_rows))
+                ]
+                reasons = top_reasons(
+                    model.scorer, x[changed_rows], classes, self.cfg.explain_top_k
+                )
+                for (_, msg), why in zip(messages, reasons, strict=True):
+                    msg["explanation"] = why
+            template = self.cfg.segment_topic_template
+            if template:
+                for uid, msg in messages:
+                    side.extend(segment_events(template, uid, msg))
+
+        # Publish before the Redis commit: if we die in between, the batch is
+        # replayed from the old state and the same change (same version) is
+        # published again: a duplicate subscribers can drop, never a loss.
+        sends = [
+            self.sink.send(self.cfg.segments_topic, uid.encode(), orjson.dumps(msg), [])
+            for uid, msg in messages
+        ]
+        sends += [self.sink.send(t, uid.encode(), orjson.dumps(m), []) for t, uid, m in side]
+        if sends:
+            await asyncio.gather(*sends)
+        writes = [UserWrite(uid, rec, old_segments[uid]) for uid, rec in touched.items()]
+        t1 = time.perf_counter()
+        await self.store.commit(writes, partition_offsets, stream_time, self.cfg.key_ttl_ms, dues)
+        self.stream_time = max(self.stream_time, stream_time)
+        metrics.REDIS_SECONDS.labels("commit").observe(time.perf_counter() - t1)
+        for _, msg in messages:
+            metrics.SEGMENT_CHANGES.labels(msg["previous_segment"] or "none", msg["segment"]).inc()
+        return messages
+
+    async def reevaluate(self, limit: int = 500) -> BatchResult:
+        """Time-driven re-scoring: users whose inactivity crossed a threshold, in stream time.
+
+        Each due user is scored *as of its due time* (last activity + threshold),
+        not as of whenever this sweep happens to run, so a replay of history
+        yields the same changes at the same event times as living through it.
+        """
+        while True:
+            try:
+                stream_time = await self.store.stream_time()
+                due = await self.store.due_for_reevaluation(stream_time, limit)
+                if not due:
+                    return BatchResult(records=0)
+                users = [u for u, _ in due]
+                loaded, _ = await self.store.load(users)
+                at = dict(due)
+                touched = {u: loaded[u] for u in users if loaded[u].exists}
+                old = {u: r.segment for u, r in touched.items()}
+                dues = {u: self._next_due(r.state.last_seen, at[u]) for u, r in touched.items()}
+                messages = await self._score_publish_commit(
+                    touched, old, at, dues, {}, stream_time, trigger="inactivity"
+                )
+                return BatchResult(records=0, users=len(touched), changes=[m for _, m in messages])
+            except ConflictError as exc:
+                metrics.COMMIT_CONFLICTS.inc()
+                log.info("re-evaluation re-run after a concurrent write: %s", exc)
+            except RedisError as exc:
+                metrics.REDIS_ERRORS.labels("reevaluate").inc()
+                await self._backoff(1, exc)
 
     async def _with_redis_retry(self, fn: Callable[[], Awaitable[int]]) -> int:
         attempt = 0
@@ -361,3 +460,46 @@ class BatchProcessor:
             delay,
         )
         await asyncio.sleep(delay)
+
+
+def segment_events(
+    template: str, user_id: str, change: dict[str, Any]
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """The per-segment view of one change: exited on the old topic, entered on the new."""
+    common = {
+        "user_id": user_id,
+        "version": change["version"],
+        "event_time": change["event_time"],
+        "emitted_at": change["emitted_at"],
+        "model_version": change["model_version"],
+        "trigger": change["trigger"],
+    }
+    out = []
+    if change["previous_segment"] is not None:
+        out.append(
+            (
+                template.format(segment=change["previous_segment"]),
+                user_id,
+                {
+                    "type": "segment-exited",
+                    "segment": change["previous_segment"],
+                    "next_segment": change["segment"],
+                    **common,
+                },
+            )
+        )
+    out.append(
+        (
+            template.format(segment=change["segment"]),
+            user_id,
+            {
+                "type": "segment-entered",
+                "segment": change["segment"],
+                "previous_segment": change["previous_segment"],
+                "probability": change["probabilities"][change["segment"]],
+                "action": change["action"],
+                **common,
+            },
+        )
+    )
+    return out

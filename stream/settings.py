@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 ENV_PREFIX = "SEGMENTER_"
 
@@ -69,6 +70,15 @@ class Settings(BaseSettings):
     model_dir: Path = Path("var/models")
     hysteresis_margin: float = Field(0.1, ge=0, le=1)
     hysteresis_floor: float = Field(0.2, ge=0, le=1)
+    reevaluate_days: tuple[float, ...] = Field(
+        (14.0, 30.0, 60.0, 90.0, 120.0, 180.0, 365.0),
+        description="Inactivity thresholds (event-time days) that trigger a re-score",
+    )
+    reevaluate_interval_s: float = Field(2.0, gt=0, description="How often the sweep runs")
+    explain_top_k: int = Field(3, ge=0, le=18, description="Features explained per change")
+    segment_topics: bool = Field(False, description="Also publish segments.<segment> events")
+    segment_topic_template: str = Field("segments.{segment}", pattern=r"\{segment\}")
+    playbook_path: Path | None = Field(None, description="YAML playbook (default: bundled)")
 
     # --- operations
     metrics_host: str = Field("127.0.0.1", description="Bind address; 0.0.0.0 in containers")
@@ -119,6 +129,12 @@ class Settings(BaseSettings):
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ValueError(f"SEGMENTER_{name.upper()}={path} is not a readable file")
+        if list(self.reevaluate_days) != sorted(set(self.reevaluate_days)) or any(
+            d <= 0 for d in self.reevaluate_days
+        ):
+            raise ValueError(
+                "SEGMENTER_REEVALUATE_DAYS must be increasing positive days, e.g. [30,60]"
+            )
         if self.pseudonymize_key is not None and len(self.pseudonymize_key.get_secret_value()) < 16:
             raise ValueError("SEGMENTER_PSEUDONYMIZE_KEY must be at least 16 characters")
         return self
@@ -232,3 +248,8 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise SettingsError(describe_errors(exc)) from None
+    except PydanticSettingsError as exc:  # a list/dict setting that is not JSON
+        raise SettingsError(
+            f"Invalid configuration: {exc}. List settings are JSON, e.g. "
+            f'{ENV_PREFIX}REEVALUATE_DAYS="[30, 60, 90]"'
+        ) from None

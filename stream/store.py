@@ -15,6 +15,9 @@ Key layout (``P`` = prefix; ``{…}`` is a Redis Cluster hash tag):
 
 * ``P:u:{<user_id>}``  hash ``d`` (record JSON), ``r`` (revision)
 * ``P:counts``         hash segment -> users currently in it
+* ``P:counts:<seg>``   sorted set (all scores 0) of the segment's members, paged by id
+* ``P:active``         sorted set user -> last event time (retention)
+* ``P:reeval``         sorted set user -> event time of their next time-driven re-score
 * ``P:offsets``        hash ``topic:partition`` -> last applied offset
 * ``P:stream_time``    the largest event time applied (epoch ms)
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,30 +147,44 @@ def decode_record(data: bytes, rev: int) -> UserRecord:
 
 # All-or-nothing batch commit. Revisions are checked for every user before
 # anything is written, so a refused batch leaves Redis exactly as it was.
-# KEYS: counts, offsets, stream_time, active, user keys...
+# KEYS: counts, offsets, stream_time, active, reeval, user keys...
 # ARGV: stream_time, n_offsets, ttl_ms, (field, offset) * n, then per user:
-#       expected rev, record, old segment, new segment, user id, last_seen
+#       expected rev, record, old segment, new segment, user id, last_seen,
+#       next re-evaluation time (0 = none)
+# (Per-segment member sets are named from KEYS[1] inside the script: one
+# reason this needs a single-shard Redis, see deploy/README.md.)
 _COMMIT_LUA = """
 local n_off = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 local base = 3 + 2 * n_off
-for i = 5, #KEYS do
-  local j = base + (i - 5) * 6
+for i = 6, #KEYS do
+  local j = base + (i - 6) * 7
   local rev = redis.call('HGET', KEYS[i], 'r') or '0'
   if rev ~= ARGV[j + 1] then
     return {'conflict', KEYS[i]}
   end
 end
-for i = 5, #KEYS do
-  local j = base + (i - 5) * 6
+for i = 6, #KEYS do
+  local j = base + (i - 6) * 7
   redis.call('HSET', KEYS[i], 'd', ARGV[j + 2], 'r', tonumber(ARGV[j + 1]) + 1)
   if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) end
   local old, new = ARGV[j + 3], ARGV[j + 4]
   if old ~= new then
-    if old ~= '' then redis.call('HINCRBY', KEYS[1], old, -1) end
-    if new ~= '' then redis.call('HINCRBY', KEYS[1], new, 1) end
+    if old ~= '' then
+      redis.call('HINCRBY', KEYS[1], old, -1)
+      redis.call('ZREM', KEYS[1] .. ':' .. old, ARGV[j + 5])
+    end
+    if new ~= '' then
+      redis.call('HINCRBY', KEYS[1], new, 1)
+      redis.call('ZADD', KEYS[1] .. ':' .. new, 0, ARGV[j + 5])
+    end
   end
   redis.call('ZADD', KEYS[4], ARGV[j + 6], ARGV[j + 5])
+  if tonumber(ARGV[j + 7]) > 0 then
+    redis.call('ZADD', KEYS[5], ARGV[j + 7], ARGV[j + 5])
+  else
+    redis.call('ZREM', KEYS[5], ARGV[j + 5])
+  end
 end
 for k = 0, n_off - 1 do
   local f, off = ARGV[4 + 2 * k], tonumber(ARGV[5 + 2 * k])
@@ -179,17 +197,27 @@ if st > cur then redis.call('SET', KEYS[3], ARGV[1]) end
 return {'ok', ''}
 """
 
-# Delete one user: state, membership of the activity index, and their place in
-# the segment population, together. KEYS: user key, counts, active. ARGV: uid.
+# Delete one user: state, membership of the activity and re-evaluation indexes,
+# and their place in the segment population, together.
+# KEYS: user key, counts, active, reeval. ARGV: uid.
 _FORGET_LUA = """
 local d = redis.call('HGET', KEYS[1], 'd')
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
 if not d then return 0 end
 local g = cjson.decode(d)['g']
-if g and g ~= cjson.null then redis.call('HINCRBY', KEYS[2], g, -1) end
+if g and g ~= cjson.null then
+  redis.call('HINCRBY', KEYS[2], g, -1)
+  redis.call('ZREM', KEYS[2] .. ':' .. g, ARGV[1])
+end
 redis.call('DEL', KEYS[1])
 return 1
 """
+
+
+_RELEASE_LUA = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
 
 
 class ConflictError(RuntimeError):
@@ -214,6 +242,7 @@ class StateStore:
         self._forget = client.register_script(_FORGET_LUA)
         self.k_counts = f"{prefix}:counts"
         self.k_active = f"{prefix}:active"
+        self.k_reeval = f"{prefix}:reeval"
         self.k_forgotten = f"{prefix}:forgotten_total"
         self.k_offsets = f"{prefix}:offsets"
         self.k_stream_time = f"{prefix}:stream_time"
@@ -267,6 +296,7 @@ class StateStore:
         partition_offsets: dict[str, int],
         stream_time: int,
         ttl_ms: int = 0,
+        dues: dict[str, int] | None = None,
     ) -> None:
         """Write a batch atomically; raise :class:`ConflictError` if anyone else wrote first.
 
@@ -274,7 +304,8 @@ class StateStore:
         the authoritative, event-time retention is :meth:`expire_inactive`.
         """
         writes = list(writes)
-        keys = [self.k_counts, self.k_offsets, self.k_stream_time, self.k_active]
+        keys = [self.k_counts, self.k_offsets, self.k_stream_time, self.k_active, self.k_reeval]
+        dues = dues or {}
         args: list[Any] = [stream_time, len(partition_offsets), ttl_ms]
         for tp, off in partition_offsets.items():
             args += [tp, off]
@@ -287,6 +318,7 @@ class StateStore:
                 w.record.segment or "",
                 w.user_id,
                 w.record.state.last_seen,
+                dues.get(w.user_id, 0),
             ]
         status, detail = await self._commit(keys=keys, args=args)
         if status != b"ok":
@@ -296,7 +328,8 @@ class StateStore:
         """Erase one user (right to erasure). True if there was state to erase."""
         erased = bool(
             await self._forget(
-                keys=[self.user_key(user_id), self.k_counts, self.k_active], args=[user_id]
+                keys=[self.user_key(user_id), self.k_counts, self.k_active, self.k_reeval],
+                args=[user_id],
             )
         )
         if erased:
@@ -315,12 +348,36 @@ class StateStore:
         users = await self.inactive_users(before_ms, limit)
         for user in users:
             await self._forget(
-                keys=[self.user_key(user), self.k_counts, self.k_active], args=[user]
+                keys=[self.user_key(user), self.k_counts, self.k_active, self.k_reeval], args=[user]
             )
         return users
 
+    async def due_for_reevaluation(self, until_ms: int, limit: int) -> list[tuple[str, int]]:
+        """Users whose next re-evaluation time is at or before ``until_ms``, earliest first."""
+        raw = await self._r.zrangebyscore(
+            self.k_reeval, "-inf", until_ms, start=0, num=limit, withscores=True
+        )
+        return [(u.decode(), int(score)) for u, score in raw]
+
+    async def try_lock(self, name: str, ttl_ms: int) -> str | None:
+        """A short lease (SET NX PX); the token releases it. None if someone holds it."""
+        token = uuid.uuid4().hex
+        ok = await self._r.set(f"{self.prefix}:lock:{name}", token, nx=True, px=ttl_ms)
+        return token if ok else None
+
+    async def unlock(self, name: str, token: str) -> None:
+        await self._r.eval(_RELEASE_LUA, 1, f"{self.prefix}:lock:{name}", token)
+
     async def forgotten_total(self) -> int:
         return int(await self._r.get(self.k_forgotten) or 0)
+
+    async def members(self, segment: str, after: str = "", limit: int = 100) -> list[str]:
+        """A page of a segment's members in id order, starting after ``after``."""
+        start = f"({after}" if after else "-"
+        raw = await self._r.zrange(
+            f"{self.k_counts}:{segment}", start, "+", bylex=True, offset=0, num=limit
+        )
+        return [u.decode() for u in raw]
 
     async def stream_time(self) -> int:
         return int(await self._r.get(self.k_stream_time) or 0)

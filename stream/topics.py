@@ -45,3 +45,22 @@ def ensure_topics(settings: Settings, timeout_s: float = 15.0) -> list[str]:
     if created:
         log.info("created topics: %s", ", ".join(created))
     return created
+
+
+def ensure_segment_topics(settings: Settings, classes: tuple[str, ...]) -> list[str]:
+    """The per-segment topics (``segments.<segment>``), for the served model's classes."""
+    admin = AdminClient(settings.kafka_client_config())
+    existing = set(admin.list_topics(timeout=15).topics)
+    wanted = [
+        NewTopic(settings.segment_topic_template.format(segment=c), settings.topic_partitions, 1)
+        for c in classes
+    ]
+    wanted = [t for t in wanted if t.topic not in existing]
+    for name, fut in admin.create_topics(wanted).items() if wanted else []:
+        try:
+            fut.result(timeout=15)
+        except KafkaException as exc:
+            if not (exc.args and exc.args[0].name() == "TOPIC_ALREADY_EXISTS"):
+                raise
+        log.info("created topic %s", name)
+    return [t.topic for t in wanted]

@@ -15,8 +15,9 @@ log = logging.getLogger("segmenter.worker")
 
 def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
     log.info("settings: %s", settings.safe_summary())
-    ensure_topics(settings)
+    # The app first: a bad model or playbook should fail before any connection.
     app = create_app(settings)
+    ensure_topics(settings)
     log.info(
         "serving model %s; consuming %s as group %r",
         app.segmenter_model.current.version,  # type: ignore[attr-defined]

@@ -136,6 +136,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
+        if isinstance(value, list | tuple | dict):
+            value = orjson.dumps(value).decode()  # complex settings are JSON in the environment
         env[f"SEGMENTER_{name.upper()}"] = str(value)
     return env
 

@@ -61,6 +61,19 @@ def test_wrong_setting_fails_at_start_up_naming_the_variable(
     assert expect in out.stderr and "Traceback" not in out.stderr
 
 
+def test_bad_playbook_stops_the_worker_at_start_up_with_line_and_reason(tmp_path: Path) -> None:
+    bad = tmp_path / "playbook.yaml"
+    bad.write_text("segments:\n  at_risk:\n    action: win_back\n  vip:\n    action: x\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGMENTER_")} | {
+        "SEGMENTER_PLAYBOOK_PATH": str(bad),
+        "SEGMENTER_MODEL_DIR": str(tmp_path / "models"),
+    }
+    out = segmenter("worker", env=env, timeout=60)
+    assert out.returncode != 0
+    assert f"{bad}:4: unknown segment 'vip'" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_secrets_are_masked_in_settings_output() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEGMENTER_")} | {
         "SEGMENTER_REDIS_PASSWORD": "hunter2-secret",

@@ -37,6 +37,8 @@ def test_commit_then_load_round_trips_and_moves_counts_offsets_and_stream_time(
             moved.segment = "high_value"
             await store.commit([UserWrite("a", moved, "regular")], {"orders:0": 9}, T0 - 5)
             assert await store.segment_counts() == {"regular": 0, "high_value": 1}
+            assert await store.members("high_value") == ["a"]
+            assert await store.members("regular") == []
             assert await store.partition_offsets() == {"orders:0": 9}
             assert await store.stream_time() == T0  # stream time never goes back
             assert await store.scan_users() == ["a"]

@@ -1,0 +1,206 @@
+"""Segment semantics: time-driven re-evaluation, explanations, playbook, per-segment topics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+import jsonschema
+import orjson
+import pytest
+
+from model.registry import load_current
+from stream.app import pipeline_config
+from stream.pipeline import BatchProcessor, RawRecord
+from stream.playbook import PlaybookError, parse
+from stream.settings import Settings
+from stream.sinks import ConfluentSink
+from stream.store import StateStore
+from tests.conftest import TopicReader, WorkerProcess
+from tests.factories import DAY, T0, click, order
+from tests.helpers import as_items, produce, wait_applied
+
+CLASSES = ("high_value", "regular", "potential", "at_risk")
+
+
+def schema(name: str) -> dict[str, Any]:
+    text = resources.files("stream").joinpath(f"schemas/{name}.schema.json").read_text()
+    return json.loads(text)
+
+
+def loyal_buyer(user: str, until_day: int = 60) -> list[dict[str, Any]]:
+    out = []
+    for d in range(0, until_day, 5):
+        ts = T0 + d * DAY
+        out += [
+            click(user, ts, "page_view", session_id=f"{user}{d}"),
+            click(user, ts + 10, session_id=f"{user}{d}"),
+        ]
+        out.append(order(user, ts + 60_000, total=400.0))
+    return out
+
+
+def others_traffic(from_day: int, days: int) -> list[dict[str, Any]]:
+    return [
+        click(f"other-{d % 7}", T0 + (from_day + d) * DAY, "page_view") for d in range(days + 1)
+    ]
+
+
+async def run(
+    settings: Settings, batches: list[list[dict[str, Any]]], sweep_every: int
+) -> list[dict[str, Any]]:
+    """Feed batches through one processor, sweeping after every ``sweep_every`` batches."""
+    store = StateStore.from_settings(settings)
+    sink = ConfluentSink(settings.kafka_client_config())
+    model = load_current(settings.model_dir)
+    proc = BatchProcessor(
+        store, sink, lambda: model, pipeline_config(settings), clock_ms=lambda: T0 + 400 * DAY
+    )
+    changes: list[dict[str, Any]] = []
+    offset = 0
+    try:
+        for i, batch in enumerate(batches):
+            records = []
+            for v in batch:
+                topic = (
+                    settings.topic_orders
+                    if v["event_type"].startswith("order")
+                    else settings.topic_clickstream
+                )
+                records.append(RawRecord(topic, 0, offset, v["user_id"].encode(), orjson.dumps(v)))
+                offset += 1
+            changes += (await proc.process(records)).changes
+            if (i + 1) % sweep_every == 0:
+                while (swept := await proc.reevaluate(limit=50)).users:
+                    changes += swept.changes
+        while (swept := await proc.reevaluate(limit=50)).users:
+            changes += swept.changes
+        return changes
+    finally:
+        sink.close()
+        await store.close()
+
+
+@pytest.mark.integration
+def test_inactive_buyer_drifts_to_at_risk_in_stream_time_and_a_replay_agrees(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    settings = settings_factory()
+    history = loyal_buyer("loyal") + others_traffic(60, 120)
+    history.sort(key=lambda v: v["timestamp"])
+    live = asyncio.run(run(settings, [[v] for v in history], sweep_every=1))  # event by event
+    drift = [c for c in live if c["user_id"] == "loyal" and c["trigger"] == "inactivity"]
+    assert drift and drift[-1]["segment"] == "at_risk", [
+        (c["segment"], c["event_time"]) for c in live if c["user_id"] == "loyal"
+    ]
+    last_activity = max(v["timestamp"] for v in history if v["user_id"] == "loyal")
+    from stream.events import _to_epoch_ms
+
+    became_at_risk = _to_epoch_ms(drift[-1]["event_time"])
+    assert last_activity + 14 * DAY <= became_at_risk <= last_activity + 121 * DAY
+
+    # A replay in big batches, swept rarely, yields the same time-driven changes.
+    replay_settings = settings_factory(redis_prefix=settings.redis_prefix + "-replay")
+    chunks = [history[i : i + 40] for i in range(0, len(history), 40)]
+    replayed = asyncio.run(run(replay_settings, chunks, sweep_every=3))
+
+    def key(cs):
+        return [
+            (c["user_id"], c["segment"], c["event_time"])
+            for c in cs
+            if c["trigger"] == "inactivity"
+        ]
+
+    assert key(replayed) == key(live)
+
+    async def drop() -> None:
+        store = StateStore.from_settings(replay_settings)
+        await store.delete_prefix()
+        await store.close()
+
+    asyncio.run(drop())
+
+
+@pytest.mark.integration
+def test_worker_sweeps_by_itself_and_publishes_entered_and_exited_events_with_schemas(
+    settings_factory: Callable[..., Settings],
+    worker_factory: Callable[[Settings], WorkerProcess],
+    reader_factory: Callable[[str], TopicReader],
+) -> None:
+    settings = settings_factory(segment_topics=True, reevaluate_interval_s=0.5)
+    worker = worker_factory(settings)
+    worker.wait_ready()
+    history = sorted(loyal_buyer("loyal") + others_traffic(60, 120), key=lambda v: v["timestamp"])
+    wait_applied(settings, produce(settings, as_items(settings, history)), worker)
+
+    changes = reader_factory(settings.topic_segments).wait_for(
+        lambda m: any(
+            orjson.loads(x.value())["trigger"] == "inactivity" for x in m if x.key() == b"loyal"
+        ),
+        timeout_s=60,
+    )
+    change_schema = schema("segment-change")
+    loyal = [orjson.loads(m.value()) for m in changes if m.key() == b"loyal"]
+    for msg in loyal:
+        jsonschema.validate(msg, change_schema)
+        assert len(msg["explanation"]) == 3
+        assert msg["action"] is None or msg["action"]["action"]
+    assert loyal[-1]["segment"] == "at_risk" and loyal[-1]["action"]["action"] == "win_back_offer"
+    assert [m["version"] for m in loyal] == list(range(1, len(loyal) + 1))
+
+    event_schema = schema("segment-event")
+    entered = reader_factory(settings.segment_topic_template.format(segment="at_risk")).wait_for(
+        lambda m: any(x.key() == b"loyal" for x in m)
+    )
+    for m in entered:
+        jsonschema.validate(orjson.loads(m.value()), event_schema)
+    exits = [loyal[-1]["previous_segment"]]
+    left = reader_factory(settings.segment_topic_template.format(segment=exits[0])).wait_for(
+        lambda m: any(
+            orjson.loads(x.value())["type"] == "segment-exited" for x in m if x.key() == b"loyal"
+        )
+    )
+    exited = [
+        orjson.loads(m.value()) for m in left if m.key() == b"loyal" and b"exited" in m.value()
+    ]
+    jsonschema.validate(exited[-1], event_schema)
+    assert exited[-1]["next_segment"] == "at_risk" and exited[-1]["version"] == loyal[-1]["version"]
+    assert worker.stop() == 0
+
+
+def test_bad_playbook_fails_with_line_and_reason() -> None:
+    good = "segments:\n  at_risk:\n    action: win_back\n"
+    assert parse(good, "p.yaml", CLASSES).action_for("regular", "at_risk") == {
+        "action": "win_back",
+        "params": {},
+    }
+    cases = {
+        "segments:\n  at_risk:\n    action: win_back\n  vip:\n    action: x\n": (
+            "p.yaml:4",
+            "unknown segment 'vip'",
+        ),
+        "segments:\n  at_risk:\n    acton: win_back\n": ("p.yaml:3", "acton"),
+        "transitions:\n  - from: regular\n    to: at_risk\n    action: 5\n": ("p.yaml:4", "action"),
+        "segments: [\n": ("p.yaml:2", "not valid YAML"),
+        "transitions:\n  - from: nobody\n    to: at_risk\n    action: x\n": (
+            "p.yaml:2",
+            "unknown segment 'nobody'",
+        ),
+    }
+    for text, (where, why) in cases.items():
+        with pytest.raises(PlaybookError) as err:
+            parse(text, "p.yaml", CLASSES)
+        assert f"{where}:" in str(err.value) and why in str(err.value), str(err.value)
+
+
+def test_playbook_resolves_transition_then_wildcard_then_segment_default() -> None:
+    from stream.playbook import default_path, load
+
+    book = load(default_path(), CLASSES)
+    assert book.action_for("high_value", "at_risk")["params"]["channel"] == "account_manager"  # type: ignore[index]
+    assert book.action_for("potential", "high_value")["action"] == "vip_welcome"  # type: ignore[index]
+    assert book.action_for("regular", "at_risk")["action"] == "win_back_offer"  # type: ignore[index]
+    assert book.action_for(None, "potential")["action"] == "first_purchase_nudge"  # type: ignore[index]
