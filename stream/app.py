@@ -9,6 +9,7 @@ only, so a committed offset never runs ahead of applied state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
@@ -18,7 +19,7 @@ from typing import Any
 import faust
 from faust.types import TP
 
-from model.registry import LoadedModel, ModelError, current_version, load_current, load_version
+from model.registry import LoadedModel, current_version, load_current, load_version
 from model.segments import Hysteresis
 from stream import metrics
 from stream.announce import AnnouncementListener
@@ -94,7 +95,7 @@ class ModelHolder:
             return False
         try:
             model = load_version(model_dir / wanted)
-        except (ModelError, OSError, ValueError, KeyError) as exc:
+        except Exception as exc:  # any unusable model: keep serving the old one
             metrics.MODEL_RELOADS.labels("rejected").inc()
             log.error("model %s refused, still serving %s: %s", wanted, self.current.version, exc)
             return False
@@ -226,6 +227,7 @@ def create_app(settings: Settings) -> faust.App:
         should_stop=lambda: stopping["now"],
         health=health,
     )
+    one_writer = asyncio.Lock()
     source = app.topic(*settings.input_topics, key_serializer="raw", value_serializer="raw")
 
     @app.agent(source, name="segmenter-fold", concurrency=1)
@@ -245,7 +247,8 @@ def create_app(settings: Settings) -> faust.App:
                 )
                 for e in events
             ]
-            result = await processor.process(records)
+            async with one_writer:
+                result = await processor.process(records)
             for event in events:
                 await stream.ack(event)
             health.last_batch_at = time.time()
@@ -277,7 +280,14 @@ def create_app(settings: Settings) -> faust.App:
     @app.task
     async def start_http() -> None:
         if settings.metrics_port:
-            await serve_http(health, settings.metrics_host, settings.metrics_port)
+            await serve_http(
+                health,
+                settings.metrics_host,
+                settings.metrics_port,
+                store,
+                settings,
+                lambda: holder.current.classes,
+            )
             log.info(
                 "serving /metrics, /healthz, /readyz on %s:%d",
                 settings.metrics_host,
@@ -297,9 +307,13 @@ def create_app(settings: Settings) -> faust.App:
             return
         for segment, n in counts.items():
             metrics.SEGMENT_USERS.labels(segment).set(n)
-        await _update_lag(app, health, applied)
-        await _expire_inactive(store, settings)
-        reload_now()
+        # A timer that raises stops the worker (mode): housekeeping never may.
+        try:
+            await _update_lag(app, health, applied)
+            await _expire_inactive(store, settings)
+            reload_now()
+        except Exception as exc:
+            log.warning("housekeeping incomplete: %s: %s", type(exc).__name__, exc)
 
     @app.timer(interval=settings.reevaluate_interval_s)
     async def reevaluate() -> None:
@@ -317,15 +331,21 @@ def create_app(settings: Settings) -> faust.App:
             return
         try:
             for _ in range(20):  # bounded per tick, so shutdown is never held up long
-                result = await processor.reevaluate(limit=500)
+                # Never alongside this worker's own batch: a refused commit
+                # after a publish would leave a change that never happened.
+                async with one_writer:
+                    result = await processor.reevaluate(limit=500)
                 if result.changes:
                     log.info(
                         "re-evaluation: %d users, %d changes", result.users, len(result.changes)
                     )
                 if result.users < 500:
                     break
+        except Exception as exc:  # never let the timer take the worker down
+            log.warning("re-evaluation incomplete: %s: %s", type(exc).__name__, exc)
         finally:
-            await store.unlock("reevaluate", token)
+            with contextlib.suppress(Exception):
+                await store.unlock("reevaluate", token)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(app: faust.App, assigned: set[TP], **kwargs: Any) -> None:

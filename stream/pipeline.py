@@ -237,6 +237,14 @@ class BatchProcessor:
                     self._health.redis_ok = False
                     self._health.redis_error = f"{type(exc).__name__}: {exc}"
                 await self._backoff(attempt, exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Anything else (a failed publish, say) is retried too: an
+                # exception escaping the agent would let Faust move past an
+                # unapplied batch, whose events dedup would later skip.
+                log.exception("batch failed; retrying it")
+                await self._backoff(attempt, exc)
         result.records = len(records)
         result.dead_lettered = len(bad)
         result.attempts = attempt
