@@ -9,7 +9,6 @@ only, so a committed offset never runs ahead of applied state.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
@@ -23,7 +22,7 @@ from model.registry import LoadedModel, current_version, load_current, load_vers
 from model.segments import Hysteresis
 from stream import metrics
 from stream.announce import AnnouncementListener
-from stream.events import DecodeLimits, iso
+from stream.events import DecodeLimits
 from stream.health import Health
 from stream.http import serve as serve_http
 from stream.pipeline import BatchProcessor, PipelineConfig, RawRecord
@@ -42,11 +41,17 @@ class FaustSink:
     ``force=True`` matters: inside an agent Faust would otherwise *attach* the
     message to the current event and send it only when that event is acked,
     which is after our Redis commit: the wrong order for at-least-once.
+
+    Sends are enqueued in call order (one at a time, under a FIFO lock) and
+    only then awaited together: one user's changes of one batch must reach
+    the partition in version order, and aiokafka's ``send`` can otherwise
+    reorder concurrent callers while it waits for metadata or buffer space.
     """
 
     def __init__(self, app: faust.App) -> None:
         self._app = app
         self._topics: dict[str, Any] = {}
+        self._enqueue = asyncio.Lock()
 
     def _topic(self, name: str) -> Any:
         topic = self._topics.get(name)
@@ -64,7 +69,8 @@ class FaustSink:
     async def _send(
         self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
     ) -> Any:
-        fut = await self._topic(topic).send(key=key, value=value, headers=headers, force=True)
+        async with self._enqueue:
+            fut = await self._topic(topic).send(key=key, value=value, headers=headers, force=True)
         return await fut
 
 
@@ -95,6 +101,13 @@ class ModelHolder:
             return False
         try:
             model = load_version(model_dir / wanted)
+            if model.classes != self.current.classes:
+                # Stored segments, counts and subscribers' topics are named by
+                # class: a different set needs a migration, not a hot swap.
+                raise ValueError(
+                    f"its classes {list(model.classes)} differ from the served "
+                    f"{list(self.current.classes)}; restart the workers to adopt them"
+                )
         except Exception as exc:  # any unusable model: keep serving the old one
             metrics.MODEL_RELOADS.labels("rejected").inc()
             log.error("model %s refused, still serving %s: %s", wanted, self.current.version, exc)
@@ -122,6 +135,7 @@ def pipeline_config(settings: Settings, playbook: Playbook | None = None) -> Pip
         hysteresis=Hysteresis(margin=settings.hysteresis_margin, floor=settings.hysteresis_floor),
         dedup_window=settings.dedup_window,
         max_lateness_ms=int(settings.retention_days * 86_400_000),
+        retention_ms=int(settings.retention_days * 86_400_000),
         # Backstop only: retention is enforced in event time by the sweep, and
         # the TTL (retention + 30 days of wall time) catches abandoned keys.
         key_ttl_ms=int((settings.retention_days + 30) * 86_400_000),
@@ -131,18 +145,6 @@ def pipeline_config(settings: Settings, playbook: Playbook | None = None) -> Pip
             else None
         ),
     )
-
-
-async def _expire_inactive(store: StateStore, settings: Settings) -> None:
-    """Retention in event time: users inactive for retention_days of stream time are erased."""
-    stream_time = await store.stream_time()
-    if not stream_time:
-        return
-    cutoff = stream_time - int(settings.retention_days * 86_400_000)
-    expired = await store.expire_inactive(cutoff)
-    if expired:
-        metrics.EXPIRED_USERS.inc(len(expired))
-        log.info("retention: erased %d users inactive since before %s", len(expired), iso(cutoff))
 
 
 async def _update_lag(app: faust.App, health: Health, applied: dict[str, int]) -> None:
@@ -310,42 +312,33 @@ def create_app(settings: Settings) -> faust.App:
         # A timer that raises stops the worker (mode): housekeeping never may.
         try:
             await _update_lag(app, health, applied)
-            await _expire_inactive(store, settings)
             reload_now()
         except Exception as exc:
             log.warning("housekeeping incomplete: %s: %s", type(exc).__name__, exc)
 
     @app.timer(interval=settings.reevaluate_interval_s)
     async def reevaluate() -> None:
-        """Re-score users whose inactivity crossed a threshold (stream time, not wall time)."""
-        if not health.assigned:
-            return
-        try:
-            # One sweeper at a time across the fleet; the revision check would
-            # keep two correct, but they would publish duplicate changes.
-            token = await store.try_lock("reevaluate", 30_000)
-        except Exception as exc:
-            log.debug("re-evaluation skipped: %s", exc)
-            return
-        if token is None:
+        """Time-driven steps (re-scores, retention) for the partitions this worker owns.
+
+        Only the owner of a user's partition ever writes that user, sweep or
+        batch, and never both at once (``one_writer``): so no change is
+        published by a writer whose commit is then refused.
+        """
+        partitions = sorted({int(tp.rsplit(":", 1)[1]) for tp in health.assigned})
+        if not partitions:
             return
         try:
             for _ in range(20):  # bounded per tick, so shutdown is never held up long
-                # Never alongside this worker's own batch: a refused commit
-                # after a publish would leave a change that never happened.
                 async with one_writer:
-                    result = await processor.reevaluate(limit=500)
+                    result = await processor.reevaluate(partitions, limit=500)
                 if result.changes:
                     log.info(
                         "re-evaluation: %d users, %d changes", result.users, len(result.changes)
                     )
-                if result.users < 500:
+                if not result.records:  # nothing more due
                     break
         except Exception as exc:  # never let the timer take the worker down
             log.warning("re-evaluation incomplete: %s: %s", type(exc).__name__, exc)
-        finally:
-            with contextlib.suppress(Exception):
-                await store.unlock("reevaluate", token)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(app: faust.App, assigned: set[TP], **kwargs: Any) -> None:

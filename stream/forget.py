@@ -1,7 +1,7 @@
 """Right to erasure: `segmenter forget USER_ID`.
 
 Deletes the user's state (and their place in the segment counts and the
-activity index) in one Lua script, then publishes a tombstone (null value) for
+re-evaluation schedule) in one Lua script, then publishes a tombstone (null value) for
 the user on the compacted ``customer-segments`` topic, so compaction removes
 their last segment message too. Idempotent: forgetting twice is harmless.
 """

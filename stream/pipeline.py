@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -40,7 +40,7 @@ from model.registry import LoadedModel
 from model.segments import Hysteresis, as_probabilities, decide
 from stream import metrics
 from stream.events import DecodeLimits, Event, Reason, Rejected, decode, iso
-from stream.fold import apply
+from stream.fold import UserState, apply
 from stream.health import Health
 from stream.playbook import Playbook
 from stream.privacy import pseudonym
@@ -70,6 +70,25 @@ class Sink(Protocol):
     ) -> Awaitable[Any]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    """A point on a user's timeline where the change rule is applied."""
+
+    at: int  # event time
+    trigger: Literal["events", "inactivity", "retention"]
+    row: int  # into the batch's stacked feature matrix; -1 for retention erasure
+
+
+@dataclass(slots=True)
+class Timeline:
+    """One user's record through a batch, and the steps taken on it, in order."""
+
+    record: UserRecord
+    old_segment: str | None
+    old_partition: int
+    steps: list[Step] = field(default_factory=list)
+
+
 @dataclass
 class BatchResult:
     records: int = 0
@@ -93,6 +112,8 @@ class PipelineConfig:
     #: Events older than stream time minus this are dead-lettered: their user
     #: may already have been expired by retention, and would come back wrong.
     max_lateness_ms: int = 400 * 86_400_000
+    #: Users inactive this long (event time) are erased, with a tombstone (0 = never).
+    retention_ms: int = 400 * 86_400_000
     #: Wall-clock TTL on user keys: a backstop for keys no worker sweeps any more.
     key_ttl_ms: int = 0
     #: Inactivity thresholds (days of event time) at which a user is re-scored.
@@ -216,15 +237,11 @@ class BatchProcessor:
         for rec in records:
             if partition_offsets.get(rec.tp, -1) < rec.offset:
                 partition_offsets[rec.tp] = rec.offset
-        by_user: dict[str, list[tuple[RawRecord, Event]]] = {}
-        for rec, event in good:
-            by_user.setdefault(event.user_id, []).append((rec, event))
-
         attempt = 0
         while True:
             attempt += 1
             try:
-                result = await self._fold_score_publish_commit(by_user, partition_offsets)
+                result = await self._fold_score_publish_commit(good, partition_offsets)
                 if self._health is not None:
                     self._health.redis_ok, self._health.redis_error = True, None
                 break
@@ -254,197 +271,294 @@ class BatchProcessor:
 
     async def _fold_score_publish_commit(
         self,
-        by_user: dict[str, list[tuple[RawRecord, Event]]],
+        good: list[tuple[RawRecord, Event]],
         partition_offsets: dict[str, int],
     ) -> BatchResult:
         result = BatchResult()
-        users = list(by_user)
+        # Stream time per partition number *before* each event, in batch
+        # (= partition) order: a user's schedule is caught up to it before the
+        # event is folded, exactly as a sweep between the two would have done.
+        by_user: dict[str, list[tuple[RawRecord, Event, int]]] = {}
         t0 = time.perf_counter()
-        loaded, stored_time = await self.store.load(users)
+        users = list(dict.fromkeys(e.user_id for _, e in good))
+        loaded, stored_time, ptimes = await self.store.load(users)
         self.stream_time = max(self.stream_time, stored_time)
         metrics.REDIS_SECONDS.labels("load").observe(time.perf_counter() - t0)
+        running = dict(ptimes)
+        for raw, event in good:
+            before = running.get(raw.partition, 0)
+            by_user.setdefault(event.user_id, []).append((raw, event, before))
+            running[raw.partition] = max(before, event.timestamp)
+        partition_times = {p: t for p, t in running.items() if t > ptimes.get(p, 0)}
 
-        touched: dict[str, UserRecord] = {}
-        old_segments: dict[str, str | None] = {}
+        timelines: dict[str, Timeline] = {}
+        rows: list[np.ndarray] = []
         counted: list[tuple[str, str, str]] = []  # (topic, event_type, outcome)
         latest: dict[str, int] = {}
         batch_time = 0
         window = self.cfg.dedup_window
-        for uid in users:
+        for uid, items in by_user.items():
             rec = loaded[uid]
-            old_segments[uid] = rec.segment
-            changed = False
-            for raw, event in by_user[uid]:
+            tl = Timeline(rec, rec.segment, rec.partition)
+            for raw, event, before in items:
                 seen_offset = rec.offsets.get(raw.tp, -1)
                 digest = event_digest(event.event_id)
                 if raw.offset <= seen_offset or digest in rec.recent:
                     result.duplicates += 1
                     counted.append((raw.topic, event.event_type, "duplicate"))
                     continue
+                self._catch_up(tl, max(before, event.timestamp - 1), rows)
                 apply(rec.state, event)
+                rec.partition = raw.partition
                 rec.offsets[raw.tp] = raw.offset
                 if window:
                     rec.recent.append(digest)
                     del rec.recent[:-window]
-                changed = True
+                # Scored after every event, as of the user's own latest event
+                # (never earlier than a previous scoring): then the changes do
+                # not depend on how the stream was cut into batches, and a
+                # replay of history gives the same changes at the same times.
+                at = max(rec.state.last_seen, rec.scored_at)
+                rows.append(vector(rec.state, at))
+                tl.steps.append(Step(at, "events", len(rows) - 1))
+                rec.scored_at = at
+                rec.due = self._next_due(rec.state.last_seen, at)
                 result.applied += 1
                 counted.append((raw.topic, event.event_type, "applied"))
                 batch_time = max(batch_time, event.timestamp)
                 latest[uid] = max(latest.get(uid, 0), event.timestamp)
-            if changed:
-                touched[uid] = rec
+            if tl.steps:
+                timelines[uid] = tl
 
         stream_time = max(stored_time, batch_time)
-        # Each touched user is scored as of their own latest event, not the
-        # batch's stream time: then what a user's events do to their segment
-        # does not depend on how the stream happened to be cut into batches,
-        # and a replay of history gives the same changes at the same times.
         messages = await self._score_publish_commit(
-            touched,
-            old_segments,
-            {u: r.state.last_seen for u, r in touched.items()},
-            {u: self._next_due(r.state.last_seen, r.state.last_seen) for u, r in touched.items()},
-            partition_offsets,
-            stream_time,
-            trigger="events",
+            timelines, rows, partition_offsets, stream_time, partition_times
         )
 
         # Counters only after the commit: a re-run batch must not count twice.
         for topic, event_type, outcome in counted:
             metrics.EVENTS.labels(topic, event_type, outcome).inc()
         now_ms = self._clock_ms()
-        for uid, _ in messages:
-            metrics.EVENT_TO_PUBLISH.observe(max(0.0, (now_ms - latest[uid]) / 1000))
+        for uid, msg in messages:
+            if msg is not None and msg["trigger"] == "events":
+                metrics.EVENT_TO_PUBLISH.observe(max(0.0, (now_ms - latest[uid]) / 1000))
         if stream_time:
             metrics.STREAM_TIME.set(stream_time / 1000)
-        result.changes = [m for _, m in messages]
-        result.users = len(touched)
+        result.changes = [m for _, m in messages if m is not None]
+        result.users = len(timelines)
         return result
 
+    def _thresholds(self) -> list[tuple[int, bool]]:
+        """(offset from last activity, is-erasure): re-scores, then retention last."""
+        retention = self.cfg.retention_ms
+        steps = [(int(d * 86_400_000), False) for d in self.cfg.reevaluate_days]
+        if retention > 0:
+            steps = [s for s in steps if s[0] < retention] + [(retention, True)]
+        return steps
+
     def _next_due(self, last_seen: int, at_ms: int) -> int:
-        """Event time of the next inactivity threshold after ``at_ms`` (0 = none left)."""
-        for days in self.cfg.reevaluate_days:
-            due = last_seen + int(days * 86_400_000)
-            if due > at_ms:
-                return due
+        """Event time of the next time-driven step after ``at_ms`` (0 = none left)."""
+        for offset, _ in self._thresholds():
+            if last_seen + offset > at_ms:
+                return last_seen + offset
         return 0
+
+    def _catch_up(self, tl: Timeline, until: int, rows: list[np.ndarray]) -> None:
+        """Take every time-driven step of ``tl``'s user due at or before ``until``.
+
+        The live sweep and the batch path both come through here, so whether a
+        step is taken by the sweep or just before the user's next event, it
+        happens at the same event time and with the same state.
+        """
+        rec = tl.record
+        while rec.due and rec.due <= until and rec.state.events:
+            at = rec.due
+            if at - rec.state.last_seen >= self.cfg.retention_ms > 0:
+                # Retention: the user is erased, in place (the caller holds
+                # this record). Segment and version go in the scoring walk,
+                # which publishes the tombstone; the revision stays for the
+                # commit's concurrency check.
+                tl.steps.append(Step(at, "retention", -1))
+                rec.state, rec.offsets, rec.recent = UserState(), {}, []
+                rec.scored_at = rec.due = 0
+                return
+            rows.append(vector(rec.state, at))
+            tl.steps.append(Step(at, "inactivity", len(rows) - 1))
+            rec.scored_at = at
+            rec.due = self._next_due(rec.state.last_seen, at)
 
     async def _score_publish_commit(
         self,
-        touched: dict[str, UserRecord],
-        old_segments: dict[str, str | None],
-        at_ms: dict[str, int],
-        dues: dict[str, int],
+        timelines: dict[str, Timeline],
+        rows: list[np.ndarray],
         partition_offsets: dict[str, int],
         stream_time: int,
-        *,
-        trigger: str,
-    ) -> list[tuple[str, dict[str, Any]]]:
-        """Score ``touched`` as of ``at_ms``, publish the changes, commit. Shared by
-        event batches and time-driven re-evaluation, so both follow one rule."""
+        partition_times: dict[int, int],
+    ) -> list[tuple[str, dict[str, Any] | None]]:
+        """Score every step in one forward pass, apply hysteresis in each user's
+        order, publish the changes, commit. Shared by event batches and the
+        time-driven sweep, so both follow one rule. ``None`` = a tombstone."""
         model = self.model()
-        messages: list[tuple[str, dict[str, Any]]] = []
+        messages: list[tuple[str, dict[str, Any] | None]] = []
         side: list[tuple[str, str, dict[str, Any]]] = []  # (topic, user, message)
-        if touched:
-            order = list(touched)
-            x = np.stack([vector(touched[u].state, at_ms[u]) for u in order])
-            probs = model.scorer.predict(x)
-            emitted_at = iso(self._clock_ms())
-            changed_rows: list[int] = []
-            for i, (uid, row) in enumerate(zip(order, probs, strict=True)):
-                rec = touched[uid]
-                p = as_probabilities(model.classes, row)
+        x = np.stack(rows) if rows else np.zeros((0, len(model.scorer.mean)))
+        probs = model.scorer.predict(x) if rows else x
+        emitted_at = iso(self._clock_ms())
+        playbook = self.cfg.playbook
+        explain: list[tuple[int, int, dict[str, Any]]] = []  # (row, class, message)
+        expired = 0
+        for uid, tl in timelines.items():
+            rec = tl.record
+            for step in tl.steps:
+                if step.row < 0:  # retention erasure
+                    expired += 1
+                    if rec.segment is not None and self.cfg.segment_topic_template:
+                        side.append(
+                            exited_event(
+                                self.cfg.segment_topic_template,
+                                uid,
+                                rec.segment,
+                                None,
+                                rec.version + 1,
+                                iso(step.at),
+                                emitted_at,
+                                model.version,
+                                "retention",
+                            )
+                        )
+                    messages.append((uid, None))
+                    rec.segment, rec.version = None, 0
+                    rec.probabilities, rec.model_version = None, None
+                    continue
+                p = as_probabilities(model.classes, probs[step.row])
                 new = decide(rec.segment, p, self.cfg.hysteresis)
                 rec.probabilities = {k: round(v, 4) for k, v in p.items()}
                 rec.model_version = model.version
                 if new == rec.segment:
                     continue
                 rec.version += 1
-                changed_rows.append(i)
                 previous = rec.segment
-                playbook = self.cfg.playbook
-                messages.append(
-                    (
-                        uid,
-                        {
-                            "user_id": uid,
-                            "segment": new,
-                            "previous_segment": previous,
-                            "probabilities": rec.probabilities,
-                            "model_version": model.version,
-                            "event_time": iso(at_ms[uid]),
-                            "emitted_at": emitted_at,
-                            "version": rec.version,
-                            "trigger": trigger,
-                            "explanation": [],
-                            "action": playbook.action_for(previous, new) if playbook else None,
-                        },
-                    )
-                )
+                msg: dict[str, Any] = {
+                    "user_id": uid,
+                    "segment": new,
+                    "previous_segment": previous,
+                    "probabilities": rec.probabilities,
+                    "model_version": model.version,
+                    "event_time": iso(step.at),
+                    "emitted_at": emitted_at,
+                    "version": rec.version,
+                    "trigger": step.trigger,
+                    "explanation": [],
+                    "action": playbook.action_for(previous, new) if playbook else None,
+                }
+                messages.append((uid, msg))
+                explain.append((step.row, model.classes.index(new), msg))
                 rec.segment = new
-            if changed_rows and self.cfg.explain_top_k:
-                # One extra forward pass for all changed users, none for the rest.
-                classes = [
-                    model.classes.index(messages[k][1]["segment"]) for k in range(len(changed_rows))
-                ]
-                reasons = top_reasons(
-                    model.scorer, x[changed_rows], classes, self.cfg.explain_top_k
-                )
-                for (_, msg), why in zip(messages, reasons, strict=True):
-                    msg["explanation"] = why
-            template = self.cfg.segment_topic_template
-            if template:
-                for uid, msg in messages:
-                    side.extend(segment_events(template, uid, msg))
+        if explain and self.cfg.explain_top_k:
+            # One extra forward pass for all changes, none for the rest.
+            reasons = top_reasons(
+                model.scorer,
+                x[[r for r, _, _ in explain]],
+                [c for _, c, _ in explain],
+                self.cfg.explain_top_k,
+            )
+            for (_, _, msg), why in zip(explain, reasons, strict=True):
+                msg["explanation"] = why
+        template = self.cfg.segment_topic_template
+        if template:
+            for uid, m in messages:
+                if m is not None:
+                    side.extend(segment_events(template, uid, m))
 
         # Publish before the Redis commit: if we die in between, the batch is
-        # replayed from the old state and the same change (same version) is
-        # published again: a duplicate subscribers can drop, never a loss.
+        # replayed from the old state and the same change (same version, same
+        # content but emitted_at) is published again: a duplicate subscribers
+        # can drop, never a loss.
         sends = [
-            self.sink.send(self.cfg.segments_topic, uid.encode(), orjson.dumps(msg), [])
-            for uid, msg in messages
+            self.sink.send(
+                self.cfg.segments_topic, uid.encode(), None if m is None else orjson.dumps(m), []
+            )
+            for uid, m in messages
         ]
         sends += [self.sink.send(t, uid.encode(), orjson.dumps(m), []) for t, uid, m in side]
         if sends:
             await asyncio.gather(*sends)
-        writes = [UserWrite(uid, rec, old_segments[uid]) for uid, rec in touched.items()]
+        writes = [
+            UserWrite(
+                uid,
+                tl.record,
+                tl.old_segment,
+                tl.old_partition,
+                erase=tl.record.state.events == 0,
+            )
+            for uid, tl in timelines.items()
+        ]
         t1 = time.perf_counter()
-        await self.store.commit(writes, partition_offsets, stream_time, self.cfg.key_ttl_ms, dues)
+        await self.store.commit(
+            writes, partition_offsets, stream_time, self.cfg.key_ttl_ms, partition_times
+        )
         self.stream_time = max(self.stream_time, stream_time)
         metrics.REDIS_SECONDS.labels("commit").observe(time.perf_counter() - t1)
-        for _, msg in messages:
-            metrics.SEGMENT_CHANGES.labels(msg["previous_segment"] or "none", msg["segment"]).inc()
+        for _, m in messages:
+            if m is not None:
+                metrics.SEGMENT_CHANGES.labels(m["previous_segment"] or "none", m["segment"]).inc()
+        if expired:
+            metrics.EXPIRED_USERS.inc(expired)
         return messages
 
-    async def reevaluate(self, limit: int = 500) -> BatchResult:
-        """Time-driven re-scoring: users whose inactivity crossed a threshold, in stream time.
+    async def reevaluate(self, partitions: Iterable[int], limit: int = 500) -> BatchResult:
+        """Time-driven steps for the users of ``partitions`` (the ones this worker owns).
 
-        Each due user is scored *as of its due time* (last activity + threshold),
-        not as of whenever this sweep happens to run, so a replay of history
-        yields the same changes at the same event times as living through it.
+        Each partition is swept up to its own stream time, and each due user is
+        scored *as of its due time* (last activity + threshold), not as of
+        whenever this sweep happens to run: a replay of history yields the same
+        changes at the same event times as living through it, and a lagging
+        partition's users are not judged inactive on another partition's clock.
+        ``result.records`` is 1 when some partition had more than ``limit`` due.
         """
-        while True:
-            try:
-                stream_time = await self.store.stream_time()
-                due = await self.store.due_for_reevaluation(stream_time, limit)
-                if not due:
-                    return BatchResult(records=0)
-                users = [u for u, _ in due]
-                loaded, _ = await self.store.load(users)
-                at = dict(due)
-                touched = {u: loaded[u] for u in users if loaded[u].exists}
-                old = {u: r.segment for u, r in touched.items()}
-                dues = {u: self._next_due(r.state.last_seen, at[u]) for u, r in touched.items()}
-                messages = await self._score_publish_commit(
-                    touched, old, at, dues, {}, stream_time, trigger="inactivity"
-                )
-                return BatchResult(records=0, users=len(touched), changes=[m for _, m in messages])
-            except ConflictError as exc:
-                metrics.COMMIT_CONFLICTS.inc()
-                log.info("re-evaluation re-run after a concurrent write: %s", exc)
-            except RedisError as exc:
-                metrics.REDIS_ERRORS.labels("reevaluate").inc()
-                await self._backoff(1, exc)
+        total = BatchResult(records=0)
+        for part in partitions:
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    swept = await self._sweep(part, limit)
+                    break
+                except ConflictError as exc:
+                    metrics.COMMIT_CONFLICTS.inc()
+                    log.info("re-evaluation re-run after a concurrent write: %s", exc)
+                except RedisError as exc:
+                    metrics.REDIS_ERRORS.labels("reevaluate").inc()
+                    await self._backoff(attempt, exc)
+            total.users += swept.users
+            total.changes += swept.changes
+            total.records = max(total.records, swept.records)
+        return total
+
+    async def _sweep(self, part: int, limit: int) -> BatchResult:
+        until = (await self.store.partition_times()).get(part, 0)
+        due = await self.store.due_for_reevaluation(part, until, limit)
+        if not due:
+            return BatchResult(records=0)
+        loaded, stream_time, _ = await self.store.load([u for u, _ in due])
+        timelines: dict[str, Timeline] = {}
+        rows: list[np.ndarray] = []
+        for uid, _ in due:
+            rec = loaded[uid]
+            if not rec.exists:
+                await self.store.reap(uid, part)  # erased, or expired by the backstop TTL
+            elif rec.partition != part:
+                await self.store.unschedule(uid, part)
+            else:
+                tl = Timeline(rec, rec.segment, rec.partition)
+                self._catch_up(tl, until, rows)
+                timelines[uid] = tl  # written even without steps: that fixes its schedule
+        messages = await self._score_publish_commit(timelines, rows, {}, stream_time, {})
+        return BatchResult(
+            records=int(len(due) >= limit),
+            users=len(timelines),
+            changes=[m for _, m in messages if m is not None],
+        )
 
     async def _with_redis_retry(self, fn: Callable[[], Awaitable[int]]) -> int:
         attempt = 0
@@ -470,30 +584,51 @@ class BatchProcessor:
         await asyncio.sleep(delay)
 
 
+def exited_event(
+    template: str,
+    user_id: str,
+    segment: str,
+    next_segment: str | None,
+    version: int,
+    event_time: str,
+    emitted_at: str,
+    model_version: str,
+    trigger: str,
+) -> tuple[str, str, dict[str, Any]]:
+    return (
+        template.format(segment=segment),
+        user_id,
+        {
+            "type": "segment-exited",
+            "user_id": user_id,
+            "segment": segment,
+            "next_segment": next_segment,
+            "version": version,
+            "event_time": event_time,
+            "emitted_at": emitted_at,
+            "model_version": model_version,
+            "trigger": trigger,
+        },
+    )
+
+
 def segment_events(
     template: str, user_id: str, change: dict[str, Any]
 ) -> list[tuple[str, str, dict[str, Any]]]:
     """The per-segment view of one change: exited on the old topic, entered on the new."""
-    common = {
-        "user_id": user_id,
-        "version": change["version"],
-        "event_time": change["event_time"],
-        "emitted_at": change["emitted_at"],
-        "model_version": change["model_version"],
-        "trigger": change["trigger"],
-    }
     out = []
     if change["previous_segment"] is not None:
         out.append(
-            (
-                template.format(segment=change["previous_segment"]),
+            exited_event(
+                template,
                 user_id,
-                {
-                    "type": "segment-exited",
-                    "segment": change["previous_segment"],
-                    "next_segment": change["segment"],
-                    **common,
-                },
+                change["previous_segment"],
+                change["segment"],
+                change["version"],
+                change["event_time"],
+                change["emitted_at"],
+                change["model_version"],
+                change["trigger"],
             )
         )
     out.append(
@@ -502,11 +637,16 @@ def segment_events(
             user_id,
             {
                 "type": "segment-entered",
+                "user_id": user_id,
                 "segment": change["segment"],
                 "previous_segment": change["previous_segment"],
                 "probability": change["probabilities"][change["segment"]],
                 "action": change["action"],
-                **common,
+                "version": change["version"],
+                "event_time": change["event_time"],
+                "emitted_at": change["emitted_at"],
+                "model_version": change["model_version"],
+                "trigger": change["trigger"],
             },
         )
     )

@@ -6,6 +6,7 @@ names the variable and says what it expects (see :func:`load_settings`).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -130,7 +131,8 @@ class Settings(BaseSettings):
             if path is not None and not path.is_file():
                 raise ValueError(f"SEGMENTER_{name.upper()}={path} is not a readable file")
         if list(self.reevaluate_days) != sorted(set(self.reevaluate_days)) or any(
-            d <= 0 for d in self.reevaluate_days
+            not (0 < d < 100_000)
+            for d in self.reevaluate_days  # also refuses NaN and Infinity
         ):
             raise ValueError(
                 "SEGMENTER_REEVALUATE_DAYS must be increasing positive days, e.g. [30,60]"
@@ -138,6 +140,25 @@ class Settings(BaseSettings):
         if self.pseudonymize_key is not None and len(self.pseudonymize_key.get_secret_value()) < 16:
             raise ValueError("SEGMENTER_PSEUDONYMIZE_KEY must be at least 16 characters")
         return self
+
+    @field_validator("segment_topic_template")
+    @classmethod
+    def _one_placeholder(cls, template: str) -> str:
+        # Only {segment} may be filled in; anything else would fail at the first
+        # change, mid-stream, instead of here.
+        try:
+            name = template.format(segment="x")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"SEGMENTER_SEGMENT_TOPIC_TEMPLATE={template!r}: only the {{segment}} "
+                f"placeholder is allowed ({type(exc).__name__}: {exc})"
+            ) from None
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", name):
+            raise ValueError(
+                f"SEGMENTER_SEGMENT_TOPIC_TEMPLATE={template!r} does not give a valid Kafka "
+                "topic name (letters, digits, '.', '_', '-')"
+            )
+        return template
 
     @model_validator(mode="after")
     def _distinct_topics(self) -> Settings:

@@ -23,13 +23,19 @@ class Ledger:
     users: int
     state_mismatches: list[str]
     unpublished: list[str]
+    #: Users whose published versions are not exactly 1..n.
+    version_gaps: list[str]
+    #: (user, version) published more than once with different content.
+    conflicting_republish: list[tuple[str, int]]
 
     def table(self) -> str:
         return (
             "| events sent | events applied | duplicates | lost | users | state mismatches | "
-            "final segment unpublished |\n|---|---|---|---|---|---|---|\n"
+            "final segment unpublished | version gaps | conflicting re-publishes |\n"
+            "|---|---|---|---|---|---|---|---|---|\n"
             f"| {self.sent} | {self.applied} | {self.duplicates} | {self.lost} | {self.users} | "
-            f"{len(self.state_mismatches)} | {len(self.unpublished)} |"
+            f"{len(self.state_mismatches)} | {len(self.unpublished)} | "
+            f"{len(self.version_gaps)} | {len(self.conflicting_republish)} |"
         )
 
 
@@ -75,9 +81,20 @@ def account(
         by_user[event.user_id].append(event)
     records = asyncio.run(_records(settings, sorted(by_user)))
     latest: dict[str, dict[str, Any]] = {}
+    seen: dict[tuple[str, int], dict[str, Any]] = {}
+    conflicts: list[tuple[str, int]] = []
     for msg in published:
         if msg["user_id"] not in latest or msg["version"] > latest[msg["user_id"]]["version"]:
             latest[msg["user_id"]] = msg
+        # A re-publish after a crash must be the same change: everything but
+        # the wall-clock emitted_at, which is the point of the version.
+        key, body = (msg["user_id"], msg["version"]), _content(msg)
+        if seen.setdefault(key, body) != body:
+            conflicts.append(key)
+    versions: dict[str, set[int]] = defaultdict(set)
+    for user, version in seen:
+        versions[user].add(version)
+    gaps = sorted(u for u, vs in versions.items() if vs != set(range(1, max(vs) + 1)))
     applied = duplicates = lost = 0
     mismatches, unpublished = [], []
     for user, events in by_user.items():
@@ -98,4 +115,10 @@ def account(
         users=len(by_user),
         state_mismatches=mismatches,
         unpublished=unpublished,
+        version_gaps=gaps,
+        conflicting_republish=conflicts,
     )
+
+
+def _content(msg: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in msg.items() if k != "emitted_at"}

@@ -118,5 +118,6 @@ def finish_and_account(
     assert ledger.lost == 0 and ledger.duplicates == 0
     assert ledger.state_mismatches == []
     assert ledger.unpublished == []
+    assert ledger.version_gaps == [] and ledger.conflicting_republish == []
     assert ledger.applied == ledger.sent
     return ledger

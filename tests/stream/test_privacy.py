@@ -10,6 +10,7 @@ import pytest
 
 from model.registry import load_current
 from stream.app import faust_credentials, pipeline_config
+from stream.events import iso
 from stream.pipeline import BatchProcessor, BatchResult, RawRecord
 from stream.settings import Settings, SettingsError, load_settings
 from stream.sinks import ConfluentSink
@@ -20,7 +21,12 @@ from tests.helpers import as_items, produce, wait_applied
 from tests.stream.test_cli import segmenter
 
 
-async def feed(settings: Settings, values: list[dict], start: int = 0) -> BatchResult:  # type: ignore[type-arg]
+async def feed(
+    settings: Settings,
+    values: list[dict],  # type: ignore[type-arg]
+    start: int = 0,
+    sweep: bool = False,
+) -> BatchResult:
     store = StateStore.from_settings(settings)
     sink = ConfluentSink(settings.kafka_client_config())
     model = load_current(settings.model_dir)
@@ -38,7 +44,10 @@ async def feed(settings: Settings, values: list[dict], start: int = 0) -> BatchR
         for i, v in enumerate(values)
     ]
     try:
-        return await proc.process(records)
+        result = await proc.process(records)
+        if sweep:
+            result.changes += (await proc.reevaluate([0])).changes
+        return result
     finally:
         sink.close()
         await store.close()
@@ -88,7 +97,7 @@ def test_forget_erases_the_user_and_tombstones_the_compacted_topic(
         try:
             assert await store.get("erin") is None
             assert await store.get("bob") is not None
-            assert "erin" not in await store.inactive_users(T0 + 400 * DAY, 100)
+            assert "erin" not in await store.due_for_reevaluation(0, T0 + 999 * DAY, 100)
             after = await store.segment_counts()
             assert sum(after.values()) == sum(before.values()) - 1
             assert await store.forgotten_total() == 1
@@ -122,25 +131,45 @@ def test_pseudonymised_ids_never_reach_redis_or_the_output_topic(
 
 
 @pytest.mark.integration
-def test_retention_erases_users_inactive_in_event_time_and_late_events_are_dead_lettered(
-    settings_factory: Callable[..., Settings],
+def test_retention_erases_users_inactive_in_event_time_with_a_tombstone(
+    settings_factory: Callable[..., Settings], reader_factory: Callable[[str], TopicReader]
 ) -> None:
     settings = settings_factory(retention_days=100)
-    asyncio.run(feed(settings, [click("old", T0), click("new", T0 + 5 * DAY)]))
-    asyncio.run(feed(settings, [click("new", T0 + 120 * DAY)], start=2))
+    asyncio.run(feed(settings, [order("old", T0), click("back", T0), click("new", T0 + 5 * DAY)]))
+    # 120 days on, on the same partition: "old" is past retention and is erased
+    # by the sweep; "back" returns after 110 days, so it is erased just before
+    # its new event is folded, and starts again from nothing.
+    later = [click("new", T0 + 120 * DAY), click("back", T0 + 110 * DAY, session_id="again")]
+    asyncio.run(feed(settings, later, start=3, sweep=True))
 
-    async def sweep() -> list[str]:
+    async def check() -> None:
         store = StateStore.from_settings(settings)
         try:
-            expired = await store.expire_inactive(T0 + 20 * DAY)  # stream time - 100 days
             assert await store.get("old") is None and await store.get("new") is not None
-            assert sum((await store.segment_counts()).values()) == 1
-            return expired
+            back = await store.get("back")
+            assert back is not None and back.state.events == 1 and back.version == 1
+            assert sum((await store.segment_counts()).values()) == 2
+            assert await store.due_for_reevaluation(0, T0 + 999 * DAY, 100)  # still scheduled
+            assert "old" not in dict(await store.due_for_reevaluation(0, T0 + 999 * DAY, 100))
         finally:
             await store.close()
 
-    assert asyncio.run(sweep()) == ["old"]
-    late = asyncio.run(feed(settings, [click("new", T0 + 10 * DAY)], start=3))
+    asyncio.run(check())
+    reader = reader_factory(settings.topic_segments)
+    msgs = reader.wait_for(
+        lambda m: sum(1 for x in m if x.value() is None) >= 2 and len(m) >= 6, timeout_s=30
+    )
+    for user in ("old", "back"):
+        values = [m.value() for m in msgs if m.key() == user.encode()]
+        assert values[0] is not None and None in values, (user, values)
+    back = [m.value() for m in msgs if m.key() == b"back"]
+    cut = back.index(None)
+    before, after = back[:cut], back[cut + 1 :]
+    # Versions count up to the tombstone, which resets them; then a fresh start.
+    assert [orjson.loads(v)["version"] for v in before] == list(range(1, len(before) + 1))
+    assert [orjson.loads(v)["version"] for v in after] == [1]
+    assert orjson.loads(after[0])["event_time"] == iso(T0 + 110 * DAY)
+    late = asyncio.run(feed(settings, [click("new", T0 + 10 * DAY)], start=5))
     assert late.dead_lettered == 1 and late.applied == 0
 
 

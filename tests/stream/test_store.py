@@ -23,12 +23,12 @@ def test_commit_then_load_round_trips_and_moves_counts_offsets_and_stream_time(
     async def scenario() -> None:
         store = StateStore.from_url(redis_url, prefix)
         try:
-            loaded, st = await store.load(["a", "b"])
+            loaded, st, _ = await store.load(["a", "b"])
             assert not loaded["a"].exists and st == 0
             rec = UserRecord(state=fold_all([as_event(order("a", T0, 10.0))]), segment="regular")
             rec.offsets["orders:0"] = 7
             await store.commit([UserWrite("a", rec, None)], {"orders:0": 7}, T0)
-            loaded, st = await store.load(["a"])
+            loaded, st, _ = await store.load(["a"])
             assert loaded["a"].state.total_spend == 10.0 and loaded["a"].rev == 1
             assert loaded["a"].offsets == {"orders:0": 7} and st == T0
             assert await store.segment_counts() == {"regular": 1}
@@ -55,8 +55,8 @@ def test_concurrent_writer_makes_the_whole_batch_fail_and_change_nothing(
         store = StateStore.from_url(redis_url, prefix)
         try:
             await store.commit([UserWrite("a", UserRecord(segment="regular"), None)], {}, T0)
-            stale, _ = await store.load(["a", "b"])
-            fresh, _ = await store.load(["a"])
+            stale, _, _ = await store.load(["a", "b"])
+            fresh, _, _ = await store.load(["a"])
             await store.commit([UserWrite("a", fresh["a"], "regular")], {}, T0)  # someone else
             stale["b"].segment = "potential"
             with pytest.raises(ConflictError):
