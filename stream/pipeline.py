@@ -24,11 +24,12 @@ before it is applied.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 import orjson
@@ -47,6 +48,7 @@ from stream.privacy import pseudonym
 from stream.store import ConflictError, StateStore, UserRecord, UserWrite, event_digest
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,40 +230,19 @@ class BatchProcessor:
         started = time.perf_counter()
         if not self.stream_time:
             # A fresh processor learns stream time before judging lateness.
-            self.stream_time = await self._with_redis_retry(self.store.stream_time)
+            self.stream_time, _ = await self._retrying(self.store.stream_time, "stream_time")
         good, bad = self._decode(records)
-        await self._dead_letter(bad)
+        if bad:  # at least once, like everything this publishes
+            await self._retrying(lambda: self._dead_letter(bad), "dead_letter")
         # Every record of the batch is accounted for once this batch commits,
         # dead-lettered ones included: their partition offsets advance too.
         partition_offsets: dict[str, int] = {}
         for rec in records:
             if partition_offsets.get(rec.tp, -1) < rec.offset:
                 partition_offsets[rec.tp] = rec.offset
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                result = await self._fold_score_publish_commit(good, partition_offsets)
-                if self._health is not None:
-                    self._health.redis_ok, self._health.redis_error = True, None
-                break
-            except ConflictError as exc:
-                metrics.COMMIT_CONFLICTS.inc()
-                log.info("batch re-run after a concurrent write: %s", exc)
-            except RedisError as exc:
-                metrics.REDIS_ERRORS.labels("batch").inc()
-                if self._health is not None:
-                    self._health.redis_ok = False
-                    self._health.redis_error = f"{type(exc).__name__}: {exc}"
-                await self._backoff(attempt, exc)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Anything else (a failed publish, say) is retried too: an
-                # exception escaping the agent would let Faust move past an
-                # unapplied batch, whose events dedup would later skip.
-                log.exception("batch failed; retrying it")
-                await self._backoff(attempt, exc)
+        result, attempt = await self._retrying(
+            lambda: self._fold_score_publish_commit(good, partition_offsets), "batch"
+        )
         result.records = len(records)
         result.dead_lettered = len(bad)
         result.attempts = attempt
@@ -518,18 +499,9 @@ class BatchProcessor:
         """
         total = BatchResult(records=0)
         for part in partitions:
-            attempt = 0
-            while True:
-                attempt += 1
-                try:
-                    swept = await self._sweep(part, limit)
-                    break
-                except ConflictError as exc:
-                    metrics.COMMIT_CONFLICTS.inc()
-                    log.info("re-evaluation re-run after a concurrent write: %s", exc)
-                except RedisError as exc:
-                    metrics.REDIS_ERRORS.labels("reevaluate").inc()
-                    await self._backoff(attempt, exc)
+            swept, _ = await self._retrying(
+                functools.partial(self._sweep, part, limit), "reevaluate"
+            )
             total.users += swept.users
             total.changes += swept.changes
             total.records = max(total.records, swept.records)
@@ -560,14 +532,34 @@ class BatchProcessor:
             changes=[m for _, m in messages if m is not None],
         )
 
-    async def _with_redis_retry(self, fn: Callable[[], Awaitable[int]]) -> int:
+    async def _retrying(self, run: Callable[[], Awaitable[_T]], what: str) -> tuple[_T, int]:
+        """Run ``run`` until it commits; return its result and the attempts it took.
+
+        Nothing escapes but cancellation: an exception out of the agent would
+        let Faust move past an unapplied batch, whose events dedup would then
+        skip. A refused commit re-runs at once; anything else backs off.
+        """
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await fn()
+                out = await run()
+                if self._health is not None:
+                    self._health.redis_ok, self._health.redis_error = True, None
+                return out, attempt
+            except ConflictError as exc:
+                metrics.COMMIT_CONFLICTS.inc()
+                log.info("%s re-run after a concurrent write: %s", what, exc)
             except RedisError as exc:
-                metrics.REDIS_ERRORS.labels("stream_time").inc()
+                metrics.REDIS_ERRORS.labels(what).inc()
+                if self._health is not None:
+                    self._health.redis_ok = False
+                    self._health.redis_error = f"{type(exc).__name__}: {exc}"
+                await self._backoff(attempt, exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a failed publish, say
+                log.exception("%s failed; retrying it", what)
                 await self._backoff(attempt, exc)
 
     async def _backoff(self, attempt: int, exc: Exception) -> None:
