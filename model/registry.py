@@ -147,15 +147,20 @@ def promote(model_dir: Path, version: str, reason: str) -> dict[str, Any]:
     """Make ``version`` current and record why, so rollback knows what came before."""
     load_version(model_dir / version)  # refuse what a worker would refuse
     previous = current_version(model_dir)
-    set_current(model_dir, version)
     entry = {
         "version": version,
         "previous": previous,
         "reason": reason,
         "at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
     }
+    # History first, then the pointer: a promoter killed in between leaves an
+    # entry for a switch that did not happen (harmless), never a current
+    # version that rollback knows nothing about.
     with (model_dir / HISTORY).open("ab") as fh:
         fh.write(orjson.dumps(entry) + b"\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    set_current(model_dir, version)
     return entry
 
 

@@ -105,6 +105,7 @@ def _curves_figure(plt: Any, path: Path, history: dict[str, list[float]]) -> Pat
 
     panels = [
         keys
+        # Keras calls the early-stopping set "val_"; it is not the validation window.
         for keys in (("loss", "val_loss"), ("accuracy", "val_accuracy"))
         if any(history.get(k) for k in keys)
     ]
@@ -118,7 +119,9 @@ def _curves_figure(plt: Any, path: Path, history: dict[str, list[float]]) -> Pat
         for key in keys:
             values = history.get(key) or []
             if values:
-                ax.plot(range(1, len(values) + 1), values, label=key)
+                ax.plot(
+                    range(1, len(values) + 1), values, label=key.replace("val_", "early-stopping ")
+                )
         ax.set_xlabel("epoch")
         # Epochs are whole numbers; short runs otherwise get ticks like 1.5.
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -206,8 +209,9 @@ def _training_section(training: dict[str, Any]) -> list[str]:
         lines.append(f"- source: {training['source']}")
     for key, label in (
         ("events", "events"),
-        ("examples", "training examples"),
-        ("validation_examples", "validation examples"),
+        ("examples", "training (fit) examples"),
+        ("early_stopping_examples", "early-stopping examples (pick the epoch only)"),
+        ("validation_examples", "validation examples (scored here and by the gate, never fit)"),
         ("top_quantile", "high_value quantile"),
     ):
         if training.get(key) is not None:
@@ -215,6 +219,8 @@ def _training_section(training: dict[str, Any]) -> list[str]:
     cutoffs = training.get("cutoffs")
     if cutoffs:
         lines.append(f"- cutoffs: {len(cutoffs)} ({_iso(cutoffs[0])} to {_iso(cutoffs[-1])})")
+    if training.get("early_stopping_cutoff_ms") is not None:
+        lines.append(f"- early-stopping cutoff: {_iso(training['early_stopping_cutoff_ms'])}")
     if training.get("validation_cutoff_ms") is not None:
         lines.append(f"- validation cutoff: {_iso(training['validation_cutoff_ms'])}")
     for key, label in (("horizon_ms", "horizon"), ("step_ms", "step")):

@@ -1,5 +1,10 @@
 """Train the MLP, evaluate it on the temporal validation window, write a versioned artifact.
 
+The validation window (the latest cutoff) is never shown to :func:`fit`: the
+weights come from the fit rows and the epoch from a separate early-stopping
+cutoff before it (:func:`model.dataset.early_stopping_split`), so the metrics
+the report and the promotion gate use are measured on rows nothing was tuned on.
+
 Imports TensorFlow lazily (inside functions) so ``segmenter --help`` and the
 worker stay light.
 """
@@ -21,11 +26,19 @@ import numpy as np
 import orjson
 
 from model.baselines import majority_class, previous_segment_baseline, rfm_baseline
-from model.dataset import Examples
+from model.dataset import (
+    Examples,
+    build_examples,
+    default_cutoffs,
+    early_stopping_split,
+    sort_events,
+    temporal_split,
+)
 from model.evaluate import classification_report
 from model.features import FEATURE_NAMES, SCHEMA_HASH
 from model.registry import KERAS, MANIFEST, WEIGHTS, publish_version, set_current
 from model.scorer import save_weights
+from stream.events import Event
 
 log = logging.getLogger(__name__)
 # TensorFlow's C++ start-up chatter is noise for people running `segmenter train`.
@@ -77,10 +90,16 @@ def class_weights(y: np.ndarray, n_classes: int, power: float = 1.0) -> dict[int
 
 def fit(
     train: Examples,
-    val: Examples,
+    early_stopping: Examples,
     cfg: TrainConfig,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> Fitted:
+    """Fit on ``train``; stop (and restore the best weights) by the loss on ``early_stopping``.
+
+    ``early_stopping`` must not be the validation set that is reported and
+    gated on: choosing the epoch by a set's loss is fitting to it. Keras names
+    its loss ``val_loss`` in the history; here that is the early-stopping loss.
+    """
     import keras
     import tensorflow as tf
 
@@ -103,7 +122,7 @@ def fit(
         scale=scale,
     )
     y_train = keras.utils.to_categorical(train.y, n_classes)
-    y_val = keras.utils.to_categorical(val.y, n_classes)
+    y_stop = keras.utils.to_categorical(early_stopping.y, n_classes)
     callbacks: list[Any] = [
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=cfg.patience, restore_best_weights=True
@@ -118,7 +137,7 @@ def fit(
     history = model.fit(
         train.x,
         y_train,
-        validation_data=(val.x, y_val),
+        validation_data=(early_stopping.x, y_stop),
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         class_weight=class_weights(train.y, n_classes, cfg.class_weight_power),
@@ -211,6 +230,66 @@ def evaluate(fitted: Fitted, val: Examples) -> dict[str, Any]:
     return classification_report(val.y, predict_classes(fitted, val.x), val.classes)
 
 
+@dataclass
+class Prepared:
+    """The example table and its three time-ordered row sets (see ``model/dataset.py``)."""
+
+    events: list[Event]  # deduplicated, sorted by event time: what was folded
+    duplicates: int  # events dropped as redeliveries of an earlier event_id
+    examples: Examples  # every row, at every cutoff
+    train: Examples  # rows before validation: fit + early stopping (baselines fit on these)
+    fit: Examples
+    early_stopping: Examples
+    val: Examples
+
+
+def prepare_examples(
+    events: Sequence[Any],
+    *,
+    horizon_ms: int,
+    step_ms: int,
+    top_quantile: float = 0.2,
+    cutoffs_since_ms: int | None = None,
+) -> Prepared:
+    """Events -> examples at cutoffs -> fit / early-stopping / validation rows.
+
+    Every event is folded, however old: a feature such as tenure or total
+    spend at a cutoff depends on the user's whole history, as it does in the
+    worker. ``cutoffs_since_ms`` only limits which cutoffs become examples.
+    """
+    ordered = sort_events(events)
+    if not ordered:
+        raise ValueError("no events to train on")
+    cutoffs = default_cutoffs(
+        ordered[0].timestamp,
+        ordered[-1].timestamp,
+        horizon_ms=horizon_ms,
+        step_ms=step_ms,
+        since_ms=cutoffs_since_ms,
+    )
+    if len(cutoffs) < 3:
+        raise ValueError(
+            f"the events give {len(cutoffs)} cutoff(s); fitting, early stopping and validation "
+            "need warm-up (30 d) + horizon + two steps of history (cutoffs within the window)"
+        )
+    examples = build_examples(ordered, cutoffs, horizon_ms=horizon_ms, top_quantile=top_quantile)
+    train, val = temporal_split(examples, horizon_ms)
+    fit_rows, stop_rows = early_stopping_split(train)
+    return Prepared(
+        events=ordered,
+        duplicates=len(events) - len(ordered),
+        examples=examples,
+        train=train,
+        fit=fit_rows,
+        early_stopping=stop_rows,
+        val=val,
+    )
+
+
+def _cutoff_list(examples: Examples) -> list[int]:
+    return [int(c) for c in sorted(set(examples.cutoffs.tolist()))]
+
+
 def train_from_events(
     events: Sequence[Any],
     model_dir: Path,
@@ -223,31 +302,29 @@ def train_from_events(
     source: str = "",
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     version: str | None = None,
+    cutoffs_since_ms: int | None = None,
 ) -> Path:
-    """Events -> examples at cutoffs -> temporal split -> fit -> evaluate -> registry."""
-    from model.dataset import build_examples, default_cutoffs, sort_events, temporal_split
-
-    ordered = sort_events(events)
-    if not ordered:
-        raise ValueError("no events to train on")
-    cutoffs = default_cutoffs(
-        ordered[0].timestamp, ordered[-1].timestamp, horizon_ms=horizon_ms, step_ms=step_ms
+    """Events -> examples -> fit (early stopping apart) -> evaluate on validation -> registry."""
+    prepared = prepare_examples(
+        events,
+        horizon_ms=horizon_ms,
+        step_ms=step_ms,
+        top_quantile=top_quantile,
+        cutoffs_since_ms=cutoffs_since_ms,
     )
-    if len(cutoffs) < 2:
-        raise ValueError(
-            "the events span too little time for two cutoffs: "
-            "need warm-up (30 d) + horizon + one step of history"
-        )
-    examples = build_examples(ordered, cutoffs, horizon_ms=horizon_ms, top_quantile=top_quantile)
-    train, val = temporal_split(examples, horizon_ms)
+    ordered, examples, train, val = prepared.events, prepared.examples, prepared.train, prepared.val
+    fit_rows, stop_rows = prepared.fit, prepared.early_stopping
     log.info(
-        "training on %d examples (%d cutoffs), validating on %d (cutoff %s)",
-        len(train),
-        len(set(train.cutoffs.tolist())),
+        "fitting on %d examples (%d cutoffs), early stopping on %d (cutoff %s), "
+        "validating on %d (cutoff %s)",
+        len(fit_rows),
+        len(set(fit_rows.cutoffs.tolist())),
+        len(stop_rows),
+        int(stop_rows.cutoffs.max()),
         len(val),
         int(val.cutoffs.max()),
     )
-    fitted = fit(train, val, cfg, on_epoch=on_epoch)
+    fitted = fit(fit_rows, stop_rows, cfg, on_epoch=on_epoch)
     predicted = predict_classes(fitted, val.x)
     metrics = classification_report(val.y, predicted, val.classes)
     # The baselines answer "is the network worth it?" on the very same rows.
@@ -263,10 +340,15 @@ def train_from_events(
     }
     n = len(val.classes)
     distribution = {c: int((val.y == i).sum()) for i, c in enumerate(val.classes)}
+
+    def counts(rows: Examples) -> dict[str, int]:
+        return {
+            c: int(v) for c, v in zip(val.classes, np.bincount(rows.y, minlength=n), strict=True)
+        }
+
     distributions = {
-        "train": {
-            c: int(v) for c, v in zip(val.classes, np.bincount(train.y, minlength=n), strict=True)
-        },
+        "train": counts(fit_rows),
+        "early_stopping": counts(stop_rows),
         "validation": distribution,
         "predicted": {
             c: int(v) for c, v in zip(val.classes, np.bincount(predicted, minlength=n), strict=True)
@@ -275,10 +357,16 @@ def train_from_events(
     training = {
         "source": source,
         "events": len(ordered),
-        "examples": len(train),
+        "duplicate_events_dropped": prepared.duplicates,
+        "examples": len(fit_rows),
+        "early_stopping_examples": len(stop_rows),
         "validation_examples": len(val),
+        # Events folded (the features' history) vs. cutoffs made into examples.
         "window": {"from_ms": ordered[0].timestamp, "until_ms": ordered[-1].timestamp},
-        "cutoffs": [int(c) for c in sorted(set(examples.cutoffs.tolist()))],
+        "cutoffs_since_ms": cutoffs_since_ms,
+        "cutoffs": _cutoff_list(examples),
+        "fit_cutoffs": _cutoff_list(fit_rows),
+        "early_stopping_cutoff_ms": int(stop_rows.cutoffs.max()),
         "validation_cutoff_ms": int(val.cutoffs.max()),
         "horizon_ms": horizon_ms,
         "step_ms": step_ms,

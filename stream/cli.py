@@ -281,7 +281,10 @@ def train(
             bar.update(
                 task,
                 completed=epoch + 1,
-                description=f"epoch {epoch + 1} val_loss={logs.get('val_loss', float('nan')):.4f}",
+                description=(
+                    f"epoch {epoch + 1} "
+                    f"early-stopping loss={logs.get('val_loss', float('nan')):.4f}"
+                ),
             )
 
         target = train_from_events(
@@ -347,8 +350,15 @@ def retrain(
         bool, typer.Option("--once", help="One run, then exit (0 unless it failed)")
     ] = False,
     window: Annotated[
-        str, typer.Option(help="Replay this much event time back from the newest event")
+        str,
+        typer.Option(
+            help="Train on cutoffs in this much event time back from the newest event "
+            "(features still fold each user's whole history)"
+        ),
     ] = "365d",
+    until: Annotated[
+        str | None, typer.Option(help="ISO time (event time): ignore events after it")
+    ] = None,
     horizon: Annotated[str, typer.Option(help="Label horizon after each cutoff")] = "90d",
     step: Annotated[str, typer.Option(help="Spacing between cutoffs")] = "7d",
     tolerance: Annotated[
@@ -363,12 +373,14 @@ def retrain(
     on SEGMENTER_METRICS_PORT. A Redis lock keeps two schedulers from training at once.
     """
     from model.train import TrainConfig
+    from stream.events import _to_epoch_ms
     from stream.retrain import RetrainConfig, run_forever
 
     settings = settings_or_exit()
     setup_logging(settings.log_level)
     cfg = RetrainConfig(
         window_days=parse_duration(window) / 86_400_000,
+        until_ms=_to_epoch_ms(until) if until else None,
         horizon_ms=parse_duration(horizon),
         step_ms=parse_duration(step),
         tolerance=tolerance,

@@ -16,6 +16,14 @@ usable timestamp is counted as invalid and left out: the file is for training.
 
 The file appears under its name only once it is complete; a failed export
 leaves nothing behind that could be mistaken for a whole one.
+
+Redelivered records (one event_id twice) are exported as they are in the
+topic; training drops the repeats (``model.dataset.drop_duplicate_events``).
+
+For training, export without ``since``: features at a cutoff fold all of a
+user's earlier events, so a file cut at ``since`` gives users who were active
+before it the features of newcomers (``segmenter retrain`` replays from the
+start of each partition for the same reason).
 """
 
 from __future__ import annotations

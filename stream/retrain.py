@@ -4,6 +4,13 @@ One run at a time across the fleet: a Redis lock (SET NX PX, released only by
 its owner) keeps two schedulers from training at once; a run that finds the
 lock taken is counted as ``skipped``.
 
+Window: ``--window`` bounds the *cutoffs* (the training examples), not the
+history folded into them. Every event up to ``until_ms`` is replayed and
+folded, so a user's features at a cutoff (tenure, total spend, order count,
+...) count their older events exactly as the worker's state in Redis does;
+cutting the history first would give long-standing customers the features of
+new ones.
+
 Gate: the candidate and the serving model are scored on the *same* validation
 window (the candidate's, built from the latest data). The candidate becomes
 current only if its macro-F1 is at least the serving model's minus the
@@ -25,6 +32,7 @@ from model.sources import decode_records
 from model.train import TrainConfig, train_from_events
 from stream import metrics
 from stream.announce import promote_and_announce
+from stream.events import iso
 from stream.fold import DAY_MS
 from stream.replay import replay_topics
 from stream.settings import Settings
@@ -38,7 +46,10 @@ _RELEASE_LUA = (
 
 @dataclass(frozen=True)
 class RetrainConfig:
+    #: Cutoffs (training examples) fall in the last ``window_days`` of event time.
     window_days: float = 365.0
+    #: Read no event after this (ms, event time); None = up to the newest event.
+    until_ms: int | None = None
     horizon_ms: int = 90 * DAY_MS
     step_ms: int = 7 * DAY_MS
     tolerance: float = 0.01
@@ -62,22 +73,27 @@ def run_once(settings: Settings, cfg: RetrainConfig, client: Any) -> RunResult:
         log.info("another retrain holds %s; skipping this run", lock_key)
         return RunResult("skipped", reason="lock held by another scheduler")
     try:
+        # From the start of each partition, not offsets-for-times at the window's
+        # lower bound: features at the first cutoff in the window need every
+        # earlier event of the user. The topics' retention bounds how far back
+        # that goes, as it bounds what the worker could have folded.
         decoded = decode_records(
             replay_topics(settings.kafka_client_config(), list(settings.input_topics)),
             clickstream_topic=settings.topic_clickstream,
             orders_topic=settings.topic_orders,
+            until_ms=cfg.until_ms,
         )
-        if not decoded.events:
+        events = decoded.events
+        if not events:
             # A fresh stack: nothing to learn from yet, which is not a failure.
             return RunResult("skipped", reason="no events in the input topics yet")
-        newest = max(e.timestamp for e in decoded.events)
+        newest = max(e.timestamp for e in events)
         since = newest - int(cfg.window_days * DAY_MS)
-        events = [e for e in decoded.events if e.timestamp >= since]
         log.info(
-            "replayed %d events (%d in the %s-day window)",
-            len(decoded.events),
+            "replayed %d events; cutoffs in the %g-day window from %s",
             len(events),
             cfg.window_days,
+            iso(since),
         )
         path = train_from_events(
             events,
@@ -86,7 +102,9 @@ def run_once(settings: Settings, cfg: RetrainConfig, client: Any) -> RunResult:
             step_ms=cfg.step_ms,
             cfg=cfg.train,
             promote=False,
-            source=f"replay({','.join(settings.input_topics)}, last {cfg.window_days} days)",
+            source=f"replay({','.join(settings.input_topics)}, cutoffs in the last "
+            f"{cfg.window_days:g} days)",
+            cutoffs_since_ms=since,
         )
         verdict = judge(settings.model_dir, path, cfg.tolerance)
         reason = verdict.reason

@@ -3,6 +3,11 @@
 Embedded broker and Redis, two `segmenter worker` processes in one group,
 one `segmenter retrain` on a short interval, and a real Prometheus scraping
 all three, as deploy/prometheus/prometheus.yml does in compose.
+
+The retrain job's gate runs with its default tolerance against a real serving
+model: the one an earlier retrain made from the first 200 of the 240 days.
+(Not the bootstrap model: it was trained on five times the users of the same
+generator, and the gate rightly keeps a 300-user model from replacing it.)
 """
 
 from __future__ import annotations
@@ -19,11 +24,16 @@ from pathlib import Path
 import orjson
 import pytest
 
+from model.gate import decide
+from model.registry import current_version
+from model.sources import decode_records
+from model.train import TrainConfig, train_from_events
 from stream.embedded import free_port
+from stream.fold import DAY_MS
 from stream.settings import Settings
 from tests.conftest import REPO, WorkerProcess, settings_env
-from tests.faults.scenario import backlog
-from tests.helpers import wait_applied
+from tests.faults.scenario import history
+from tests.helpers import produce, wait_applied
 from tests.stream.test_observability import get, wait_until
 
 pytestmark = [
@@ -44,11 +54,28 @@ def test_two_workers_a_retrain_job_and_prometheus_work_together(
 ) -> None:
     ports = [free_port(), free_port(), free_port()]
     base = settings_factory(housekeeping_interval_s=1.0)
+    # Enough history for the model to beat both baselines.
+    sent = history(base, users=300, days=240, seed=5)
+    events = decode_records(
+        sent, clickstream_topic=base.topic_clickstream, orders_topic=base.topic_orders
+    ).events
+    # Serving: yesterday's model, from the first 200 days of the same stream. A
+    # retrain on all 240 days must earn its promotion against it.
+    start = min(e.timestamp for e in events)
+    train_from_events(
+        [e for e in events if e.timestamp <= start + 200 * DAY_MS],
+        base.model_dir,
+        horizon_ms=60 * DAY_MS,
+        step_ms=7 * DAY_MS,
+        cfg=TrainConfig(),
+        promote=True,
+        version="earlier-retrain",
+    )
+    assert current_version(base.model_dir) == "earlier-retrain"
     workers = [worker_factory(base.model_copy(update={"metrics_port": p})) for p in ports[:2]]
     for w in workers:
         w.wait_ready()
-    # Enough history for the model to beat both baselines, so the gate promotes.
-    sent, ends = backlog(base, users=300, days=240, seed=5)
+    ends = produce(base, sent)
 
     retrain_log = tmp_path / "retrain.log"
     retrain_env = settings_env(base.model_copy(update={"metrics_port": ports[2]}))
@@ -67,8 +94,6 @@ def test_two_workers_a_retrain_job_and_prometheus_work_together(
                 "60d",
                 "--step",
                 "7d",
-                "--tolerance",
-                "1.0",
             ],
             env=retrain_env,
             stdout=fh,
@@ -111,8 +136,20 @@ def test_two_workers_a_retrain_job_and_prometheus_work_together(
         # A retrain run promotes a model, and both workers switch to it.
         wait_until(lambda: "promoted" in retrain_log.read_text(), 180, "a retrain promotion")
         version = re.search(r"model (\S+): promoted", retrain_log.read_text()).group(1)  # type: ignore[union-attr]
+        # Promoted by the gate at its default tolerance, against the serving model
+        # scored on the same rows, and not by a margin the tolerance had to cover.
+        verdict = orjson.loads((base.model_dir / version / "gate.json").read_bytes())
+        assert verdict["current_f1"] is not None
+        passed, why = decide(
+            verdict["candidate_f1"], verdict["baselines_f1"], verdict["current_f1"], 0.0
+        )
+        assert passed, why
         for w in workers:
-            wait_until(lambda w=w: f"to {version}" in w.log(), 30, f"worker switched to {version}")
+
+            def switched(w: WorkerProcess = w) -> bool:
+                return f"to {version}" in w.log()
+
+            wait_until(switched, 30, f"worker switched to {version}")
 
         def query(expr: str) -> float | None:
             status, body = get(

@@ -25,8 +25,10 @@ class Ledger:
     unpublished: list[str]
     #: Users whose published versions are not exactly 1..n.
     version_gaps: list[str]
-    #: (user, version) published more than once with different content.
+    #: (user, version) published more than once by the same model with different content.
     conflicting_republish: list[tuple[str, int]]
+    #: (user, version) re-published after a crash by a newer model (allowed: the later wins).
+    rescored: int = 0
 
     def table(self) -> str:
         return (
@@ -83,14 +85,19 @@ def account(
     latest: dict[str, dict[str, Any]] = {}
     seen: dict[tuple[str, int], dict[str, Any]] = {}
     conflicts: list[tuple[str, int]] = []
-    for msg in published:
-        if msg["user_id"] not in latest or msg["version"] > latest[msg["user_id"]]["version"]:
+    rescored = 0
+    for msg in published:  # in publish order; for one version, the later message wins
+        if msg["user_id"] not in latest or msg["version"] >= latest[msg["user_id"]]["version"]:
             latest[msg["user_id"]] = msg
         # A re-publish after a crash must be the same change: everything but
-        # the wall-clock emitted_at, which is the point of the version.
+        # the wall-clock emitted_at, unless a newer model scored it the second time.
         key, body = (msg["user_id"], msg["version"]), _content(msg)
-        if seen.setdefault(key, body) != body:
-            conflicts.append(key)
+        first = seen.setdefault(key, body)
+        if first != body:
+            if first["model_version"] != body["model_version"]:
+                rescored += 1
+            else:
+                conflicts.append(key)
     versions: dict[str, set[int]] = defaultdict(set)
     for user, version in seen:
         versions[user].add(version)
@@ -117,6 +124,7 @@ def account(
         unpublished=unpublished,
         version_gaps=gaps,
         conflicting_republish=conflicts,
+        rescored=rescored,
     )
 
 

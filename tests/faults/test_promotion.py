@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -86,6 +84,9 @@ def test_restart_while_a_promotion_is_in_flight(
     worker_factory: Callable[[Settings], WorkerProcess],
     reader_factory: Callable[[str], TopicReader],
 ) -> None:
+    """The promotion completes, and is announced, while the worker is frozen mid-stream
+    (SIGSTOP), possibly between publishing a batch and committing it; then the worker
+    is SIGKILLed. Its successor must serve the new model and lose nothing."""
     settings = settings_factory(batch_max=100, housekeeping_interval_s=120)
     add_version(settings.model_dir, "v2-in-flight")
     sent = history(settings, users=150)
@@ -93,18 +94,31 @@ def test_restart_while_a_promotion_is_in_flight(
     first = worker_factory(settings)
     first.wait_ready()
     wait_progress(settings, len(sent) // 3, [first])
-    promote = subprocess.Popen(
-        [sys.executable, "-m", "stream.cli", "models", "promote", "v2-in-flight"],
-        env=settings_env(settings),
+    first.proc.send_signal(signal.SIGSTOP)
+    out = segmenter(
+        "models", "promote", "v2-in-flight", "--reason", "test", env=settings_env(settings)
     )
-    first.proc.send_signal(signal.SIGKILL)  # dies while the promotion is being written/announced
+    assert out.returncode == 0, out.stderr
+    assert "current: v2-in-flight" in out.stdout, out.stdout
+    announced = reader_factory(settings.topic_models).wait_for(lambda m: len(m) >= 1)
+    assert orjson.loads(announced[-1].value())["version"] == "v2-in-flight"  # the frozen worker
+    first.proc.send_signal(signal.SIGKILL)
     first.proc.wait(30)
-    assert promote.wait(60) == 0
 
     second = worker_factory(settings)
     second.wait_ready()
     assert "serving model v2-in-flight" in second.log()
-    finish_and_account(
+    ledger = finish_and_account(
         settings, sent, stream.join(), second, reader_factory, "restart during promotion"
     )
+    changes = reader_factory(settings.topic_segments)
+    changes.poll(2.0)
+    by_partition: dict[int, list[str]] = {}
+    for m in changes.messages:
+        by_partition.setdefault(m.partition(), []).append(orjson.loads(m.value())["model_version"])
+    assert {v for vs in by_partition.values() for v in vs} == {"bootstrap-v1", "v2-in-flight"}
+    for versions in by_partition.values():  # the successor publishes v2 only
+        if "v2-in-flight" in versions:
+            assert set(versions[versions.index("v2-in-flight") :]) == {"v2-in-flight"}
+    print(f"re-published by the new model after the crash: {ledger.rescored}")
     assert second.stop() == 0

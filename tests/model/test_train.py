@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
 import pytest
 
-from model.dataset import build_examples, default_cutoffs, sort_events, temporal_split
+from model.dataset import (
+    Examples,
+    build_examples,
+    default_cutoffs,
+    early_stopping_split,
+    sort_events,
+    temporal_split,
+)
 from model.registry import current_version, load_version
 from model.sources import decode_records
-from model.train import TrainConfig, train_from_events
+from model.train import Fitted, TrainConfig, train_from_events
+from stream.events import Event
 from stream.fold import DAY_MS
 from stream.generate import GeneratorConfig, generate
 from stream.produce import encode_generated
 
 
 @pytest.fixture(scope="module")
-def events() -> list:  # type: ignore[type-arg]
+def events() -> list[Event]:
     decoded = decode_records(
         encode_generated(generate(GeneratorConfig(users=250, days=240, seed=3)))
     )
@@ -26,7 +35,7 @@ def events() -> list:  # type: ignore[type-arg]
     return sort_events(decoded.events)
 
 
-def test_examples_use_only_events_up_to_each_cutoff(events: list) -> None:  # type: ignore[type-arg]
+def test_examples_use_only_events_up_to_each_cutoff(events: list[Event]) -> None:
     cutoffs = default_cutoffs(
         events[0].timestamp, events[-1].timestamp, horizon_ms=60 * DAY_MS, step_ms=14 * DAY_MS
     )
@@ -42,11 +51,75 @@ def test_examples_use_only_events_up_to_each_cutoff(events: list) -> None:  # ty
     train, val = temporal_split(ex, 60 * DAY_MS)
     assert val.cutoffs.min() == max(cutoffs)
     assert (train.cutoffs + 60 * DAY_MS <= val.cutoffs.min()).all()
+    fit, stop = early_stopping_split(train)
+    assert fit.cutoffs.max() < stop.cutoffs.min() == train.cutoffs.max()
+
+
+def rows(ex: Examples) -> set[tuple[str, int]]:
+    return {(u, int(c)) for u, c in zip(ex.users, ex.cutoffs, strict=True)}
+
+
+def test_fit_never_sees_the_validation_rows_the_report_and_gate_score(
+    events: list[Event],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Early stopping watches its own earlier cutoff, not the reported validation window."""
+    import model.train
+
+    horizon = 60 * DAY_MS
+    real_fit = model.train.fit
+    seen: list[tuple[Examples, Examples]] = []
+
+    def spy(train: Examples, early_stopping: Examples, *args: Any, **kwargs: Any) -> Fitted:
+        seen.append((train, early_stopping))
+        return real_fit(train, early_stopping, *args, **kwargs)
+
+    monkeypatch.setattr(model.train, "fit", spy)
+    target = train_from_events(
+        events,
+        tmp_path,
+        horizon_ms=horizon,
+        step_ms=14 * DAY_MS,
+        cfg=TrainConfig(hidden=(8,), epochs=2, seed=1),
+        promote=False,
+        version="no-peeking",
+    )
+    [(fit_rows, stop_rows)] = seen
+    training = orjson.loads((target / "manifest.json").read_bytes())["training"]
+    v = training["validation_cutoff_ms"]
+    # What the gate re-scores the serving model on is the validation window...
+    with np.load(target / "validation.npz") as saved:
+        val_x, val_y = saved["x"], saved["y"]
+    everything = build_examples(
+        sort_events(events),
+        training["cutoffs"],
+        horizon_ms=horizon,
+    )
+    val = everything.subset(everything.cutoffs == v)
+    np.testing.assert_array_equal(val_x, val.x)
+    np.testing.assert_array_equal(val_y, val.y)
+    # ...and none of its rows, nor any row at or after its cutoff, reached the fit.
+    assert not rows(val) & (rows(fit_rows) | rows(stop_rows))
+    assert fit_rows.cutoffs.max() < v and stop_rows.cutoffs.max() < v
+    # Every label the fit or early stopping used had closed by the validation cutoff.
+    assert (fit_rows.cutoffs + horizon <= v).all()
+    assert (stop_rows.cutoffs + horizon <= v).all()
+    # Early stopping is one cutoff, after every fit cutoff, recorded in the manifest.
+    e = training["early_stopping_cutoff_ms"]
+    assert set(stop_rows.cutoffs.tolist()) == {e}
+    assert fit_rows.cutoffs.max() < e
+    assert training["fit_cutoffs"] == sorted(set(fit_rows.cutoffs.tolist()))
+    assert training["examples"] == len(fit_rows)
+    assert training["early_stopping_examples"] == len(stop_rows)
+    # Standardisation comes from the fit rows alone.
+    mean = orjson.loads((target / "manifest.json").read_bytes())["normalisation"]["mean"]
+    np.testing.assert_allclose(mean, fit_rows.x.mean(axis=0), rtol=1e-6, atol=1e-9)
 
 
 def test_train_writes_a_versioned_model_and_same_seed_gives_same_weights(
-    events: list,
-    tmp_path: Path,  # type: ignore[type-arg]
+    events: list[Event],
+    tmp_path: Path,
 ) -> None:
     cfg = TrainConfig(hidden=(8,), epochs=3, seed=11)
     kwargs = {"horizon_ms": 60 * DAY_MS, "step_ms": 14 * DAY_MS, "cfg": cfg}

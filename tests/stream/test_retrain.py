@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 import redis
 
+import stream.retrain
+from model.dataset import build_examples, sort_events
+from model.features import vector
 from model.gate import decide
 from model.registry import current_version, ensure_serving_model, list_versions
+from model.sources import decode_records
+from model.train import prepare_examples
+from stream.fold import DAY_MS, fold_all
 from stream.generate import GeneratorConfig, generate
 from stream.produce import encode_generated
+from stream.retrain import RetrainConfig, run_once
 from stream.settings import Settings
 from tests.conftest import settings_env
 from tests.helpers import produce
@@ -33,7 +43,7 @@ def test_retrain_once_replays_the_topics_and_gates_against_the_serving_model(
     settings_factory: Callable[..., Settings],
 ) -> None:
     settings = settings_factory()
-    sent = [
+    sent: list[tuple[str, bytes | None, bytes]] = [
         (settings.topic_clickstream if t == "clickstream" else settings.topic_orders, k, v)
         for t, k, v in encode_generated(generate(GeneratorConfig(users=150, days=200, seed=4)))
     ]
@@ -77,3 +87,78 @@ def test_retrain_once_replays_the_topics_and_gates_against_the_serving_model(
         assert len(list_versions(settings.model_dir)) == 2
     finally:
         client.delete(f"{settings.redis_prefix}:retrain-lock")
+
+
+class _Captured(Exception):
+    """Stops run_once after the replay: what it would train on is all these tests need."""
+
+
+@pytest.mark.integration
+def test_retrain_folds_all_history_and_windows_only_the_cutoffs(
+    settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_factory()
+    sent: list[tuple[str, bytes | None, bytes]] = [
+        (settings.topic_clickstream if t == "clickstream" else settings.topic_orders, k, v)
+        for t, k, v in encode_generated(generate(GeneratorConfig(users=80, days=220, seed=6)))
+    ]
+    produce(settings, sent)
+    everything = sort_events(
+        decode_records(
+            sent,
+            clickstream_topic=settings.topic_clickstream,
+            orders_topic=settings.topic_orders,
+        ).events
+    )
+    # Read only up to 20 days before the newest event: --until must hold too.
+    until = everything[-1].timestamp - 20 * DAY_MS
+    offline = [e for e in everything if e.timestamp <= until]
+    cfg = RetrainConfig(window_days=100, until_ms=until, horizon_ms=30 * DAY_MS, step_ms=7 * DAY_MS)
+
+    calls: list[tuple[list[Any], dict[str, Any]]] = []
+
+    def capture(events: list[Any], model_dir: Path, **kwargs: Any) -> Path:
+        calls.append((events, kwargs))
+        raise _Captured
+
+    monkeypatch.setattr(stream.retrain, "train_from_events", capture)
+    client = redis.Redis.from_url(settings.redis_url)
+    with pytest.raises(_Captured):
+        run_once(settings, cfg, client)
+    # The lock was released on the way out, as after any failed run.
+    assert client.get(f"{settings.redis_prefix}:retrain-lock") is None
+    [(events, kwargs)] = calls
+
+    # Every event up to --until was folded, including those before the window...
+    assert len(events) == len(offline) and max(e.timestamp for e in events) == offline[-1].timestamp
+    since = offline[-1].timestamp - 100 * DAY_MS
+    assert kwargs["cutoffs_since_ms"] == since
+    assert any(e.timestamp < since for e in events)
+    # ...and the window bounds the cutoffs: the examples the job trains on
+    # equal the full offline fold at those cutoffs.
+    prepared = prepare_examples(
+        events, horizon_ms=cfg.horizon_ms, step_ms=cfg.step_ms, cutoffs_since_ms=since
+    )
+    ex = prepared.examples
+    assert ex.cutoffs.min() >= since
+    cutoffs = sorted(set(ex.cutoffs.tolist()))
+    full = build_examples(offline, cutoffs, horizon_ms=cfg.horizon_ms)
+    assert ex.users == full.users
+    np.testing.assert_array_equal(ex.x, full.x)
+    np.testing.assert_array_equal(ex.y, full.y)
+
+    # Not vacuous: users with events before the window have features a fold of
+    # the window alone would get wrong, and the job got them right.
+    at = cutoffs[len(cutoffs) // 2]
+    old = {e.user_id for e in offline if e.timestamp < since}
+    wrong = 0
+    for i in np.flatnonzero(ex.cutoffs == at):
+        user = ex.users[i]
+        if user not in old:
+            continue
+        mine = [e for e in offline if e.user_id == user and e.timestamp <= at]
+        np.testing.assert_array_equal(ex.x[i], vector(fold_all(mine), at), err_msg=user)
+        recent = [e for e in mine if e.timestamp >= since]
+        if recent and not np.array_equal(ex.x[i], vector(fold_all(recent), at)):
+            wrong += 1
+    assert wrong > 10, "too few long-standing users in the window to tell the folds apart"
