@@ -88,6 +88,7 @@ class Timeline:
     record: UserRecord
     old_segment: str | None
     old_partition: int
+    old_due: int
     steps: list[Step] = field(default_factory=list)
 
 
@@ -110,7 +111,7 @@ class PipelineConfig:
     dlq_topic: str = "segmenter-dlq"
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     hysteresis: Hysteresis = field(default_factory=Hysteresis)
-    dedup_window: int = 16
+    dedup_window: int = 8
     #: Events older than stream time minus this are dead-lettered: their user
     #: may already have been expired by retention, and would come back wrong.
     max_lateness_ms: int = 400 * 86_400_000
@@ -280,7 +281,7 @@ class BatchProcessor:
         window = self.cfg.dedup_window
         for uid, items in by_user.items():
             rec = loaded[uid]
-            tl = Timeline(rec, rec.segment, rec.partition)
+            tl = Timeline(rec, rec.segment, rec.partition, rec.due)
             for raw, event, before in items:
                 seen_offset = rec.offsets.get(raw.tp, -1)
                 digest = event_digest(event.event_id)
@@ -470,10 +471,13 @@ class BatchProcessor:
                 tl.record,
                 tl.old_segment,
                 tl.old_partition,
+                tl.old_due,
                 erase=tl.record.state.events == 0,
             )
             for uid, tl in timelines.items()
         ]
+        if self.store.classes != model.classes:
+            await self.store.bind_classes(model.classes)  # once per process
         t1 = time.perf_counter()
         await self.store.commit(
             writes, partition_offsets, stream_time, self.cfg.key_ttl_ms, partition_times
@@ -515,14 +519,14 @@ class BatchProcessor:
         loaded, stream_time, _ = await self.store.load([u for u, _ in due])
         timelines: dict[str, Timeline] = {}
         rows: list[np.ndarray] = []
-        for uid, _ in due:
+        for uid, when in due:
             rec = loaded[uid]
             if not rec.exists:
-                await self.store.reap(uid, part)  # erased, or expired by the backstop TTL
+                await self.store.reap(uid, part, when)  # erased, or expired by the backstop TTL
             elif rec.partition != part:
-                await self.store.unschedule(uid, part)
+                await self.store.unschedule(uid, part, when)
             else:
-                tl = Timeline(rec, rec.segment, rec.partition)
+                tl = Timeline(rec, rec.segment, rec.partition, rec.due)
                 self._catch_up(tl, until, rows)
                 timelines[uid] = tl  # written even without steps: that fixes its schedule
         messages = await self._score_publish_commit(timelines, rows, {}, stream_time, {})

@@ -57,7 +57,9 @@ class Settings(BaseSettings):
     # --- input guards
     max_event_bytes: int = Field(64 * 1024, ge=256)
     max_future_s: float = Field(86_400.0, ge=0)
-    dedup_window: int = Field(16, ge=0, le=256, description="Recent event_ids kept per user")
+    dedup_window: int = Field(
+        8, ge=0, le=255, description="Recent event_ids kept per user (against producer retries)"
+    )
     retention_days: float = Field(
         400.0,
         gt=0,

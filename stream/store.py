@@ -3,32 +3,41 @@
 Delivery guarantee: **effectively once** for state. Each user record carries
 the last applied offset of every partition it has been fed from and a bounded
 ring of recent event-id digests; the batch commit is a single Lua script, so
-the state, those marks, the per-partition offsets, the segment population
-counts and stream time move together or not at all. A redelivered event is
-recognised and skipped.
+the state, those marks, the per-partition offsets, the schedule, the segment
+populations and stream time move together or not at all. A redelivered event
+is recognised and skipped.
 
 Concurrent writers (two workers owning the same user for a moment during a
 rebalance) are caught by a per-record revision: the script refuses the whole
 batch if any record changed since it was read, and the caller re-runs it.
 
-Key layout (``P`` = prefix; ``{…}`` is a Redis Cluster hash tag):
+Memory is budgeted per user (``segmenter bench`` reports it): records are a
+fixed binary layout in shared hash buckets (no per-user key overhead), and the
+two per-user index entries live in many small sorted sets, which Redis keeps
+in its compact listpack encoding. Key layout (``P`` = prefix):
 
-* ``P:u:{<user_id>}``  hash ``d`` (record JSON), ``r`` (revision)
-* ``P:counts``         hash segment -> users currently in it
-* ``P:counts:<seg>``   sorted set (all scores 0) of the segment's members, paged by id
-* ``P:reeval:<n>``     sorted set user -> event time of their next time-driven step
-                       (re-score or retention erasure), one per partition number *n*,
-                       so each worker sweeps only the users whose partition it owns
-* ``P:ptime``          hash partition number -> largest event time applied from it
-* ``P:offsets``        hash ``topic:partition`` -> last applied offset
-* ``P:stream_time``    the largest event time applied (epoch ms)
+* ``P:b:{<n>}``            hash user id -> binary record (:func:`encode_record`);
+                           bucket *n* = CRC32(user id) mod ``buckets``
+* ``P:meta``               hash: ``classes`` (JSON), the order of the stored probabilities
+* ``P:counts``             hash segment -> users currently in it
+* ``P:m:<seg>:<k>``        sorted set (scores 0) of a segment's members, shard *k* =
+                           CRC32(user id) mod 256; paged in (shard, id) order
+* ``P:due:<n>:<d>:<k>``    sorted set user -> event time of their next time-driven step
+                           (re-score or retention erasure), for partition number *n*, day
+                           *d* of that time and sub-shard *k* (member shard mod 8): each
+                           worker sweeps only the partitions it owns, oldest day first
+* ``P:dueslots:<n>``       sorted set ``<d>:<k>`` (score *d*) of the non-empty schedule sets
+* ``P:ptime``              hash partition number -> largest event time applied from it
+* ``P:offsets``            hash ``topic:partition`` -> last applied offset
+* ``P:stream_time``        the largest event time applied (epoch ms)
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
+import struct
 import uuid
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,8 +49,13 @@ from redis.exceptions import RedisError
 from stream.fold import HALF_LIVES, UserState
 from stream.settings import Settings
 
-CODEC_VERSION = 1
+CODEC_VERSION = 2
 _DECAYED = tuple(HALF_LIVES)
+DAY_MS = 86_400_000
+MEMBER_SHARDS = 256
+#: Schedule sets per partition and day (keep each under Redis's listpack limit of 128).
+SCHEDULE_SUBSHARDS = 8
+DEFAULT_BUCKETS = 1024
 
 
 @dataclass(slots=True)
@@ -55,7 +69,7 @@ class UserRecord:
     #: ``topic:partition`` -> last applied offset, for this user's events.
     offsets: dict[str, int] = field(default_factory=dict)
     #: Digests of the most recent event_ids, newest last (bounded).
-    recent: list[str] = field(default_factory=list)
+    recent: list[bytes] = field(default_factory=list)
     #: Event time as of which the user was last scored: scoring never goes back
     #: in time, even for a late event (their state is then valued at this time).
     scored_at: int = 0
@@ -63,7 +77,7 @@ class UserRecord:
     due: int = 0
     #: Partition number the user's events arrive on (-1 = not known yet).
     partition: int = -1
-    #: Storage revision for optimistic concurrency; not part of the data.
+    #: Storage revision for optimistic concurrency; 0 = not stored yet.
     rev: int = 0
 
     @property
@@ -71,38 +85,86 @@ class UserRecord:
         return self.rev > 0
 
 
-def event_digest(event_id: str) -> str:
-    """Eight characters of BLAKE2b: enough to tell recent events apart, small in Redis."""
-    return base64.b64encode(hashlib.blake2b(event_id.encode(), digest_size=6).digest()).decode()
+def event_digest(event_id: str) -> bytes:
+    """Six bytes of BLAKE2b: enough to tell a user's recent events apart, small in Redis."""
+    return hashlib.blake2b(event_id.encode(), digest_size=6).digest()
 
 
-def encode_state(s: UserState) -> list[Any]:
-    # Positional, not keyed: roughly halves the bytes per user in Redis.
-    return [
-        s.first_seen,
-        s.last_seen,
-        s.last_order_at,
-        s.order_count,
-        s.cancel_count,
-        s.refund_count,
-        s.total_spend,
-        s.returned_spend,
-        s.product_views,
-        s.cart_adds,
-        s.events,
-        s.session_count,
-        s.recent_sessions,
-        format(s.categories, "x"),
-        [s.decayed[k] for k in _DECAYED],
+# Fixed part: rev, codec | first_seen, last_seen, last_order_at (-1 = none),
+# order, cancel, refund counts, total and returned spend, views, carts, events,
+# sessions, category bitmap, the decayed counters | version, scored_at, due,
+# partition. Variable parts follow, each with a one-byte length.
+_FIXED = struct.Struct(f"<IB qqqIIIddIIIIQ{len(_DECAYED)}d IqqhB")
+_U32 = struct.Struct("<I")
+_OFFSET = struct.Struct("<Hq")
+_PROB_SCALE = 10_000  # probabilities are kept to 4 decimals, as published
+
+
+def _short(text: str | None) -> bytes:
+    raw = b"" if text is None else text.encode()
+    if len(raw) > 255:
+        raise ValueError(f"{raw[:40]!r}… is longer than 255 bytes")
+    return bytes([len(raw)]) + raw
+
+
+def encode_record(rec: UserRecord, rev: int | None = None) -> bytes:
+    """The binary record (about 300 bytes). ``rev`` defaults to the record's own."""
+    s = rec.state
+    parts = [
+        _FIXED.pack(
+            rec.rev if rev is None else rev,
+            CODEC_VERSION,
+            s.first_seen,
+            s.last_seen,
+            -1 if s.last_order_at is None else s.last_order_at,
+            s.order_count,
+            s.cancel_count,
+            s.refund_count,
+            s.total_spend,
+            s.returned_spend,
+            s.product_views,
+            s.cart_adds,
+            s.events,
+            s.session_count,
+            s.categories,
+            *(s.decayed[k] for k in _DECAYED),
+            rec.version,
+            rec.scored_at,
+            rec.due,
+            rec.partition,
+            len(s.recent_sessions),
+        ),
+        b"".join(_U32.pack(sid) for sid in s.recent_sessions),
+        _short(rec.segment),
+        _short(rec.model_version),
     ]
+    probs = list((rec.probabilities or {}).values())
+    parts.append(bytes([len(probs)]))
+    parts.append(struct.pack(f"<{len(probs)}H", *(round(p * _PROB_SCALE) for p in probs)))
+    parts.append(bytes([len(rec.offsets)]))
+    for tp, off in rec.offsets.items():
+        topic, _, part = tp.rpartition(":")
+        parts += [_short(topic), _OFFSET.pack(int(part), off)]
+    parts.append(bytes([len(rec.recent)]))
+    parts += rec.recent
+    return b"".join(parts)
 
 
-def decode_state(row: list[Any]) -> UserState:
+def record_rev(data: bytes) -> int:
+    return int(_U32.unpack_from(data)[0])
+
+
+def decode_record(data: bytes, classes: Sequence[str] | None) -> UserRecord:
+    """Read a record; ``classes`` names the stored probabilities (None: leave them out)."""
+    fixed = _FIXED.unpack_from(data)
+    if fixed[1] != CODEC_VERSION:
+        raise ValueError(f"user record codec {fixed[1]!r}, this code reads {CODEC_VERSION}")
+    n_dec = len(_DECAYED)
     s = UserState()
     (
         s.first_seen,
         s.last_seen,
-        s.last_order_at,
+        last_order_at,
         s.order_count,
         s.cancel_count,
         s.refund_count,
@@ -112,152 +174,156 @@ def decode_state(row: list[Any]) -> UserState:
         s.cart_adds,
         s.events,
         s.session_count,
-        s.recent_sessions,
-        categories,
-        decayed,
-    ) = row
-    s.categories = int(categories, 16)
-    s.decayed = {k: float(v) for k, v in zip(_DECAYED, decayed, strict=True)}
-    s.total_spend = float(s.total_spend)
-    s.returned_spend = float(s.returned_spend)
-    return s
+        s.categories,
+    ) = fixed[2:15]
+    s.last_order_at = None if last_order_at < 0 else last_order_at
+    s.decayed = dict(zip(_DECAYED, fixed[15 : 15 + n_dec], strict=True))
+    version, scored_at, due, partition, n_sessions = fixed[15 + n_dec :]
+    pos = _FIXED.size
+    s.recent_sessions = [_U32.unpack_from(data, pos + 4 * i)[0] for i in range(n_sessions)]
+    pos += 4 * n_sessions
 
+    def short() -> str | None:
+        nonlocal pos
+        n = data[pos]
+        pos += 1 + n
+        return data[pos - n : pos].decode() if n else None
 
-def encode_record(rec: UserRecord) -> bytes:
-    return orjson.dumps(
-        {
-            "c": CODEC_VERSION,
-            "s": encode_state(rec.state),
-            "g": rec.segment,
-            "p": rec.probabilities,
-            "v": rec.version,
-            "m": rec.model_version,
-            "o": rec.offsets,
-            "e": rec.recent,
-            "t": rec.scored_at,
-            "n": rec.due,
-            "q": rec.partition,
-        }
-    )
-
-
-def decode_record(data: bytes, rev: int) -> UserRecord:
-    d = orjson.loads(data)
-    if d.get("c") != CODEC_VERSION:
-        raise ValueError(f"user record codec {d.get('c')!r}, this code reads {CODEC_VERSION}")
+    segment, model_version = short(), short()
+    n = data[pos]
+    values = struct.unpack_from(f"<{n}H", data, pos + 1)
+    pos += 1 + 2 * n
+    probabilities = None
+    if n and classes is not None and len(classes) == n:
+        probabilities = {c: v / _PROB_SCALE for c, v in zip(classes, values, strict=True)}
+    offsets = {}
+    n = data[pos]
+    pos += 1
+    for _ in range(n):
+        topic = short()
+        part, off = _OFFSET.unpack_from(data, pos)
+        pos += _OFFSET.size
+        offsets[f"{topic}:{part}"] = off
+    n = data[pos]
+    recent = [data[pos + 1 + 6 * i : pos + 7 + 6 * i] for i in range(n)]
     return UserRecord(
-        state=decode_state(d["s"]),
-        segment=d["g"],
-        probabilities=d["p"],
-        version=d["v"],
-        model_version=d["m"],
-        offsets=d["o"],
-        recent=d["e"],
-        scored_at=d.get("t", 0),
-        due=d.get("n", 0),
-        partition=d.get("q", -1),
-        rev=rev,
+        state=s,
+        segment=segment,
+        probabilities=probabilities,
+        version=version,
+        model_version=model_version,
+        offsets=offsets,
+        recent=recent,
+        scored_at=scored_at,
+        due=due,
+        partition=partition,
+        rev=fixed[0],
     )
+
+
+def _day(slot: bytes) -> int:
+    return int(slot.split(b":", 1)[0])
+
+
+def member_shard(user_id: str) -> int:
+    return zlib.crc32(user_id.encode()) % MEMBER_SHARDS
 
 
 # All-or-nothing batch commit. Revisions are checked for every user before
 # anything is written, so a refused batch leaves Redis exactly as it was.
-# KEYS: counts, offsets, stream_time, ptime, reeval (base name), user keys...
-# ARGV: stream_time, n_offsets, n_ptimes, ttl_ms, (field, offset) * n_offsets,
-#       (partition, time) * n_ptimes, then per user (8 each):
-#       expected rev, record ('' = erase the user), old segment, new segment,
-#       user id, next step time (0 = none), partition, previous partition
-# (Per-segment member sets and per-partition schedules are named from KEYS
-# inside the script: one reason this needs a single-shard Redis, see
-# deploy/README.md.)
+# KEYS: counts, offsets, stream_time, ptime (the fixed keys; bucket, member and
+# schedule keys are named inside from the prefix: one reason this needs a
+# single-shard Redis, see deploy/README.md).
+# ARGV: prefix, stream_time, n_offsets, n_ptimes, ttl_ms, (field, offset) * n,
+#       (partition, time) * n, then per user (11 each): user id, bucket key,
+#       expected stored rev ('' = none), record ('' = erase), old segment,
+#       new segment, old partition, old due, new partition, new due, member shard
 _COMMIT_LUA = """
-local n_off = tonumber(ARGV[2])
-local n_pt = tonumber(ARGV[3])
-local ttl = tonumber(ARGV[4])
-local base = 4 + 2 * n_off + 2 * n_pt
-for i = 6, #KEYS do
-  local j = base + (i - 6) * 8
-  local rev = redis.call('HGET', KEYS[i], 'r') or '0'
-  if rev ~= ARGV[j + 1] then
-    return {'conflict', KEYS[i]}
-  end
+local P = ARGV[1]
+local n_off, n_pt, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local base = 5 + 2 * n_off + 2 * n_pt
+local users = (#ARGV - base) / 11
+for u = 0, users - 1 do
+  local j = base + u * 11
+  local cur = redis.call('HGET', ARGV[j + 2], ARGV[j + 1])
+  local rev = ''
+  if cur then rev = string.sub(cur, 1, 4) end
+  if rev ~= ARGV[j + 3] then return {'conflict', ARGV[j + 1]} end
 end
-for i = 6, #KEYS do
-  local j = base + (i - 6) * 8
-  local uid, due, part, was = ARGV[j + 5], tonumber(ARGV[j + 6]), ARGV[j + 7], ARGV[j + 8]
-  if ARGV[j + 2] == '' then
-    redis.call('DEL', KEYS[i])
+local DAY, SUB = 86400000, 8  -- SUB = SCHEDULE_SUBSHARDS
+for u = 0, users - 1 do
+  local j = base + u * 11
+  local uid, bucket = ARGV[j + 1], ARGV[j + 2]
+  if ARGV[j + 4] == '' then
+    redis.call('HDEL', bucket, uid)
   else
-    redis.call('HSET', KEYS[i], 'd', ARGV[j + 2], 'r', tonumber(ARGV[j + 1]) + 1)
-    if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) end
+    redis.call('HSET', bucket, uid, ARGV[j + 4])
+    if ttl > 0 then redis.call('PEXPIRE', bucket, ttl) end
   end
-  local old, new = ARGV[j + 3], ARGV[j + 4]
+  local old, new, shard = ARGV[j + 5], ARGV[j + 6], ARGV[j + 11]
   if old ~= new then
     if old ~= '' then
       redis.call('HINCRBY', KEYS[1], old, -1)
-      redis.call('ZREM', KEYS[1] .. ':' .. old, uid)
+      redis.call('ZREM', P .. ':m:' .. old .. ':' .. shard, uid)
     end
     if new ~= '' then
       redis.call('HINCRBY', KEYS[1], new, 1)
-      redis.call('ZADD', KEYS[1] .. ':' .. new, 0, uid)
+      redis.call('ZADD', P .. ':m:' .. new .. ':' .. shard, 0, uid)
     end
   end
-  if was ~= part and was ~= '-1' then redis.call('ZREM', KEYS[5] .. ':' .. was, uid) end
-  if due > 0 then
-    redis.call('ZADD', KEYS[5] .. ':' .. part, due, uid)
-  else
-    redis.call('ZREM', KEYS[5] .. ':' .. part, uid)
+  local op, od, np, nd = ARGV[j + 7], tonumber(ARGV[j + 8]), ARGV[j + 9], tonumber(ARGV[j + 10])
+  if op ~= np or od ~= nd then
+    local sub = tonumber(shard) % SUB
+    if op ~= '-1' and od > 0 then
+      local slot = math.floor(od / DAY) .. ':' .. sub
+      local k = P .. ':due:' .. op .. ':' .. slot
+      redis.call('ZREM', k, uid)
+      if redis.call('EXISTS', k) == 0 then redis.call('ZREM', P .. ':dueslots:' .. op, slot) end
+    end
+    if np ~= '-1' and nd > 0 then
+      local day = math.floor(nd / DAY)
+      local slot = day .. ':' .. sub
+      redis.call('ZADD', P .. ':due:' .. np .. ':' .. slot, nd, uid)
+      redis.call('ZADD', P .. ':dueslots:' .. np, day, slot)
+    end
   end
 end
 for k = 0, n_off - 1 do
-  local f, off = ARGV[5 + 2 * k], tonumber(ARGV[6 + 2 * k])
+  local f, off = ARGV[6 + 2 * k], tonumber(ARGV[7 + 2 * k])
   local cur = redis.call('HGET', KEYS[2], f)
   if (not cur) or tonumber(cur) < off then redis.call('HSET', KEYS[2], f, off) end
 end
 for k = 0, n_pt - 1 do
-  local f, t = ARGV[5 + 2 * n_off + 2 * k], tonumber(ARGV[6 + 2 * n_off + 2 * k])
+  local f, t = ARGV[6 + 2 * n_off + 2 * k], tonumber(ARGV[7 + 2 * n_off + 2 * k])
   local cur = redis.call('HGET', KEYS[4], f)
   if (not cur) or tonumber(cur) < t then redis.call('HSET', KEYS[4], f, t) end
 end
-local st = tonumber(ARGV[1])
+local st = tonumber(ARGV[2])
 local cur = tonumber(redis.call('GET', KEYS[3]) or '0')
-if st > cur then redis.call('SET', KEYS[3], ARGV[1]) end
+if st > cur then redis.call('SET', KEYS[3], ARGV[2]) end
 return {'ok', ''}
 """
 
-# Delete one user: state, their place in the re-evaluation schedule and in the
-# segment population, together.
-# KEYS: user key, counts, reeval (base name). ARGV: uid.
-_FORGET_LUA = """
-local d = redis.call('HGET', KEYS[1], 'd')
-if not d then return 0 end
-local rec = cjson.decode(d)
-local g = rec['g']
-if g and g ~= cjson.null then
-  redis.call('HINCRBY', KEYS[2], g, -1)
-  redis.call('ZREM', KEYS[2] .. ':' .. g, ARGV[1])
-end
-local q = rec['q']
-if q and q ~= cjson.null then redis.call('ZREM', KEYS[3] .. ':' .. q, ARGV[1]) end
-redis.call('DEL', KEYS[1])
-return 1
-"""
-
-# A schedule entry whose user is gone (erased, or its key expired by the
-# wall-clock backstop TTL): drop it, and the user's membership of any segment
-# set, fixing the population count if the member was still counted.
-# KEYS: user key, counts, schedule. ARGV: uid.
+# A schedule entry whose user is gone (erased, or its bucket expired by the
+# wall-clock backstop TTL): drop it, and the user's membership of any segment,
+# fixing the population count if the member was still counted.
+# KEYS: bucket, counts, schedule set, slot index. ARGV: uid, prefix, member shard, slot.
 _REAP_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
 redis.call('ZREM', KEYS[3], ARGV[1])
+if redis.call('EXISTS', KEYS[3]) == 0 then redis.call('ZREM', KEYS[4], ARGV[4]) end
 for _, seg in ipairs(redis.call('HKEYS', KEYS[2])) do
-  if redis.call('ZREM', KEYS[2] .. ':' .. seg, ARGV[1]) == 1 then
+  if redis.call('ZREM', ARGV[2] .. ':m:' .. seg .. ':' .. ARGV[3], ARGV[1]) == 1 then
     redis.call('HINCRBY', KEYS[2], seg, -1)
   end
 end
 return 1
 """
 
+
+_DROP_EMPTY_SLOT_LUA = (
+    "if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end"
+)
 
 _RELEASE_LUA = (
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
@@ -268,6 +334,10 @@ class ConflictError(RuntimeError):
     """Another writer changed a user since this batch read it; re-run the batch."""
 
 
+class StoreMismatch(RuntimeError):
+    """The stored state was written for other segment classes than the model serves."""
+
+
 @dataclass(frozen=True, slots=True)
 class UserWrite:
     user_id: str
@@ -275,26 +345,30 @@ class UserWrite:
     old_segment: str | None
     #: The partition number the stored record named (its schedule entry lives there).
     old_partition: int = -1
+    #: The stored record's next step time (where its schedule entry is filed).
+    old_due: int = 0
     #: Erase the user (retention) instead of writing ``record``.
     erase: bool = False
 
 
 class StateStore:
-    """Redis adapter. Every method is one round trip; errors surface as ``RedisError``."""
+    """Redis adapter. Each method is one round trip (the first read of a process
+    also fetches the stored classes); errors surface as ``RedisError``."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, buckets: int = DEFAULT_BUCKETS) -> None:
         # Any: redis-py's stubs type replies as bytes | str, we always get bytes.
         self._r: Any = client
         self.prefix = prefix
+        self.buckets = buckets
         self._commit = client.register_script(_COMMIT_LUA)
-        self._forget = client.register_script(_FORGET_LUA)
         self._reap = client.register_script(_REAP_LUA)
+        self.k_meta = f"{prefix}:meta"
         self.k_counts = f"{prefix}:counts"
         self.k_ptime = f"{prefix}:ptime"
-        self.k_reeval = f"{prefix}:reeval"
         self.k_forgotten = f"{prefix}:forgotten_total"
         self.k_offsets = f"{prefix}:offsets"
         self.k_stream_time = f"{prefix}:stream_time"
+        self._classes: tuple[str, ...] | None = None
 
     @classmethod
     def from_url(cls, url: str, prefix: str, **redis_kwargs: Any) -> StateStore:
@@ -313,14 +387,57 @@ class StateStore:
             settings.redis_url, settings.redis_prefix, **settings.redis_client_kwargs()
         )
 
-    def user_key(self, user_id: str) -> str:
-        return f"{self.prefix}:u:{{{user_id}}}"
+    def bucket_key(self, user_id: str) -> str:
+        return f"{self.prefix}:b:{{{zlib.crc32(user_id.encode()) % self.buckets}}}"
+
+    def _schedule_keys(self, user_id: str, partition: int, due: int) -> tuple[str, str, str]:
+        """The schedule set, the slot index and the slot of ``user_id`` due at ``due``."""
+        slot = f"{due // DAY_MS}:{member_shard(user_id) % SCHEDULE_SUBSHARDS}"
+        return (
+            f"{self.prefix}:due:{partition}:{slot}",
+            f"{self.prefix}:dueslots:{partition}",
+            slot,
+        )
 
     async def ping(self) -> bool:
         return bool(await self._r.ping())
 
     async def close(self) -> None:
         await self._r.aclose()
+
+    async def bind_classes(self, classes: Sequence[str]) -> None:
+        """Record the classes stored probabilities are ordered by; refuse a mismatch.
+
+        A model with other classes cannot read what an earlier one stored: the
+        worker stops at start-up with what to do, rather than mislabel users.
+        """
+        wanted = list(classes)
+        await self._r.hsetnx(self.k_meta, "classes", orjson.dumps(wanted))
+        stored = orjson.loads(await self._r.hget(self.k_meta, "classes"))
+        if stored != wanted:
+            raise StoreMismatch(
+                f"Redis prefix {self.prefix!r} holds state scored with classes {stored}, "
+                f"the model serves {wanted}: use a new SEGMENTER_REDIS_PREFIX, or "
+                "erase the old state first"
+            )
+        self._classes = tuple(wanted)
+
+    @property
+    def classes(self) -> tuple[str, ...] | None:
+        """The classes stored probabilities are ordered by, once known."""
+        return self._classes
+
+    def _decode(self, data: bytes) -> UserRecord:
+        return decode_record(data, self._classes)
+
+    async def _read(self, pipe: Any) -> list[Any]:
+        if self._classes is None:
+            pipe.hget(self.k_meta, "classes")
+            *replies, classes = await pipe.execute()
+            if classes is not None:
+                self._classes = tuple(orjson.loads(classes))
+            return list(replies)
+        return list(await pipe.execute())
 
     async def load(
         self, user_ids: Sequence[str]
@@ -329,20 +446,22 @@ class StateStore:
         and each partition number's stream time, in one round trip."""
         async with self._r.pipeline(transaction=False) as pipe:
             for uid in user_ids:
-                pipe.hmget(self.user_key(uid), "d", "r")
+                pipe.hget(self.bucket_key(uid), uid)
             pipe.get(self.k_stream_time)
             pipe.hgetall(self.k_ptime)
-            replies = await pipe.execute()
+            replies = await self._read(pipe)
         out: dict[str, UserRecord] = {}
-        for uid, (data, rev) in zip(user_ids, replies[:-2], strict=True):
-            out[uid] = UserRecord() if data is None else decode_record(data, int(rev))
+        for uid, data in zip(user_ids, replies[:-2], strict=True):
+            out[uid] = UserRecord() if data is None else self._decode(data)
         stream_time = int(replies[-2] or 0)
         ptimes = {int(k): int(v) for k, v in replies[-1].items()}
         return out, stream_time, ptimes
 
     async def get(self, user_id: str) -> UserRecord | None:
-        data, rev = await self._r.hmget(self.user_key(user_id), "d", "r")
-        return None if data is None else decode_record(data, int(rev))
+        async with self._r.pipeline(transaction=False) as pipe:
+            pipe.hget(self.bucket_key(user_id), user_id)
+            (data,) = await self._read(pipe)
+        return None if data is None else self._decode(data)
 
     async def commit(
         self,
@@ -354,67 +473,108 @@ class StateStore:
     ) -> None:
         """Write a batch atomically; raise :class:`ConflictError` if anyone else wrote first.
 
-        A write whose record is ``None`` erases that user. ``ttl_ms`` (0 = none)
-        is a wall-clock backstop on each written user key; the authoritative,
+        A write with ``erase`` deletes that user. ``ttl_ms`` (0 = none) is a
+        wall-clock backstop on each written bucket; the authoritative,
         event-time retention is the erasure step of the re-evaluation schedule.
         """
-        writes = list(writes)
         partition_times = partition_times or {}
-        keys = [self.k_counts, self.k_offsets, self.k_stream_time, self.k_ptime, self.k_reeval]
-        args: list[Any] = [stream_time, len(partition_offsets), len(partition_times), ttl_ms]
+        keys = [self.k_counts, self.k_offsets, self.k_stream_time, self.k_ptime]
+        args: list[Any] = [
+            self.prefix,
+            stream_time,
+            len(partition_offsets),
+            len(partition_times),
+            ttl_ms,
+        ]
         for tp, off in partition_offsets.items():
             args += [tp, off]
         for part, t in partition_times.items():
             args += [part, t]
         for w in writes:
             rec = w.record
-            keys.append(self.user_key(w.user_id))
             args += [
-                rec.rev,
-                b"" if w.erase else encode_record(rec),
+                w.user_id,
+                self.bucket_key(w.user_id),
+                _U32.pack(rec.rev) if rec.exists else b"",
+                b"" if w.erase else encode_record(rec, rev=rec.rev + 1),
                 w.old_segment or "",
                 "" if w.erase else rec.segment or "",
-                w.user_id,
-                0 if w.erase else rec.due,
-                rec.partition,
                 w.old_partition,
+                w.old_due,
+                rec.partition,
+                0 if w.erase else rec.due,
+                member_shard(w.user_id),
             ]
         status, detail = await self._commit(keys=keys, args=args)
         if status != b"ok":
-            raise ConflictError(f"concurrent write to {detail.decode()}")
+            raise ConflictError(f"concurrent write to user {detail.decode()}")
 
     async def forget(self, user_id: str) -> bool:
         """Erase one user (right to erasure). True if there was state to erase."""
-        erased = bool(
-            await self._forget(
-                keys=[self.user_key(user_id), self.k_counts, self.k_reeval], args=[user_id]
-            )
-        )
-        if erased:
+        while True:
+            rec = await self.get(user_id)
+            if rec is None:
+                return False
+            try:
+                await self.commit(
+                    [UserWrite(user_id, rec, rec.segment, rec.partition, rec.due, erase=True)],
+                    {},
+                    0,
+                )
+            except ConflictError:
+                continue  # a worker wrote the user meanwhile: erase what is there now
             await self._r.incr(self.k_forgotten)
-        return erased
+            return True
 
-    async def reap(self, user_id: str, partition: int) -> bool:
+    async def reap(self, user_id: str, partition: int, due: int) -> bool:
         """Drop a schedule entry whose user no longer exists. True if one was dropped."""
+        schedule, slots, slot = self._schedule_keys(user_id, partition, due)
         return bool(
             await self._reap(
-                keys=[self.user_key(user_id), self.k_counts, f"{self.k_reeval}:{partition}"],
-                args=[user_id],
+                keys=[self.bucket_key(user_id), self.k_counts, schedule, slots],
+                args=[user_id, self.prefix, member_shard(user_id), slot],
             )
         )
 
-    async def unschedule(self, user_id: str, partition: int) -> None:
+    async def unschedule(self, user_id: str, partition: int, due: int) -> None:
         """Drop a stale schedule entry (the user has moved to another partition)."""
-        await self._r.zrem(f"{self.k_reeval}:{partition}", user_id)
+        schedule, slots, slot = self._schedule_keys(user_id, partition, due)
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.zrem(schedule, user_id)
+            pipe.execute_command("EVAL", _DROP_EMPTY_SLOT_LUA, 2, schedule, slots, slot)
+            await pipe.execute()
 
     async def due_for_reevaluation(
         self, partition: int, until_ms: int, limit: int
     ) -> list[tuple[str, int]]:
         """Users of ``partition`` whose next step is at or before ``until_ms``, earliest first."""
-        raw = await self._r.zrangebyscore(
-            f"{self.k_reeval}:{partition}", "-inf", until_ms, start=0, num=limit, withscores=True
+        slots = await self._r.zrangebyscore(
+            f"{self.prefix}:dueslots:{partition}", "-inf", until_ms // DAY_MS
         )
-        return [(u.decode(), int(score)) for u, score in raw]
+        out: list[tuple[str, int]] = []
+        i = 0
+        while i < len(slots) and len(out) < limit:
+            # Read whole days only (at least 32 slots' worth per round trip):
+            # an earlier day's entries are all earlier than a later day's, so
+            # once a page is full no later day can change it.
+            j = min(i + 32, len(slots))
+            while j < len(slots) and _day(slots[j]) == _day(slots[j - 1]):
+                j += 1
+            async with self._r.pipeline(transaction=False) as pipe:
+                for slot in slots[i:j]:
+                    pipe.zrangebyscore(
+                        f"{self.prefix}:due:{partition}:{slot.decode()}",
+                        "-inf",
+                        until_ms,
+                        start=0,
+                        num=limit,
+                        withscores=True,
+                    )
+                for page in await pipe.execute():
+                    out += [(u.decode(), int(score)) for u, score in page]
+            i = j
+        out.sort(key=lambda pair: pair[1])
+        return out[:limit]
 
     async def partition_times(self) -> dict[int, int]:
         """Stream time per partition number: the largest event time applied from it."""
@@ -434,12 +594,34 @@ class StateStore:
         return int(await self._r.get(self.k_forgotten) or 0)
 
     async def members(self, segment: str, after: str = "", limit: int = 100) -> list[str]:
-        """A page of a segment's members in id order, starting after ``after``."""
+        """A page of a segment's members after ``after``, in (shard, id) order.
+
+        The order is stable and a user id is a complete cursor: its shard says
+        where to go on. Up to 32 shards are read per round trip.
+        """
+        shard = member_shard(after) if after else 0
+        out: list[str] = []
         start = f"({after}" if after else "-"
-        raw = await self._r.zrange(
-            f"{self.k_counts}:{segment}", start, "+", bylex=True, offset=0, num=limit
-        )
-        return [u.decode() for u in raw]
+        while shard < MEMBER_SHARDS and len(out) < limit:
+            batch = range(shard, min(shard + 32, MEMBER_SHARDS))
+            async with self._r.pipeline(transaction=False) as pipe:
+                for k in batch:
+                    pipe.zrange(
+                        f"{self.prefix}:m:{segment}:{k}",
+                        start if k == shard else "-",
+                        "+",
+                        bylex=True,
+                        offset=0,
+                        num=limit,
+                    )
+                pages = await pipe.execute()
+            for page in pages:
+                out += [u.decode() for u in page]
+                if len(out) >= limit:
+                    break
+            shard = batch.stop
+            start = "-"
+        return out[:limit]
 
     async def stream_time(self) -> int:
         return int(await self._r.get(self.k_stream_time) or 0)
@@ -455,11 +637,22 @@ class StateStore:
     async def scan_users(self, count: int = 1000) -> list[str]:
         """Every user id under this prefix (for tests, export and audits; not the hot path)."""
         users = []
-        pattern = f"{self.prefix}:u:*"
-        async for key in self._r.scan_iter(match=pattern, count=count):
-            text = key.decode()
-            users.append(text[len(self.prefix) + 4 : -1])
+        async for key in self._r.scan_iter(match=f"{self.prefix}:b:*", count=count):
+            users += [u.decode() for u in await self._r.hkeys(key)]
         return users
+
+    async def memory_per_user(self) -> dict[str, float]:
+        """Bytes Redis holds per stored user, by kind of key (MEMORY USAGE; for benchmarks)."""
+        kinds = {"records": ":b:", "members": ":m:", "schedule": ":due"}  # :due and :dueslots
+        totals = dict.fromkeys([*kinds, "other"], 0)
+        async for key in self._r.scan_iter(match=f"{self.prefix}:*", count=1000):
+            text = key.decode()[len(self.prefix) :]
+            kind = next((k for k, marker in kinds.items() if text.startswith(marker)), "other")
+            totals[kind] += int(await self._r.memory_usage(key, samples=0) or 0)
+        users = max(1, len(await self.scan_users()))
+        out = {k: v / users for k, v in totals.items()}
+        out["total"] = sum(totals.values()) / users
+        return out
 
     async def delete_prefix(self) -> int:
         """Delete every key under this prefix (tests and `segmenter demo` clean-up only)."""
@@ -473,6 +666,7 @@ __all__ = [
     "ConflictError",
     "RedisError",
     "StateStore",
+    "StoreMismatch",
     "UserRecord",
     "UserWrite",
     "decode_record",

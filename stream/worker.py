@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Sequence
 
 import faust
+from redis.exceptions import RedisError
 
 from stream.app import create_app
-from stream.settings import Settings
+from stream.settings import Settings, SettingsError
+from stream.store import StateStore, StoreMismatch
 from stream.topics import ensure_topics
 
 log = logging.getLogger("segmenter.worker")
@@ -17,6 +21,7 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
     log.info("settings: %s", settings.safe_summary())
     # The app first: a bad model or playbook should fail before any connection.
     app = create_app(settings)
+    asyncio.run(_check_stored_classes(settings, app.segmenter_model.current.classes))  # type: ignore[attr-defined]
     ensure_topics(settings)
     log.info(
         "serving model %s; consuming %s as group %r",
@@ -29,3 +34,17 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
     faust.Worker(
         app, loglevel=loglevel, quiet=True, redirect_stdouts=False
     ).execute_from_commandline()
+
+
+async def _check_stored_classes(settings: Settings, classes: Sequence[str]) -> None:
+    """Refuse to start on state stored for other segment classes (see StateStore.bind_classes)."""
+    store = StateStore.from_settings(settings)
+    try:
+        await store.bind_classes(classes)
+    except StoreMismatch as exc:
+        raise SettingsError(str(exc)) from None
+    except RedisError as exc:
+        # Not fatal: the batch path binds them on its first commit, with retries.
+        log.warning("could not check the stored classes yet (%s); will on the first batch", exc)
+    finally:
+        await store.close()

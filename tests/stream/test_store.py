@@ -5,10 +5,20 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from stream.fold import fold_all
-from stream.store import ConflictError, StateStore, UserRecord, UserWrite
-from tests.factories import T0, as_event, order
+from stream.fold import HALF_LIVES, UserState, fold_all
+from stream.store import (
+    ConflictError,
+    StateStore,
+    StoreMismatch,
+    UserRecord,
+    UserWrite,
+    decode_record,
+    encode_record,
+)
+from tests.factories import DAY, T0, as_event, order
 
 pytestmark = pytest.mark.integration
 
@@ -72,3 +82,137 @@ def test_concurrent_writer_makes_the_whole_batch_fail_and_change_nothing(
             await store.close()
 
     run(scenario())
+
+
+def test_members_page_through_every_shard_with_a_user_id_as_cursor(
+    redis_url: str, prefix: str
+) -> None:
+    users = [f"user-{i:03d}" for i in range(230)]
+
+    async def scenario() -> list[str]:
+        store = StateStore.from_url(redis_url, prefix)
+        try:
+            await store.commit(
+                [UserWrite(u, UserRecord(segment="regular"), None) for u in users], {}, T0
+            )
+            seen: list[str] = []
+            after = ""
+            while page := await store.members("regular", after=after, limit=17):
+                seen += page
+                after = page[-1]
+            return seen
+        finally:
+            await store.close()
+
+    seen = run(scenario())
+    assert sorted(seen) == users and len(seen) == len(set(seen))
+
+
+def test_schedule_lists_due_users_across_weeks_in_time_order(redis_url: str, prefix: str) -> None:
+    async def scenario() -> None:
+        store = StateStore.from_url(redis_url, prefix)
+        try:
+            writes = []
+            for i, days in enumerate([1, 40, 3, 200, 15]):
+                rec = UserRecord(segment="regular", partition=2, due=T0 + days * DAY)
+                writes.append(UserWrite(f"u{i}", rec, None))
+            await store.commit(writes, {}, T0)
+            due = await store.due_for_reevaluation(2, T0 + 40 * DAY, 10)
+            assert [u for u, _ in due] == ["u0", "u2", "u4", "u1"]
+            assert await store.due_for_reevaluation(2, T0 + 40 * DAY, 2) == due[:2]
+            assert await store.due_for_reevaluation(3, T0 + 400 * DAY, 10) == []
+            # moving a user's step (and partition) moves its entry; erasing drops it
+            (u1,) = (await store.load(["u1"]))[0].values()
+            u1.due, u1.partition = T0 + 300 * DAY, 3
+            (u3,) = (await store.load(["u3"]))[0].values()
+            await store.commit(
+                [
+                    UserWrite("u1", u1, "regular", 2, T0 + 40 * DAY),
+                    UserWrite("u3", u3, "regular", 2, T0 + 200 * DAY, erase=True),
+                ],
+                {},
+                T0,
+            )
+            assert [u for u, _ in await store.due_for_reevaluation(2, T0 + 999 * DAY, 10)] == [
+                "u0",
+                "u2",
+                "u4",
+            ]
+            assert [u for u, _ in await store.due_for_reevaluation(3, T0 + 999 * DAY, 10)] == ["u1"]
+            assert await store.segment_counts() == {"regular": 4}
+        finally:
+            await store.close()
+
+    run(scenario())
+
+
+def test_stored_classes_are_bound_once_and_a_different_set_is_refused(
+    redis_url: str, prefix: str
+) -> None:
+    async def scenario() -> None:
+        store = StateStore.from_url(redis_url, prefix)
+        try:
+            await store.bind_classes(["a", "b"])
+            await store.bind_classes(["a", "b"])
+            with pytest.raises(StoreMismatch, match="SEGMENTER_REDIS_PREFIX"):
+                await store.bind_classes(["b", "a"])
+        finally:
+            await store.close()
+
+    run(scenario())
+
+
+finite = st.floats(min_value=0, max_value=1e12, allow_nan=False)
+counts = st.integers(min_value=0, max_value=2**32 - 1)
+stamps = st.integers(min_value=0, max_value=2**62)
+
+
+@given(
+    state=st.builds(
+        UserState,
+        first_seen=stamps,
+        last_seen=stamps,
+        last_order_at=st.none() | stamps,
+        order_count=counts,
+        cancel_count=counts,
+        refund_count=counts,
+        total_spend=finite,
+        returned_spend=finite,
+        product_views=counts,
+        cart_adds=counts,
+        events=counts,
+        session_count=counts,
+        recent_sessions=st.lists(st.integers(0, 2**32 - 1), max_size=4),
+        categories=st.integers(0, 2**64 - 1),
+        decayed=st.fixed_dictionaries({k: finite for k in HALF_LIVES}),
+    ),
+    segment=st.none() | st.sampled_from(["high_value", "at_risk"]),
+    probs=st.lists(st.integers(0, 10_000), min_size=4, max_size=4),
+    version=counts,
+    offsets=st.dictionaries(
+        st.tuples(st.sampled_from(["clickstream", "orders", "x" * 200]), st.integers(0, 65535)),
+        st.integers(0, 2**62),
+        max_size=3,
+    ),
+    recent=st.lists(st.binary(min_size=6, max_size=6), max_size=8),
+    partition=st.integers(-1, 32767),
+)
+def test_binary_record_round_trips(  # type: ignore[no-untyped-def]
+    state, segment, probs, version, offsets, recent, partition
+) -> None:
+    classes = ("high_value", "regular", "potential", "at_risk")
+    rec = UserRecord(
+        state=state,
+        segment=segment,
+        probabilities={c: p / 10_000 for c, p in zip(classes, probs, strict=True)},
+        version=version,
+        model_version="20261129T091233-abc",
+        offsets={f"{t}:{p}": off for (t, p), off in offsets.items()},
+        recent=recent,
+        scored_at=state.last_seen,
+        due=state.last_seen + 1,
+        partition=partition,
+        rev=5,
+    )
+    assert decode_record(encode_record(rec), classes) == rec
+    assert decode_record(encode_record(rec), None).probabilities is None
