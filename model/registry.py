@@ -62,6 +62,9 @@ def load_version(version_dir: Path) -> LoadedModel:
     if tuple(manifest.get("features", ())) != FEATURE_NAMES:
         raise ModelError(f"model {version_dir.name}: feature names differ from this code's")
     classes = tuple(manifest["classes"])
+    if len(str(manifest["version"]).encode()) > 255 or any(len(c.encode()) > 255 for c in classes):
+        # The worker stores both per user, each with a one-byte length.
+        raise ModelError(f"model {version_dir.name}: version or class names over 255 bytes")
     scorer = Scorer.load(version_dir / WEIGHTS, classes)
     return LoadedModel(version=manifest["version"], manifest=manifest, scorer=scorer)
 

@@ -324,13 +324,17 @@ def create_app(settings: Settings) -> faust.App:
         batch, and never both at once (``one_writer``): so no change is
         published by a writer whose commit is then refused.
         """
-        partitions = sorted({int(tp.rsplit(":", 1)[1]) for tp in health.assigned})
-        if not partitions:
+        def owned() -> list[int]:
+            return sorted({int(tp.rsplit(":", 1)[1]) for tp in health.assigned})
+
+        if not owned():
             return
         try:
             for _ in range(20):  # bounded per tick, so shutdown is never held up long
                 async with one_writer:
-                    result = await processor.reevaluate(partitions, limit=500)
+                    # Read under the lock, each round: a rebalance may have
+                    # revoked partitions since (on_revoked empties them first).
+                    result = await processor.reevaluate(owned(), limit=500)
                 if result.changes:
                     log.info(
                         "re-evaluation: %d users, %d changes", result.users, len(result.changes)
@@ -339,6 +343,12 @@ def create_app(settings: Settings) -> faust.App:
                     break
         except Exception as exc:  # never let the timer take the worker down
             log.warning("re-evaluation incomplete: %s: %s", type(exc).__name__, exc)
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def on_revoked(app: faust.App, revoked: set[TP], **kwargs: Any) -> None:
+        # Stop sweeping them at once: their next owner may already be writing.
+        gone = {f"{t}:{p}" for t, p in revoked}
+        health.assigned = frozenset(health.assigned - gone)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(app: faust.App, assigned: set[TP], **kwargs: Any) -> None:

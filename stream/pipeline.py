@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +47,14 @@ from stream.fold import UserState, apply
 from stream.health import Health
 from stream.playbook import Playbook
 from stream.privacy import pseudonym
-from stream.store import ConflictError, StateStore, UserRecord, UserWrite, event_digest
+from stream.store import (
+    ConflictError,
+    StateStore,
+    StoreMismatch,
+    UserRecord,
+    UserWrite,
+    event_digest,
+)
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -175,7 +184,6 @@ class BatchProcessor:
         self, records: Sequence[RawRecord]
     ) -> tuple[list[tuple[RawRecord, Event]], list[tuple[RawRecord, Rejected]]]:
         now = self._clock_ms()
-        oldest = self.stream_time - self.cfg.max_lateness_ms if self.stream_time else 0
         key = self.cfg.pseudonymize_key
         good: list[tuple[RawRecord, Event]] = []
         bad: list[tuple[RawRecord, Rejected]] = []
@@ -187,18 +195,6 @@ class BatchProcessor:
             result = decode(kind, rec.key, rec.value, now_ms=now, limits=self.cfg.limits)
             if isinstance(result, Rejected):
                 bad.append((rec, result))
-            elif result.timestamp < oldest:
-                bad.append(
-                    (
-                        rec,
-                        Rejected(
-                            Reason.TOO_LATE,
-                            f"timestamp {iso(result.timestamp)} is more than "
-                            f"{self.cfg.max_lateness_ms // 86_400_000} days before stream time "
-                            f"{iso(self.stream_time)}",
-                        ),
-                    )
-                )
             else:
                 if key is not None:
                     result = result.model_copy(update={"user_id": pseudonym(key, result.user_id)})
@@ -206,13 +202,17 @@ class BatchProcessor:
         return good, bad
 
     async def _dead_letter(self, bad: list[tuple[RawRecord, Rejected]]) -> None:
-        if not bad:
-            return
-        futures = [
-            self.sink.send(self.cfg.dlq_topic, rec.key, rec.value, dlq_headers(rec, why))
-            for rec, why in bad
-        ]
-        await asyncio.gather(*futures)
+        """Send to the DLQ and wait until the broker has them (counted by the caller)."""
+        if bad:
+            await asyncio.gather(
+                *(
+                    self.sink.send(self.cfg.dlq_topic, rec.key, rec.value, dlq_headers(rec, why))
+                    for rec, why in bad
+                )
+            )
+
+    @staticmethod
+    def _count_dead_letters(bad: list[tuple[RawRecord, Rejected]]) -> None:
         for rec, why in bad:
             metrics.EVENTS.labels(rec.topic, "unknown", "dead_lettered").inc()
             metrics.DEAD_LETTERS.labels(rec.topic, why.reason.value).inc()
@@ -229,12 +229,10 @@ class BatchProcessor:
 
     async def process(self, records: Sequence[RawRecord]) -> BatchResult:
         started = time.perf_counter()
-        if not self.stream_time:
-            # A fresh processor learns stream time before judging lateness.
-            self.stream_time, _ = await self._retrying(self.store.stream_time, "stream_time")
         good, bad = self._decode(records)
         if bad:  # at least once, like everything this publishes
             await self._retrying(lambda: self._dead_letter(bad), "dead_letter")
+            self._count_dead_letters(bad)
         # Every record of the batch is accounted for once this batch commits,
         # dead-lettered ones included: their partition offsets advance too.
         partition_offsets: dict[str, int] = {}
@@ -245,7 +243,7 @@ class BatchProcessor:
             lambda: self._fold_score_publish_commit(good, partition_offsets), "batch"
         )
         result.records = len(records)
-        result.dead_lettered = len(bad)
+        result.dead_lettered += len(bad)
         result.attempts = attempt
         metrics.BATCH_SIZE.observe(len(records))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
@@ -267,8 +265,22 @@ class BatchProcessor:
         self.stream_time = max(self.stream_time, stored_time)
         metrics.REDIS_SECONDS.labels("load").observe(time.perf_counter() - t0)
         running = dict(ptimes)
+        late: list[tuple[RawRecord, Rejected]] = []
+        bound = self.cfg.max_lateness_ms
         for raw, event in good:
             before = running.get(raw.partition, 0)
+            if bound and event.timestamp <= before - bound:
+                # Judged against the partition's own clock, in partition order,
+                # so a replay judges it the same way. Past the bound, its user
+                # may already have been erased by retention and would come back
+                # from this one event.
+                why = Rejected(
+                    Reason.TOO_LATE,
+                    f"timestamp {iso(event.timestamp)} is {bound // 86_400_000} days or more "
+                    f"before partition {raw.partition}'s stream time {iso(before)}",
+                )
+                late.append((raw, why))
+                continue
             by_user.setdefault(event.user_id, []).append((raw, event, before))
             running[raw.partition] = max(before, event.timestamp)
         partition_times = {p: t for p, t in running.items() if t > ptimes.get(p, 0)}
@@ -313,9 +325,12 @@ class BatchProcessor:
                 timelines[uid] = tl
 
         stream_time = max(stored_time, batch_time)
+        await self._dead_letter(late)  # before the commit, like the changes
         messages = await self._score_publish_commit(
             timelines, rows, partition_offsets, stream_time, partition_times
         )
+        self._count_dead_letters(late)
+        result.dead_lettered = len(late)
 
         # Counters only after the commit: a re-run batch must not count twice.
         for topic, event_type, outcome in counted:
@@ -401,7 +416,7 @@ class BatchProcessor:
                                 uid,
                                 rec.segment,
                                 None,
-                                rec.version + 1,
+                                rec.version,  # that of the change that put them there
                                 iso(step.at),
                                 emitted_at,
                                 model.version,
@@ -412,9 +427,15 @@ class BatchProcessor:
                     rec.segment, rec.version = None, 0
                     rec.probabilities, rec.model_version = None, None
                     continue
-                p = as_probabilities(model.classes, probs[step.row])
+                # Decided on the published (rounded) values: the last bits of a
+                # forward pass depend on the batch's shape, the 4th decimal
+                # practically never does, so a re-run decides the same way.
+                p = {
+                    k: round(v, 4)
+                    for k, v in as_probabilities(model.classes, probs[step.row]).items()
+                }
                 new = decide(rec.segment, p, self.cfg.hysteresis)
-                rec.probabilities = {k: round(v, 4) for k, v in p.items()}
+                rec.probabilities = p
                 rec.model_version = model.version
                 if new == rec.segment:
                     continue
@@ -452,6 +473,9 @@ class BatchProcessor:
                 if m is not None:
                     side.extend(segment_events(template, uid, m))
 
+        if self.store.classes != model.classes:
+            # Once per process, and before anything is published.
+            await self.store.bind_classes(model.classes)
         # Publish before the Redis commit: if we die in between, the batch is
         # replayed from the old state and the same change (same version, same
         # content but emitted_at) is published again: a duplicate subscribers
@@ -476,8 +500,6 @@ class BatchProcessor:
             )
             for uid, tl in timelines.items()
         ]
-        if self.store.classes != model.classes:
-            await self.store.bind_classes(model.classes)  # once per process
         t1 = time.perf_counter()
         await self.store.commit(
             writes, partition_offsets, stream_time, self.cfg.key_ttl_ms, partition_times
@@ -523,12 +545,14 @@ class BatchProcessor:
             rec = loaded[uid]
             if not rec.exists:
                 await self.store.reap(uid, part, when)  # erased, or expired by the backstop TTL
-            elif rec.partition != part:
+            elif rec.partition != part or rec.due != when:
+                # Filed under another partition or time than the record says
+                # (it moved, or came back after its bucket expired): drop it.
                 await self.store.unschedule(uid, part, when)
             else:
                 tl = Timeline(rec, rec.segment, rec.partition, rec.due)
                 self._catch_up(tl, until, rows)
-                timelines[uid] = tl  # written even without steps: that fixes its schedule
+                timelines[uid] = tl
         messages = await self._score_publish_commit(timelines, rows, {}, stream_time, {})
         return BatchResult(
             records=int(len(due) >= limit),
@@ -554,6 +578,19 @@ class BatchProcessor:
             except ConflictError as exc:
                 metrics.COMMIT_CONFLICTS.inc()
                 log.info("%s re-run after a concurrent write: %s", what, exc)
+                if gone := exc.gone:
+                    # Erased (`forget`) since we read them, after we published
+                    # their changes: say again that they are gone, so
+                    # subscribers drop those changes and accept the re-run's.
+                    await self._retrying(lambda: self._tombstone(gone), "tombstone")
+                if attempt > 1:  # a rebalance in progress: let the other writer finish
+                    await self._backoff(attempt - 1, exc)
+            except StoreMismatch as exc:
+                # Fatal: stored state belongs to another set of classes. Stop the
+                # worker (the batch stays unacked) instead of retrying forever.
+                log.critical("%s; stopping the worker", exc)
+                os.kill(os.getpid(), signal.SIGTERM)
+                await self._backoff(attempt, exc)
             except RedisError as exc:
                 metrics.REDIS_ERRORS.labels(what).inc()
                 if self._health is not None:
@@ -566,12 +603,17 @@ class BatchProcessor:
                 log.exception("%s failed; retrying it", what)
                 await self._backoff(attempt, exc)
 
+    async def _tombstone(self, users: Sequence[str]) -> None:
+        await asyncio.gather(
+            *(self.sink.send(self.cfg.segments_topic, u.encode(), None, []) for u in users)
+        )
+
     async def _backoff(self, attempt: int, exc: Exception) -> None:
         if self._should_stop():
-            raise asyncio.CancelledError(f"stopping while Redis is unavailable: {exc}")
+            raise asyncio.CancelledError(f"stopping with the batch unapplied: {exc}")
         delay = min(self.cfg.retry_max_s, self.cfg.retry_initial_s * 2 ** (attempt - 1))
         log.warning(
-            "Redis unavailable (%s: %s); batch not applied, retry %d in %.1fs",
+            "%s: %s; batch not applied, retry %d in %.1fs",
             type(exc).__name__,
             exc,
             attempt,

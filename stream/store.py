@@ -35,6 +35,7 @@ in its compact listpack encoding. Key layout (``P`` = prefix):
 from __future__ import annotations
 
 import hashlib
+import secrets
 import struct
 import uuid
 import zlib
@@ -150,8 +151,13 @@ def encode_record(rec: UserRecord, rev: int | None = None) -> bytes:
     return b"".join(parts)
 
 
-def record_rev(data: bytes) -> int:
-    return int(_U32.unpack_from(data)[0])
+def _next_rev(rev: int) -> int:
+    """The revision a write stores. A new record starts at a random one, so a
+    writer still holding the revision of an erased earlier record of the same
+    id cannot pass the check by coincidence of counting from 1 again."""
+    if rev == 0:
+        return secrets.randbelow(2**32 - 1) + 1
+    return rev % (2**32 - 1) + 1
 
 
 def decode_record(data: bytes, classes: Sequence[str] | None) -> UserRecord:
@@ -243,13 +249,18 @@ local P = ARGV[1]
 local n_off, n_pt, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local base = 5 + 2 * n_off + 2 * n_pt
 local users = (#ARGV - base) / 11
+local refused, gone = false, {}
 for u = 0, users - 1 do
   local j = base + u * 11
   local cur = redis.call('HGET', ARGV[j + 2], ARGV[j + 1])
   local rev = ''
   if cur then rev = string.sub(cur, 1, 4) end
-  if rev ~= ARGV[j + 3] then return {'conflict', ARGV[j + 1]} end
+  if rev ~= ARGV[j + 3] then
+    refused = true
+    if not cur then table.insert(gone, ARGV[j + 1]) end
+  end
 end
+if refused then return {'conflict', cjson.encode(gone)} end
 local DAY, SUB = 86400000, 8  -- SUB = SCHEDULE_SUBSHARDS
 for u = 0, users - 1 do
   local j = base + u * 11
@@ -261,6 +272,15 @@ for u = 0, users - 1 do
     if ttl > 0 then redis.call('PEXPIRE', bucket, ttl) end
   end
   local old, new, shard = ARGV[j + 5], ARGV[j + 6], ARGV[j + 11]
+  if ARGV[j + 3] == '' then
+    -- A new record: drop any membership left by an earlier life of this id
+    -- whose bucket expired (the backstop TTL), so populations stay exact.
+    for _, seg in ipairs(redis.call('HKEYS', KEYS[1])) do
+      if redis.call('ZREM', P .. ':m:' .. seg .. ':' .. shard, uid) == 1 then
+        redis.call('HINCRBY', KEYS[1], seg, -1)
+      end
+    end
+  end
   if old ~= new then
     if old ~= '' then
       redis.call('HINCRBY', KEYS[1], old, -1)
@@ -332,6 +352,11 @@ _RELEASE_LUA = (
 
 class ConflictError(RuntimeError):
     """Another writer changed a user since this batch read it; re-run the batch."""
+
+    def __init__(self, message: str, gone: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        #: Users whose record was deleted (erased) since the batch read it.
+        self.gone = list(gone)
 
 
 class StoreMismatch(RuntimeError):
@@ -496,7 +521,7 @@ class StateStore:
                 w.user_id,
                 self.bucket_key(w.user_id),
                 _U32.pack(rec.rev) if rec.exists else b"",
-                b"" if w.erase else encode_record(rec, rev=rec.rev + 1),
+                b"" if w.erase else encode_record(rec, rev=_next_rev(rec.rev)),
                 w.old_segment or "",
                 "" if w.erase else rec.segment or "",
                 w.old_partition,
@@ -507,7 +532,11 @@ class StateStore:
             ]
         status, detail = await self._commit(keys=keys, args=args)
         if status != b"ok":
-            raise ConflictError(f"concurrent write to user {detail.decode()}")
+            gone = orjson.loads(detail) if detail not in (b"", b"{}") else []
+            raise ConflictError(
+                f"a user of the batch was written by someone else{' or erased' if gone else ''}",
+                gone,
+            )
 
     async def forget(self, user_id: str) -> bool:
         """Erase one user (right to erasure). True if there was state to erase."""

@@ -7,7 +7,7 @@ import logging
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from stream.settings import Settings
+from stream.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,27 @@ def ensure_topics(settings: Settings, timeout_s: float = 15.0) -> list[str]:
             raise
     if created:
         log.info("created topics: %s", ", ".join(created))
+    check_copartitioned(settings, admin, timeout_s)
     return created
+
+
+def check_copartitioned(settings: Settings, admin: AdminClient, timeout_s: float = 15.0) -> None:
+    """Both input topics must have the same number of partitions.
+
+    A user's clickstream and orders must land on the same partition number:
+    that is what makes one worker the only writer of a user (its batches and
+    its sweep), and Faust assigns the same numbers of co-partitioned topics to
+    the same worker. Refuse to start otherwise, with what to fix.
+    """
+    topics = admin.list_topics(timeout=timeout_s).topics
+    counts = {
+        name: len(topics[name].partitions) for name in settings.input_topics if name in topics
+    }
+    if len(set(counts.values())) > 1:
+        raise SettingsError(
+            f"input topics must have the same partition count, got {counts}: "
+            "add partitions to the smaller one (kafka-topics --alter --partitions N)"
+        )
 
 
 def ensure_segment_topics(settings: Settings, classes: tuple[str, ...]) -> list[str]:
