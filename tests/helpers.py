@@ -9,7 +9,11 @@ from typing import Any
 import orjson
 from confluent_kafka import Producer
 
+from model.registry import load_current
+from stream.app import pipeline_config
+from stream.pipeline import BatchProcessor, BatchResult, RawRecord
 from stream.settings import Settings
+from stream.sinks import ConfluentSink
 from stream.store import StateStore, encode_record
 from tests.conftest import WorkerProcess
 
@@ -108,3 +112,45 @@ def wait_committed(
         raise AssertionError(f"group {settings.group_id} did not commit {ends}: {committed}")
     finally:
         probe.close()
+
+
+def raw_records(
+    settings: Settings, values: list[dict[str, Any]], start: int = 0, partition: int = 0
+) -> list[RawRecord]:
+    """Event dicts as the agent hands them over: one partition, offsets from ``start``."""
+    return [
+        RawRecord(
+            settings.topic_orders
+            if v["event_type"].startswith("order_")
+            else settings.topic_clickstream,
+            partition,
+            start + i,
+            v["user_id"].encode(),
+            orjson.dumps(v),
+        )
+        for i, v in enumerate(values)
+    ]
+
+
+async def feed(
+    settings: Settings,
+    batch: list[RawRecord],
+    *,
+    sweep: bool = False,
+    sink: Any = None,
+) -> BatchResult:
+    """One batch through a fresh processor (no Faust), then optionally a sweep of partition 0."""
+    store = StateStore.from_settings(settings)
+    own_sink = sink is None
+    sink = sink or ConfluentSink(settings.kafka_client_config())
+    model = load_current(settings.model_dir)
+    proc = BatchProcessor(store, sink, lambda: model, pipeline_config(settings))
+    try:
+        result = await proc.process(batch)
+        if sweep:
+            result.changes += (await proc.reevaluate([0])).changes
+        return result
+    finally:
+        if own_sink:
+            sink.close()
+        await store.close()

@@ -19,21 +19,10 @@ from stream.sinks import ConfluentSink
 from stream.store import StateStore, encode_record
 from tests.conftest import TopicReader
 from tests.factories import DAY, T0, click, order
+from tests.helpers import raw_records
 
 pytestmark = pytest.mark.integration
 NOW = T0 + 400 * DAY
-
-
-def records(settings: Settings, values: list[dict], start_offset: int = 0) -> list[RawRecord]:  # type: ignore[type-arg]
-    out = []
-    for i, v in enumerate(values):
-        topic = (
-            settings.topic_orders
-            if v["event_type"].startswith("order_")
-            else settings.topic_clickstream
-        )
-        out.append(RawRecord(topic, 0, start_offset + i, v["user_id"].encode(), orjson.dumps(v)))
-    return out
 
 
 async def run_batches(settings: Settings, batches: list[list[RawRecord]]):  # type: ignore[no-untyped-def]
@@ -69,7 +58,7 @@ def big_spender(user: str) -> list[dict]:  # type: ignore[type-arg]
 
 def test_redelivered_batch_is_a_no_op_for_state(settings_factory: Callable[..., Settings]) -> None:
     settings = settings_factory()
-    batch = records(settings, [*big_spender("whale"), click("browser", T0 + 80 * DAY)])
+    batch = raw_records(settings, [*big_spender("whale"), click("browser", T0 + 80 * DAY)])
     (first, again), _snapshot, counts = asyncio.run(run_batches(settings, [batch, batch]))
     assert first.applied == len(batch) and first.duplicates == 0
     assert again.applied == 0 and again.duplicates == len(batch)
@@ -82,11 +71,11 @@ def test_same_event_under_a_new_offset_is_recognised_by_event_id(
 ) -> None:
     settings = settings_factory()
     values = big_spender("whale")
-    once = records(settings, values)
+    once = raw_records(settings, values)
     # A producer retry re-sends its recent events under new offsets; the
     # per-user ring remembers the last `dedup_window` (16) event ids.
     tail = values[-settings.dedup_window :]
-    resent = records(settings, tail, start_offset=len(values))
+    resent = raw_records(settings, tail, start=len(values))
     (_, second), with_dupes, _ = asyncio.run(run_batches(settings, [once, resent]))
     assert second.applied == 0 and second.duplicates == len(tail)
 
@@ -110,7 +99,7 @@ def test_bad_records_go_to_the_dlq_with_reason_and_original_bytes(
     settings_factory: Callable[..., Settings], reader_factory: Callable[[str], TopicReader]
 ) -> None:
     settings = settings_factory()
-    good = records(settings, [click("u1", T0)])
+    good = raw_records(settings, [click("u1", T0)])
     bad = [
         RawRecord(settings.topic_clickstream, 1, 5, b"u2", b"{not json"),
         RawRecord(settings.topic_orders, 2, 9, b"u3", orjson.dumps(order("u3", T0, total=-5))),
@@ -132,7 +121,7 @@ def test_changes_are_published_only_when_the_segment_changes(
 ) -> None:
     settings = settings_factory()
     history = big_spender("whale")
-    batches = [records(settings, [v], start_offset=i) for i, v in enumerate(history)]
+    batches = [raw_records(settings, [v], start=i) for i, v in enumerate(history)]
     results, _snapshot, _ = asyncio.run(run_batches(settings, batches))
     changes = [c for r in results for c in r.changes]
     assert changes, "a first assignment is always a change"
@@ -161,7 +150,7 @@ def test_changes_and_state_do_not_depend_on_where_batches_are_cut(
         + [click("drifter", T0 + d * DAY, "page_view") for d in range(0, 200, 9)],
         key=lambda v: v["timestamp"],
     )
-    all_records = records(base, history)
+    all_records = raw_records(base, history)
     bounds = [0, *sorted(c for c in cuts if c < len(all_records)), len(all_records)]
     cut_up = [all_records[a:b] for a, b in itertools.pairwise(bounds)]
 

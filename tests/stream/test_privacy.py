@@ -8,16 +8,15 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from model.registry import load_current
-from stream.app import faust_credentials, pipeline_config
+from stream.app import faust_credentials
 from stream.events import iso
-from stream.pipeline import BatchProcessor, BatchResult, RawRecord
+from stream.pipeline import BatchResult
 from stream.settings import Settings, SettingsError, load_settings
-from stream.sinks import ConfluentSink
 from stream.store import StateStore
 from tests.conftest import TopicReader, WorkerProcess, settings_env
 from tests.factories import DAY, T0, click, order
-from tests.helpers import as_items, produce, wait_applied
+from tests.helpers import as_items, produce, raw_records, wait_applied
+from tests.helpers import feed as feed_batch
 from tests.stream.test_cli import segmenter
 
 
@@ -27,30 +26,7 @@ async def feed(
     start: int = 0,
     sweep: bool = False,
 ) -> BatchResult:
-    store = StateStore.from_settings(settings)
-    sink = ConfluentSink(settings.kafka_client_config())
-    model = load_current(settings.model_dir)
-    proc = BatchProcessor(store, sink, lambda: model, pipeline_config(settings))
-    records = [
-        RawRecord(
-            settings.topic_orders
-            if v["event_type"].startswith("order_")
-            else settings.topic_clickstream,
-            0,
-            start + i,
-            v["user_id"].encode(),
-            orjson.dumps(v),
-        )
-        for i, v in enumerate(values)
-    ]
-    try:
-        result = await proc.process(records)
-        if sweep:
-            result.changes += (await proc.reevaluate([0])).changes
-        return result
-    finally:
-        sink.close()
-        await store.close()
+    return await feed_batch(settings, raw_records(settings, values, start), sweep=sweep)
 
 
 async def counts(settings: Settings) -> dict[str, int]:

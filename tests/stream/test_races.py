@@ -11,52 +11,15 @@ import pytest
 
 from model.registry import load_current
 from stream.app import pipeline_config
-from stream.pipeline import BatchProcessor, BatchResult, RawRecord
+from stream.pipeline import BatchProcessor, BatchResult
 from stream.settings import Settings
 from stream.sinks import ConfluentSink
 from stream.store import StateStore
 from tests.conftest import TopicReader
 from tests.factories import DAY, T0, click, order
+from tests.helpers import feed, raw_records
 
 pytestmark = pytest.mark.integration
-
-
-def records(settings: Settings, values: list[dict[str, Any]], start: int = 0) -> list[RawRecord]:
-    return [
-        RawRecord(
-            settings.topic_orders
-            if v["event_type"].startswith("order_")
-            else settings.topic_clickstream,
-            0,
-            start + i,
-            v["user_id"].encode(),
-            orjson.dumps(v),
-        )
-        for i, v in enumerate(values)
-    ]
-
-
-async def feed(
-    settings: Settings,
-    batch: list[RawRecord],
-    *,
-    sweep: bool = False,
-    sink: Any = None,
-) -> BatchResult:
-    store = StateStore.from_settings(settings)
-    own_sink = sink is None
-    sink = sink or ConfluentSink(settings.kafka_client_config())
-    model = load_current(settings.model_dir)
-    proc = BatchProcessor(store, sink, lambda: model, pipeline_config(settings))
-    try:
-        result = await proc.process(batch)
-        if sweep:
-            result.changes += (await proc.reevaluate([0])).changes
-        return result
-    finally:
-        if own_sink:
-            sink.close()
-        await store.close()
 
 
 def test_a_replayed_batch_does_not_bring_back_a_user_retention_erased(
@@ -65,7 +28,7 @@ def test_a_replayed_batch_does_not_bring_back_a_user_retention_erased(
     """Worker B last committed long ago; worker A applies a batch, its sweep erases
     "gone", and A dies before Faust commits the offsets. B gets the batch again."""
     settings = settings_factory(retention_days=100)
-    batch = records(settings, [click("gone", T0), click("later", T0 + 500 * DAY)], start=1)
+    batch = raw_records(settings, [click("gone", T0), click("later", T0 + 500 * DAY)], start=1)
 
     async def scenario() -> BatchResult:
         store = StateStore.from_settings(settings)
@@ -77,7 +40,7 @@ def test_a_replayed_batch_does_not_bring_back_a_user_retention_erased(
 
         b, a = worker(), worker()
         try:
-            await b.process(records(settings, [click("early", T0 - DAY)]))
+            await b.process(raw_records(settings, [click("early", T0 - DAY)]))
             assert (await a.process(batch)).applied == 2
             await a.reevaluate([0])  # erases "gone": 500 days idle > 100
             assert await store.get("gone") is None
@@ -104,7 +67,7 @@ def test_a_schedule_entry_left_by_an_expired_bucket_is_dropped_not_swept_forever
     settings_factory: Callable[..., Settings],
 ) -> None:
     settings = settings_factory()
-    asyncio.run(feed(settings, records(settings, [order("back", T0), click("x", T0)])))
+    asyncio.run(feed(settings, raw_records(settings, [order("back", T0), click("x", T0)])))
 
     async def expire_bucket() -> None:  # what the wall-clock backstop TTL does
         store = StateStore.from_settings(settings)
@@ -116,7 +79,7 @@ def test_a_schedule_entry_left_by_an_expired_bucket_is_dropped_not_swept_forever
     asyncio.run(expire_bucket())
     # The user comes back before any sweep: a new record, a new schedule entry,
     # and the old membership is dropped so the population stays exact.
-    later = records(settings, [click("back", T0 + 3 * DAY), click("x", T0 + 60 * DAY)], start=2)
+    later = raw_records(settings, [click("back", T0 + 3 * DAY), click("x", T0 + 60 * DAY)], start=2)
     asyncio.run(feed(settings, later))
 
     async def sweep_twice() -> tuple[list[tuple[str, int]], dict[str, int]]:
@@ -178,11 +141,11 @@ def test_a_user_erased_mid_batch_gets_a_tombstone_after_the_changes_that_did_not
     settings_factory: Callable[..., Settings], reader_factory: Callable[[str], TopicReader]
 ) -> None:
     settings = settings_factory()
-    asyncio.run(feed(settings, records(settings, [click("erin", T0)])))
+    asyncio.run(feed(settings, raw_records(settings, [click("erin", T0)])))
     sink = ForgetMidBatch(settings, "erin")
     heavy = [order("erin", T0 + d * 1000, total=900.0) for d in range(1, 6)]
     try:
-        result = asyncio.run(feed(settings, records(settings, heavy, start=1), sink=sink))
+        result = asyncio.run(feed(settings, raw_records(settings, heavy, start=1), sink=sink))
     finally:
         sink.close()
     assert sink.fired and result.attempts == 2
