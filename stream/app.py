@@ -1,7 +1,8 @@
 """The Faust app: one agent over both input topics, thin glue around the batch processor.
 
-Delivery: the agent takes whole batches with ``stream.noack_take`` and acks
-them itself, only after :meth:`BatchProcessor.process` has dead-lettered,
+Delivery: the agent takes whole batches (``stream.consumer.take_batches``:
+whole fetches, or ``stream.noack_take`` with batching off) and acks them
+itself, only after :meth:`BatchProcessor.process` has dead-lettered,
 published and committed to Redis. Faust commits offsets from acked events
 only, so a committed offset never runs ahead of applied state.
 """
@@ -20,6 +21,7 @@ from faust.types import TP
 
 from model.registry import LoadedModel, current_version, load_current, load_version
 from model.segments import Hysteresis
+from stream import consumer as batching
 from stream import metrics
 from stream.announce import AnnouncementListener
 from stream.events import DecodeLimits
@@ -209,7 +211,18 @@ def create_app(settings: Settings) -> faust.App:
         # One agent instance: per-user order must hold across the batch, and
         # scaling out is by partitions across worker processes, not coroutines.
         agent_supervisor="mode.OneForOneSupervisor",
+        # Consumer tuning, measured by `segmenter bench` (README "Performance").
+        stream_buffer_maxsize=settings.stream_buffer_maxsize,
+        broker_max_poll_records=settings.broker_max_poll_records,
+        consumer_max_fetch_size=settings.consumer_max_fetch_size,
     )
+    batching.use_event_loop(settings.event_loop)  # before the worker creates its loop
+    batching.install(  # before any topic or agent is declared
+        app,
+        batching=settings.consumer_batching,
+        fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
+    )
+    batching.tune_gc_on_start(app, settings.gc_gen0_threshold)
     store = StateStore.from_settings(settings)
     holder = ModelHolder(load_current(settings.model_dir))
     try:
@@ -238,7 +251,11 @@ def create_app(settings: Settings) -> faust.App:
         # so a batch cancelled mid-way (shutdown, rebalance) would be acked,
         # and its offsets committed, without having been applied. We ack only
         # after process() has published and committed to Redis.
-        async for events in stream.noack_take(settings.batch_max, within=settings.batch_within_s):
+        # take_batches is noack_take on stock Faust; on the batching consumer
+        # it hands over whole fetches (stream/consumer.py), acked the same way.
+        async for events in batching.take_batches(
+            stream, settings.batch_max, within=settings.batch_within_s
+        ):
             records = [
                 RawRecord(
                     e.message.topic,
@@ -324,6 +341,7 @@ def create_app(settings: Settings) -> faust.App:
         batch, and never both at once (``one_writer``): so no change is
         published by a writer whose commit is then refused.
         """
+
         def owned() -> list[int]:
             return sorted({int(tp.rsplit(":", 1)[1]) for tp in health.assigned})
 

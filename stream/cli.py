@@ -445,6 +445,73 @@ def demo(
     raise typer.Exit(code)
 
 
+@app.command()
+def bench(
+    events: Annotated[int, typer.Option(min=1000, help="Backlog size (events)")] = 200_000,
+    users: Annotated[int, typer.Option(min=1, help="Synthetic customers to draw from")] = 20_000,
+    partitions: Annotated[int, typer.Option(min=1, help="Partitions per input topic")] = 16,
+    workers: Annotated[
+        int, typer.Option(min=1, help="`segmenter worker` processes in the group (phase P)")
+    ] = 1,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object on stdout (logs go to stderr)")
+    ] = False,
+    latency_seconds: Annotated[
+        float, typer.Option(min=0, help="Length of the paced latency phase; 0 skips it")
+    ] = 10.0,
+    latency_load: Annotated[
+        float, typer.Option(min=0.01, max=2.0, help="Latency phase rate, as a fraction of P")
+    ] = 0.5,
+    profile: Annotated[
+        Path | None,
+        typer.Option(help="Directory for a py-spy profile of worker 0 during phase P"),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Generator seed")] = 0,
+    kafka_url: Annotated[
+        str | None, typer.Option(help="Use this broker (own bench-* topics) instead of Tansu")
+    ] = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(help="Use this Redis (own key prefix, deleted after) instead of embedded"),
+    ] = None,
+) -> None:
+    """Measure the pipeline against a raw Kafka drain and a bare Faust agent, on one backlog.
+
+    Phases, on one embedded broker and Redis: R (raw aiokafka getmany), B0 (bare
+    Faust agent, default settings, take(1000, within=0.05)), P (`segmenter
+    worker` with its shipped settings), then end-to-end latency at 50% of P.
+    Prints a table, or with --json one object with raw_eps, faust_passthrough_eps,
+    pipeline_eps, pipeline_vs_faust, pipeline_vs_raw, p50_ms, p99_ms,
+    worker_rss_mb, redis_bytes_per_user, events, users, partitions and a
+    per-stage breakdown. SEGMENTER_* variables change P's settings.
+    """
+    from stream.bench import BenchConfig, BenchError, render, run_bench
+
+    setup_logging("INFO")
+    cfg = BenchConfig(
+        events=events,
+        users=users,
+        partitions=partitions,
+        workers=workers,
+        latency_s=latency_seconds,
+        latency_load=latency_load,
+        profile_dir=profile,
+        seed=seed,
+        kafka_url=kafka_url,
+        redis_url=redis_url,
+    )
+    try:
+        cfg.validate()
+        result = run_bench(cfg, console)
+    except (BenchError, ValueError) as exc:
+        console.print(f"[red]bench failed: {exc}")
+        raise typer.Exit(1) from None
+    if json_out:
+        sys.stdout.write(orjson.dumps(result.to_json()).decode() + "\n")
+    else:
+        Console().print(render(result))
+
+
 models_app = typer.Typer(
     help="The model registry: list, show, promote, rollback.", no_args_is_help=True
 )

@@ -47,12 +47,51 @@ class Settings(BaseSettings):
 
     # --- consumer group and batching
     group_id: str = Field("segmenter", min_length=1)
-    batch_max: int = Field(1000, ge=1, le=100_000)
+    batch_max: int = Field(5000, ge=1, le=100_000, description="Records per agent batch at most")
     batch_within_s: float = Field(0.05, gt=0, le=10)
     broker_session_timeout_s: float = Field(30.0, gt=0)
     broker_rebalance_timeout_s: float = Field(60.0, gt=0)
     broker_heartbeat_interval_s: float = Field(3.0, gt=0)
     commit_interval_s: float = Field(1.0, gt=0)
+
+    # --- consumer tuning (stream/consumer.py; `segmenter bench` measures each)
+    consumer_batching: bool = Field(
+        True,
+        description="Hand the agent whole fetches (stream/consumer.py); false = stock Faust, "
+        "one event per record",
+    )
+    stream_buffer_maxsize: int = Field(
+        20_000,
+        ge=1,
+        le=1_000_000,
+        description="Records fetched ahead of the agent before fetching pauses",
+    )
+    broker_max_poll_records: int = Field(
+        2000, ge=1, le=100_000, description="Records per fetch handed to the agent at most"
+    )
+    consumer_max_fetch_size: int = Field(
+        4 * 1024 * 1024,
+        ge=64 * 1024,
+        le=256 * 1024 * 1024,
+        description="Bytes fetched per partition and request",
+    )
+    consumer_fetch_max_wait_ms: int = Field(
+        20,
+        ge=1,
+        le=30_000,
+        description="How long a fetch waits for records (Faust's own is 1500 ms; latency)",
+    )
+    event_loop: Literal["asyncio", "uvloop"] = Field(
+        "asyncio",
+        description="Event loop of the worker (asyncio and uvloop measured alike: README)",
+    )
+    gc_gen0_threshold: int = Field(
+        50_000,
+        ge=0,
+        le=10_000_000,
+        description="Allocations between young garbage collections (0 = Python's default); "
+        "start-up objects are frozen out of collection",
+    )
 
     # --- input guards
     max_event_bytes: int = Field(64 * 1024, ge=256)
@@ -138,6 +177,11 @@ class Settings(BaseSettings):
         ):
             raise ValueError(
                 "SEGMENTER_REEVALUATE_DAYS must be increasing positive days, e.g. [30,60]"
+            )
+        if self.stream_buffer_maxsize < self.batch_max:
+            raise ValueError(
+                f"SEGMENTER_STREAM_BUFFER_MAXSIZE={self.stream_buffer_maxsize} must be at least "
+                f"SEGMENTER_BATCH_MAX={self.batch_max}, or batches could never fill"
             )
         if self.pseudonymize_key is not None and len(self.pseudonymize_key.get_secret_value()) < 16:
             raise ValueError("SEGMENTER_PSEUDONYMIZE_KEY must be at least 16 characters")

@@ -1,0 +1,145 @@
+"""`segmenter bench` output, without servers: the JSON contract and the arithmetic behind it."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from stream.bench import (
+    JSON_KEYS,
+    BenchConfig,
+    BenchError,
+    BenchResult,
+    Samples,
+    metrics_breakdown,
+    parse_metrics,
+    percentile,
+    profile_breakdown,
+    render,
+)
+from stream.cli import app
+
+
+def _result(**overrides: object) -> BenchResult:
+    values: dict[str, object] = {
+        "events": 30_000,
+        "users": 2_400,
+        "partitions": 4,
+        "workers": 1,
+        "raw_eps": 600_000.0,
+        "faust_passthrough_eps": 15_000.0,
+        "pipeline_eps": 48_000.0,
+        "p50_ms": 21.5,
+        "p99_ms": 80.25,
+        "worker_rss_mb": 180.0,
+        "redis_bytes_per_user": 410.0,
+    }
+    values.update(overrides)
+    return BenchResult(**values)  # type: ignore[arg-type]
+
+
+def test_json_has_every_contract_key_with_numbers_and_ratios() -> None:
+    out = orjson.loads(orjson.dumps(_result().to_json()))
+    assert set(JSON_KEYS) <= set(out)
+    assert out["pipeline_vs_faust"] == 3.2
+    assert out["pipeline_vs_raw"] == 0.08
+    for key in JSON_KEYS:
+        assert isinstance(out[key], int | float), key
+    assert isinstance(out["breakdown"], dict)
+    assert (out["events"], out["users"], out["partitions"]) == (30_000, 2_400, 4)
+
+
+def test_json_latency_is_null_when_the_latency_phase_was_skipped() -> None:
+    out = _result(p50_ms=None, p99_ms=None).to_json()
+    assert out["p50_ms"] is None and out["p99_ms"] is None
+    render(_result(p50_ms=None, p99_ms=None))  # the table copes too
+
+
+def test_rate_is_measured_between_ten_and_ninety_percent() -> None:
+    s = Samples()
+    # slow start (group join), steady 1000 records/s, slow tail
+    for t, n in [
+        (0.0, 0),
+        (5.0, 0),
+        (6.0, 100),
+        (7.0, 1100),
+        (15.0, 9100),
+        (16.0, 9500),
+        (30, 10_000),
+    ]:
+        s.add(t, n)
+    assert s.rate(10_000) == pytest.approx(1000.0)
+
+
+def test_rate_without_enough_progress_is_an_error() -> None:
+    s = Samples()
+    s.add(0.0, 0)
+    s.add(1.0, 500)
+    with pytest.raises(BenchError, match="500 of 10,000"):
+        s.rate(10_000)
+
+
+def test_percentile_interpolates() -> None:
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile([5.0], 99) == 5.0
+    assert percentile(list(range(101)), 99) == 99.0
+
+
+def test_breakdown_from_worker_histograms_splits_the_window() -> None:
+    before = parse_metrics(
+        "segmenter_batch_seconds_sum 1.0\nsegmenter_batch_seconds_count 10\n"
+        "segmenter_batch_size_sum 10000\n"
+        'segmenter_redis_seconds_sum{op="load"} 0.1\n'
+        'segmenter_redis_seconds_sum{op="commit"} 0.2\n'
+    )
+    after = parse_metrics(
+        "segmenter_batch_seconds_sum 3.0\nsegmenter_batch_seconds_count 30\n"
+        "segmenter_batch_size_sum 50000\n"
+        'segmenter_redis_seconds_sum{op="load"} 0.3\n'
+        'segmenter_redis_seconds_sum{op="commit"} 0.6\n'
+    )
+    b = metrics_breakdown([before], [after], wall_s=4.0)
+    assert b["batches"] == 20
+    assert b["records_per_batch"] == 2000.0
+    assert b["us_per_record"]["batch_total"] == 50.0
+    assert b["us_per_record"]["faust_and_idle"] == 50.0
+    share = b["share_of_worker_time_pct"]
+    assert share["batch_processing"] == 50.0
+    assert share["redis_load"] == 5.0
+    assert share["redis_commit"] == 10.0
+
+
+def test_profile_breakdown_attributes_each_sample_to_its_innermost_stage() -> None:
+    root = (
+        "thread (1): MainThread;<module> (stream/cli.py:1);"
+        "Worker.execute_from_commandline (mode/worker.py:2)"
+    )
+    raw = "\n".join(
+        [
+            f"{root} 50",
+            f"{root};fold_agent (stream/app.py:3);process (stream/pipeline.py:4);"
+            "StateStore.load (stream/store.py:6);read (redis/connection.py:7) 20",
+            f"{root};fold_agent (stream/app.py:3);apply (stream/fold.py:8) 30",
+            "thread (2): Thread-1;run (threading.py:1) 500",
+        ]
+    )
+    out = profile_breakdown(raw)
+    assert out["samples"] == 100
+    assert out["main_thread_pct"] == {
+        "idle (loop waiting for I/O)": 50.0,
+        "fold": 30.0,
+        "redis client (round trips)": 20.0,
+    }
+
+
+def test_config_refuses_more_workers_than_partitions() -> None:
+    with pytest.raises(ValueError, match="partitions"):
+        BenchConfig(workers=5, partitions=4).validate()
+
+
+def test_cli_help_names_the_phases_and_options() -> None:
+    result = CliRunner().invoke(app, ["bench", "--help"])
+    assert result.exit_code == 0
+    for word in ("--events", "--users", "--partitions", "--workers", "--json", "B0"):
+        assert word in result.output
