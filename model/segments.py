@@ -37,10 +37,17 @@ def decide(
     best = argmax(probabilities)
     if current is None or current not in probabilities or best == current:
         return best
-    p_current = probabilities[current]
-    if p_current < rule.floor or probabilities[best] - p_current > rule.margin:
+    # In basis points: the worker decides on probabilities rounded to 4
+    # decimals, and float subtraction would settle an exact tie at the margin
+    # one way or the other (0.55 - 0.45 > 0.1, but 0.35 - 0.25 < 0.1).
+    p_current, p_best = _bp(probabilities[current]), _bp(probabilities[best])
+    if p_current < _bp(rule.floor) or p_best - p_current > _bp(rule.margin):
         return best
     return current
+
+
+def _bp(p: float) -> int:
+    return round(p * 10_000)
 
 
 def as_probabilities(classes: Sequence[str], row: Sequence[float]) -> dict[str, float]:

@@ -239,7 +239,11 @@ def create_app(settings: Settings) -> faust.App:
         FaustSink(app),
         holder,
         pipeline_config(settings, playbook),
-        should_stop=lambda: stopping["now"],
+        # Either flag: Faust waits for unacked events before it sends
+        # on_before_shutdown, so a batch retrying against an unavailable Redis
+        # must also see that the app itself is stopping, or shutdown hangs.
+        should_stop=lambda: stopping["now"] or app.should_stop,
+        on_fatal=app.crash,
         health=health,
     )
     one_writer = asyncio.Lock()
@@ -352,7 +356,9 @@ def create_app(settings: Settings) -> faust.App:
                 async with one_writer:
                     # Read under the lock, each round: a rebalance may have
                     # revoked partitions since (on_revoked empties them first).
-                    result = await processor.reevaluate(owned(), limit=500)
+                    result = await processor.reevaluate(
+                        owned(), limit=500, still_owned=lambda p: p in owned()
+                    )
                 if result.changes:
                     log.info(
                         "re-evaluation: %d users, %d changes", result.users, len(result.changes)
@@ -367,6 +373,8 @@ def create_app(settings: Settings) -> faust.App:
         # Stop sweeping them at once: their next owner may already be writing.
         gone = {f"{t}:{p}" for t, p in revoked}
         health.assigned = frozenset(health.assigned - gone)
+        async with one_writer:  # and let a sweep round in progress finish first
+            pass
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(app: faust.App, assigned: set[TP], **kwargs: Any) -> None:

@@ -26,8 +26,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
-import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -141,6 +139,11 @@ class PipelineConfig:
     retry_max_s: float = 5.0
 
 
+def _seen(rec: UserRecord, raw: RawRecord, event: Event) -> bool:
+    """Whether ``rec`` already holds this event (by offset mark or event-id digest)."""
+    return raw.offset <= rec.offsets.get(raw.tp, -1) or event_digest(event.event_id) in rec.recent
+
+
 def dlq_headers(record: RawRecord, rejected: Rejected) -> list[tuple[str, bytes]]:
     """The DLQ envelope: original key/value untouched, the why and the where in headers."""
     return [
@@ -163,6 +166,7 @@ class BatchProcessor:
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         should_stop: Callable[[], bool] = lambda: False,
         health: Health | None = None,
+        on_fatal: Callable[[BaseException], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.sink = sink
@@ -170,6 +174,8 @@ class BatchProcessor:
         self.cfg = config
         self._clock_ms = clock_ms
         self._should_stop = should_stop
+        self._on_fatal = on_fatal
+        self._fatal: BaseException | None = None
         self._health = health
         #: Stream time as of the last batch this processor committed (0 = not yet known).
         self.stream_time = 0
@@ -269,7 +275,11 @@ class BatchProcessor:
         bound = self.cfg.max_lateness_ms
         for raw, event in good:
             before = running.get(raw.partition, 0)
-            if bound and event.timestamp <= before - bound:
+            if (
+                bound
+                and event.timestamp <= before - bound
+                and not _seen(loaded[event.user_id], raw, event)
+            ):
                 # Judged against the partition's own clock, in partition order,
                 # so a replay judges it the same way. Past the bound, its user
                 # may already have been erased by retention and would come back
@@ -295,9 +305,7 @@ class BatchProcessor:
             rec = loaded[uid]
             tl = Timeline(rec, rec.segment, rec.partition, rec.due)
             for raw, event, before in items:
-                seen_offset = rec.offsets.get(raw.tp, -1)
-                digest = event_digest(event.event_id)
-                if raw.offset <= seen_offset or digest in rec.recent:
+                if _seen(rec, raw, event):
                     result.duplicates += 1
                     counted.append((raw.topic, event.event_type, "duplicate"))
                     continue
@@ -306,7 +314,7 @@ class BatchProcessor:
                 rec.partition = raw.partition
                 rec.offsets[raw.tp] = raw.offset
                 if window:
-                    rec.recent.append(digest)
+                    rec.recent.append(event_digest(event.event_id))
                     del rec.recent[:-window]
                 # Scored after every event, as of the user's own latest event
                 # (never earlier than a previous scoring): then the changes do
@@ -325,6 +333,7 @@ class BatchProcessor:
                 timelines[uid] = tl
 
         stream_time = max(stored_time, batch_time)
+        await self._bind_classes()  # before anything of this batch is published
         await self._dead_letter(late)  # before the commit, like the changes
         messages = await self._score_publish_commit(
             timelines, rows, partition_offsets, stream_time, partition_times
@@ -473,9 +482,7 @@ class BatchProcessor:
                 if m is not None:
                     side.extend(segment_events(template, uid, m))
 
-        if self.store.classes != model.classes:
-            # Once per process, and before anything is published.
-            await self.store.bind_classes(model.classes)
+        await self._bind_classes()
         # Publish before the Redis commit: if we die in between, the batch is
         # replayed from the old state and the same change (same version, same
         # content but emitted_at) is published again: a duplicate subscribers
@@ -513,7 +520,12 @@ class BatchProcessor:
             metrics.EXPIRED_USERS.inc(expired)
         return messages
 
-    async def reevaluate(self, partitions: Iterable[int], limit: int = 500) -> BatchResult:
+    async def reevaluate(
+        self,
+        partitions: Iterable[int],
+        limit: int = 500,
+        still_owned: Callable[[int], bool] = lambda _: True,
+    ) -> BatchResult:
         """Time-driven steps for the users of ``partitions`` (the ones this worker owns).
 
         Each partition is swept up to its own stream time, and each due user is
@@ -525,6 +537,8 @@ class BatchProcessor:
         """
         total = BatchResult(records=0)
         for part in partitions:
+            if not still_owned(part):  # revoked meanwhile: its next owner sweeps it
+                continue
             swept, _ = await self._retrying(
                 functools.partial(self._sweep, part, limit), "reevaluate"
             )
@@ -586,11 +600,15 @@ class BatchProcessor:
                 if attempt > 1:  # a rebalance in progress: let the other writer finish
                     await self._backoff(attempt - 1, exc)
             except StoreMismatch as exc:
-                # Fatal: stored state belongs to another set of classes. Stop the
-                # worker (the batch stays unacked) instead of retrying forever.
+                # Fatal: stored state belongs to another set of classes. Stop
+                # the worker with an error (the batch stays unacked) instead
+                # of retrying forever.
                 log.critical("%s; stopping the worker", exc)
-                os.kill(os.getpid(), signal.SIGTERM)
-                await self._backoff(attempt, exc)
+                self._fatal = exc
+                if self._on_fatal is None:
+                    raise
+                await self._on_fatal(exc)
+                raise asyncio.CancelledError(str(exc)) from None
             except RedisError as exc:
                 metrics.REDIS_ERRORS.labels(what).inc()
                 if self._health is not None:
@@ -603,13 +621,18 @@ class BatchProcessor:
                 log.exception("%s failed; retrying it", what)
                 await self._backoff(attempt, exc)
 
+    async def _bind_classes(self) -> None:
+        classes = self.model().classes
+        if self.store.classes != classes:  # once per process
+            await self.store.bind_classes(classes)
+
     async def _tombstone(self, users: Sequence[str]) -> None:
         await asyncio.gather(
             *(self.sink.send(self.cfg.segments_topic, u.encode(), None, []) for u in users)
         )
 
     async def _backoff(self, attempt: int, exc: Exception) -> None:
-        if self._should_stop():
+        if self._should_stop() or self._fatal is not None:
             raise asyncio.CancelledError(f"stopping with the batch unapplied: {exc}")
         delay = min(self.cfg.retry_max_s, self.cfg.retry_initial_s * 2 ** (attempt - 1))
         log.warning(

@@ -32,6 +32,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 15.0) -> list[str]:
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = [t for t in topic_specs(settings) if t.topic not in existing]
     if not wanted:
+        check_copartitioned(settings, admin, timeout_s)
         return []
     created = []
     for name, fut in admin.create_topics(wanted, operation_timeout=timeout_s).items():

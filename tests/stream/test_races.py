@@ -14,10 +14,11 @@ from stream.app import pipeline_config
 from stream.pipeline import BatchProcessor, BatchResult
 from stream.settings import Settings
 from stream.sinks import ConfluentSink
-from stream.store import StateStore
-from tests.conftest import TopicReader
+from stream.store import StateStore, StoreMismatch
+from tests.conftest import TopicReader, settings_env
 from tests.factories import DAY, T0, click, order
 from tests.helpers import feed, raw_records
+from tests.stream.test_cli import segmenter
 
 pytestmark = pytest.mark.integration
 
@@ -168,3 +169,27 @@ def test_a_user_erased_mid_batch_gets_a_tombstone_after_the_changes_that_did_not
             await store.close()
 
     asyncio.run(check())
+
+
+def test_state_stored_for_other_classes_stops_a_worker_at_start_up_and_a_batch_before_publishing(
+    settings_factory: Callable[..., Settings], reader_factory: Callable[[str], TopicReader]
+) -> None:
+    settings = settings_factory()
+
+    async def bind_other() -> None:
+        store = StateStore.from_settings(settings)
+        try:
+            await store.bind_classes(["vip", "churned"])
+        finally:
+            await store.close()
+
+    asyncio.run(bind_other())
+    out = segmenter("worker", env=settings_env(settings), timeout=60)
+    assert out.returncode != 0
+    assert "SEGMENTER_REDIS_PREFIX" in out.stderr + out.stdout
+
+    # A processor that got past start-up (Redis was down then) refuses before
+    # publishing anything, and the error leaves the batch unapplied.
+    with pytest.raises(StoreMismatch):
+        asyncio.run(feed(settings, raw_records(settings, [order("u", T0, total=999.0)])))
+    assert reader_factory(settings.topic_segments).poll(2.0) == []
