@@ -61,7 +61,8 @@ from rich.progress import (
 from rich.table import Table
 
 from stream.embedded import EmbeddedKafka, EmbeddedRedis, free_port
-from stream.settings import ENV_PREFIX, Settings, load_settings
+from stream.settings import Settings, load_settings
+from stream.sinks import produce_waiting
 
 log = logging.getLogger("segmenter.bench")
 
@@ -231,20 +232,6 @@ def vm_rss_mb(pid: int) -> float:
     except OSError:
         pass
     return 0.0
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The SEGMENTER_* environment that reproduces ``settings`` in a child process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        if isinstance(value, list | tuple | dict):
-            value = orjson.dumps(value).decode()
-        env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
-    return env
 
 
 def _stop(proc: subprocess.Popen[Any] | None, timeout_s: float = 20.0) -> None:
@@ -825,7 +812,7 @@ class Bench:
         ]
         samples = Samples()
         proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=settings_env(settings)
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=settings.to_env()
         )
         lines: list[bytes] = []
 
@@ -873,7 +860,7 @@ class Bench:
         workers = []
         for i in range(self.cfg.workers):
             port = free_port()
-            env = settings_env(settings.model_copy(update={"metrics_port": port}))
+            env = settings.model_copy(update={"metrics_port": port}).to_env()
             log_path = self.workdir / f"worker-{i}.log"
             with log_path.open("wb") as fh:
                 proc = subprocess.Popen(
@@ -1051,12 +1038,7 @@ class Bench:
             started = time.monotonic()
             for topic, key, value in traffic:
                 value["timestamp"] = int(time.time() * 1000)
-                while True:
-                    try:
-                        producer.produce(topic, key=key, value=orjson.dumps(value))
-                        break
-                    except BufferError:
-                        producer.poll(0.01)
+                produce_waiting(producer, topic, key, orjson.dumps(value))
                 sent += 1
                 if sent % 100 == 0:
                     producer.poll(0)

@@ -33,6 +33,7 @@ from stream.generate import GeneratorConfig, generate
 from stream.lookup import lookup_user
 from stream.produce import encode_generated, make_producer
 from stream.settings import ENV_PREFIX, Settings, load_settings
+from stream.sinks import produce_waiting
 from stream.store import StateStore
 from stream.topics import ensure_topics
 
@@ -90,12 +91,7 @@ def _produce(settings: Settings, cfg: GeneratorConfig, rate: float, st: DemoStat
 
     started = time.monotonic()
     for i, (topic, key, value) in enumerate(encode_generated(generate(cfg)), 1):
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, on_delivery=delivered)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_waiting(producer, topic, key, value, on_delivery=delivered)
         st.produced = i
         st.users.add(key.decode())
         if rate > 0 and i % 100 == 0:

@@ -139,9 +139,9 @@ class PipelineConfig:
     retry_max_s: float = 5.0
 
 
-def _seen(rec: UserRecord, raw: RawRecord, event: Event) -> bool:
+def _seen(rec: UserRecord, raw: RawRecord, digest: bytes) -> bool:
     """Whether ``rec`` already holds this event (by offset mark or event-id digest)."""
-    return raw.offset <= rec.offsets.get(raw.tp, -1) or event_digest(event.event_id) in rec.recent
+    return raw.offset <= rec.offsets.get(raw.tp, -1) or digest in rec.recent
 
 
 def dlq_headers(record: RawRecord, rejected: Rejected) -> list[tuple[str, bytes]]:
@@ -175,6 +175,13 @@ class BatchProcessor:
         self._clock_ms = clock_ms
         self._should_stop = should_stop
         self._on_fatal = on_fatal
+        # Time-driven steps after a user's last activity: the re-scores, then
+        # (last) retention erasure. Computed once: _next_due runs per event.
+        retention = config.retention_ms
+        offsets = [int(d * 86_400_000) for d in config.reevaluate_days]
+        if retention > 0:
+            offsets = [o for o in offsets if o < retention] + [retention]
+        self._step_offsets = tuple(offsets)
         self._fatal: BaseException | None = None
         self._health = health
         #: Stream time as of the last batch this processor committed (0 = not yet known).
@@ -278,7 +285,7 @@ class BatchProcessor:
             if (
                 bound
                 and event.timestamp <= before - bound
-                and not _seen(loaded[event.user_id], raw, event)
+                and not _seen(loaded[event.user_id], raw, event_digest(event.event_id))
             ):
                 # Judged against the partition's own clock, in partition order,
                 # so a replay judges it the same way. Past the bound, its user
@@ -305,7 +312,8 @@ class BatchProcessor:
             rec = loaded[uid]
             tl = Timeline(rec, rec.segment, rec.partition, rec.due)
             for raw, event, before in items:
-                if _seen(rec, raw, event):
+                digest = event_digest(event.event_id)
+                if _seen(rec, raw, digest):
                     result.duplicates += 1
                     counted.append((raw.topic, event.event_type, "duplicate"))
                     continue
@@ -314,7 +322,7 @@ class BatchProcessor:
                 rec.partition = raw.partition
                 rec.offsets[raw.tp] = raw.offset
                 if window:
-                    rec.recent.append(event_digest(event.event_id))
+                    rec.recent.append(digest)
                     del rec.recent[:-window]
                 # Scored after every event, as of the user's own latest event
                 # (never earlier than a previous scoring): then the changes do
@@ -354,17 +362,9 @@ class BatchProcessor:
         result.users = len(timelines)
         return result
 
-    def _thresholds(self) -> list[tuple[int, bool]]:
-        """(offset from last activity, is-erasure): re-scores, then retention last."""
-        retention = self.cfg.retention_ms
-        steps = [(int(d * 86_400_000), False) for d in self.cfg.reevaluate_days]
-        if retention > 0:
-            steps = [s for s in steps if s[0] < retention] + [(retention, True)]
-        return steps
-
     def _next_due(self, last_seen: int, at_ms: int) -> int:
         """Event time of the next time-driven step after ``at_ms`` (0 = none left)."""
-        for offset, _ in self._thresholds():
+        for offset in self._step_offsets:
             if last_seen + offset > at_ms:
                 return last_seen + offset
         return 0

@@ -14,6 +14,7 @@ import orjson
 from confluent_kafka import KafkaException, Producer
 
 from stream.generate import GeneratedEvent
+from stream.sinks import produce_waiting
 
 
 def make_producer(kafka_config: dict[str, Any], **overrides: Any) -> Producer:
@@ -44,13 +45,7 @@ def produce(
 
     n = 0
     for topic, key, value in records:
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, on_delivery=delivered)
-                break
-            except BufferError:
-                # Local queue full: let librdkafka drain, then try again.
-                producer.poll(0.05)
+        produce_waiting(producer, topic, key, value, on_delivery=delivered)
         n += 1
         if n % 1000 == 0:
             producer.poll(0)

@@ -6,11 +6,13 @@ names the variable and says what it expects (see :func:`load_settings`).
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+import orjson
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
@@ -269,6 +271,20 @@ class Settings(BaseSettings):
     @property
     def all_topics(self) -> tuple[str, ...]:
         return (*self.input_topics, self.topic_segments, self.topic_dlq, self.topic_models)
+
+    def to_env(self) -> dict[str, str]:
+        """This process's environment with ``SEGMENTER_*`` replaced by these settings:
+        what a child process (a worker, a benchmark phase) needs to load them back."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if isinstance(value, list | tuple | dict):
+                value = orjson.dumps(value).decode()  # complex settings are JSON in the environment
+            env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+        return env
 
     def safe_summary(self) -> dict[str, object]:
         """What may be logged: secrets masked, URLs stripped of credentials."""

@@ -9,9 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer
+
+
+def produce_waiting(
+    producer: Producer,
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    *,
+    headers: list[tuple[str, str | bytes | None]] | None = None,
+    on_delivery: Callable[[Any, Any], None] | None = None,
+) -> None:
+    """``producer.produce``, waiting while librdkafka's local queue is full
+    (back-pressure) instead of failing with ``BufferError``."""
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value, headers=headers, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(0.05)  # let librdkafka deliver some, then try again
 
 
 class ConfluentSink:
@@ -53,14 +73,9 @@ class ConfluentSink:
             loop.call_soon_threadsafe(resolve)
 
         kafka_headers: list[tuple[str, str | bytes | None]] | None = list(headers) or None
-        while True:
-            try:
-                self._producer.produce(
-                    topic, key=key, value=value, headers=kafka_headers, on_delivery=delivered
-                )
-                break
-            except BufferError:
-                self._producer.poll(0.05)
+        produce_waiting(
+            self._producer, topic, key, value, headers=kafka_headers, on_delivery=delivered
+        )
         return fut
 
     def close(self, timeout_s: float = 10.0) -> None:

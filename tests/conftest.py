@@ -130,16 +130,7 @@ def settings_factory(
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The SEGMENTER_* environment that reproduces ``settings`` in a child process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGMENTER_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        if isinstance(value, list | tuple | dict):
-            value = orjson.dumps(value).decode()  # complex settings are JSON in the environment
-        env[f"SEGMENTER_{name.upper()}"] = str(value)
-    return env
+    return settings.to_env()
 
 
 @dataclass
