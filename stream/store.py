@@ -37,7 +37,6 @@ from __future__ import annotations
 import hashlib
 import secrets
 import struct
-import uuid
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -345,10 +344,6 @@ _DROP_EMPTY_SLOT_LUA = (
     "if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end"
 )
 
-_RELEASE_LUA = (
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-)
-
 
 class ConflictError(RuntimeError):
     """Another writer changed a user since this batch read it; re-run the batch."""
@@ -609,15 +604,6 @@ class StateStore:
         """Stream time per partition number: the largest event time applied from it."""
         raw = await self._r.hgetall(self.k_ptime)
         return {int(k): int(v) for k, v in raw.items()}
-
-    async def try_lock(self, name: str, ttl_ms: int) -> str | None:
-        """A short lease (SET NX PX); the token releases it. None if someone holds it."""
-        token = uuid.uuid4().hex
-        ok = await self._r.set(f"{self.prefix}:lock:{name}", token, nx=True, px=ttl_ms)
-        return token if ok else None
-
-    async def unlock(self, name: str, token: str) -> None:
-        await self._r.eval(_RELEASE_LUA, 1, f"{self.prefix}:lock:{name}", token)
 
     async def forgotten_total(self) -> int:
         return int(await self._r.get(self.k_forgotten) or 0)
