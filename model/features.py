@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from stream.fold import DAY_MS, UserState
+from stream.fold import DAY_MS, UserState, decayed_by
 
 #: Bump when the meaning of any feature changes; it feeds the schema hash.
 FEATURE_VERSION = "features/v1"
@@ -60,11 +60,15 @@ SCHEMA_HASH = hashlib.sha256(
 ).hexdigest()[:16]
 
 N_FEATURES = len(FEATURE_NAMES)
-_LOG_MASK = np.array([name in LOG_FEATURES for name in FEATURE_NAMES])
+_LOG_COLUMNS = np.array([i for i, name in enumerate(FEATURE_NAMES) if name in LOG_FEATURES])
 
 
-def raw_features(state: UserState, now_ms: int) -> dict[str, float]:
-    """Human-readable features (before log1p), as of stream time ``now_ms``."""
+def raw_row(state: UserState, now_ms: int) -> tuple[float, ...]:
+    """The features before log1p, in :data:`FEATURE_NAMES` order, as of stream time ``now_ms``.
+
+    A tuple, not a dict or an array: the worker builds one per applied event,
+    and :func:`transform` turns a whole batch of them into model input at once.
+    """
     now_ms = max(now_ms, state.last_seen)
     days_since_activity = (now_ms - state.last_seen) / DAY_MS
     tenure = (now_ms - state.first_seen) / DAY_MS
@@ -74,53 +78,67 @@ def raw_features(state: UserState, now_ms: int) -> dict[str, float]:
         days_since_order = (now_ms - state.last_order_at) / DAY_MS
     sessions = state.session_count
     orders = state.order_count
-    return {
-        "days_since_last_activity": days_since_activity,
-        "days_since_last_order": days_since_order,
-        "tenure_days": tenure,
-        "order_count": float(orders),
-        "orders_30d": state.decayed_at("orders_30d", now_ms),
-        "orders_90d": state.decayed_at("orders_90d", now_ms),
-        "total_spend": state.total_spend,
-        "avg_order_value": state.total_spend / orders if orders else 0.0,
-        "spend_30d": state.decayed_at("spend_30d", now_ms),
-        "spend_90d": state.decayed_at("spend_90d", now_ms),
-        "session_count": float(sessions),
-        "product_views_30d": state.decayed_at("views_30d", now_ms),
-        "cart_adds_30d": state.decayed_at("carts_30d", now_ms),
+    # Counters are valued at last_seen; decayed to now_ms (no growth backwards).
+    elapsed = now_ms - state.last_seen
+    d = decayed_by(state.decayed, elapsed) if elapsed > 0 else state.decayed
+    return (
+        days_since_activity,
+        days_since_order,
+        tenure,
+        float(orders),
+        d["orders_30d"],
+        d["orders_90d"],
+        state.total_spend,
+        state.total_spend / orders if orders else 0.0,
+        d["spend_30d"],
+        d["spend_90d"],
+        float(sessions),
+        d["views_30d"],
+        d["carts_30d"],
         # Orders-only data has no carts; treat each order as its own cart then,
         # so the ratio stays in [0, 1] and means "converts when it carts".
-        "cart_to_order": min(1.0, orders / state.cart_adds)
-        if state.cart_adds
-        else float(orders > 0),
-        "orders_per_session": orders / sessions if sessions else 0.0,
-        "return_ratio": min(1.0, (state.cancel_count + state.refund_count) / orders)
-        if orders
-        else 0.0,
-        "distinct_categories": float(state.distinct_categories),
-        "has_ordered": float(orders > 0),
-    }
+        min(1.0, orders / state.cart_adds) if state.cart_adds else float(orders > 0),
+        orders / sessions if sessions else 0.0,
+        min(1.0, (state.cancel_count + state.refund_count) / orders) if orders else 0.0,
+        float(state.distinct_categories),
+        float(orders > 0),
+    )
+
+
+def raw_features(state: UserState, now_ms: int) -> dict[str, float]:
+    """Human-readable features (before log1p), as of stream time ``now_ms``."""
+    return dict(zip(FEATURE_NAMES, raw_row(state, now_ms), strict=True))
+
+
+def transform(raw: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    """Rows of :func:`raw_row` -> model input (n, :data:`N_FEATURES`) float64.
+
+    Elementwise, so a row's result does not depend on what else is in the batch.
+    """
+    out = np.array(raw, dtype=np.float64).reshape(-1, N_FEATURES)
+    # Clamp below at 0 before log1p: decayed counters can dip a hair under 0
+    # through float rounding, and log1p of a negative is a NaN in the model.
+    out[:, _LOG_COLUMNS] = np.log1p(np.maximum(out[:, _LOG_COLUMNS], 0.0))
+    return out
 
 
 def vector(state: UserState, now_ms: int) -> np.ndarray:
     """The model input for one user (float64, length :data:`N_FEATURES`)."""
-    raw = raw_features(state, now_ms)
-    out = np.fromiter((raw[name] for name in FEATURE_NAMES), dtype=np.float64, count=N_FEATURES)
-    # Clamp below at 0 before log1p: decayed counters can dip a hair under 0
-    # through float rounding, and log1p of a negative is a NaN in the model.
-    out[_LOG_MASK] = np.log1p(np.maximum(out[_LOG_MASK], 0.0))
-    return out
+    return transform([raw_row(state, now_ms)])[0]
 
 
 def matrix(states: Sequence[UserState], now_ms: int | Sequence[int]) -> np.ndarray:
-    """Stack :func:`vector` for many users; ``now_ms`` is one time or one per user."""
+    """:func:`vector` for many users, in one :func:`transform`.
+
+    ``now_ms`` is one time for all, or one per user.
+    """
     if isinstance(now_ms, int):
         times: Sequence[int] = [now_ms] * len(states)
     else:
         times = now_ms
     if not states:
         return np.zeros((0, N_FEATURES))
-    return np.stack([vector(s, t) for s, t in zip(states, times, strict=True)])
+    return transform([raw_row(s, t) for s, t in zip(states, times, strict=True)])
 
 
 def is_finite(x: np.ndarray) -> bool:

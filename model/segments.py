@@ -6,7 +6,7 @@ the classes come from the model's manifest, these are only the defaults.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 DEFAULT_SEGMENTS: tuple[str, ...] = ("high_value", "regular", "potential", "at_risk")
@@ -48,7 +48,3 @@ def decide(
 
 def _bp(p: float) -> int:
     return round(p * 10_000)
-
-
-def as_probabilities(classes: Sequence[str], row: Sequence[float]) -> dict[str, float]:
-    return {c: float(p) for c, p in zip(classes, row, strict=True)}

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Awaitable
 from typing import Any
 
 import faust
@@ -31,49 +30,11 @@ from stream.pipeline import BatchProcessor, PipelineConfig, RawRecord
 from stream.playbook import Playbook, PlaybookError
 from stream.playbook import load as load_playbook
 from stream.settings import Settings, SettingsError
+from stream.sinks import ConfluentSink
 from stream.store import StateStore
 from stream.topics import ensure_segment_topics
 
 log = logging.getLogger("segmenter.worker")
-
-
-class FaustSink:
-    """Sends through the app's producer and resolves once the broker acknowledged.
-
-    ``force=True`` matters: inside an agent Faust would otherwise *attach* the
-    message to the current event and send it only when that event is acked,
-    which is after our Redis commit: the wrong order for at-least-once.
-
-    Sends are enqueued in call order (one at a time, under a FIFO lock) and
-    only then awaited together: one user's changes of one batch must reach
-    the partition in version order, and aiokafka's ``send`` can otherwise
-    reorder concurrent callers while it waits for metadata or buffer space.
-    """
-
-    def __init__(self, app: faust.App) -> None:
-        self._app = app
-        self._topics: dict[str, Any] = {}
-        self._enqueue = asyncio.Lock()
-
-    def _topic(self, name: str) -> Any:
-        topic = self._topics.get(name)
-        if topic is None:
-            topic = self._topics[name] = self._app.topic(
-                name, key_serializer="raw", value_serializer="raw"
-            )
-        return topic
-
-    def send(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
-    ) -> Awaitable[Any]:
-        return self._send(topic, key, value, headers)
-
-    async def _send(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
-    ) -> Any:
-        async with self._enqueue:
-            fut = await self._topic(topic).send(key=key, value=value, headers=headers, force=True)
-        return await fut
 
 
 class ModelHolder:
@@ -234,9 +195,12 @@ def create_app(settings: Settings) -> faust.App:
     health = Health(model_version=holder.current.version)
     metrics.init_series()
     stopping = {"now": False}
+    # Changes and dead letters go out through librdkafka, not the app's
+    # aiokafka producer (stream/sinks.py says why).
+    sink = ConfluentSink(settings.kafka_client_config())
     processor = BatchProcessor(
         store,
-        FaustSink(app),
+        sink,
         holder,
         pipeline_config(settings, playbook),
         # Either flag: Faust waits for unacked events before it sends

@@ -37,6 +37,8 @@ HALF_LIVES: dict[str, float] = {
     "sessions_30d": 30.0,
 }
 
+_DISTINCT_HALF_LIVES = frozenset(HALF_LIVES.values())
+
 RECENT_SESSIONS = 4
 CATEGORY_BITS = 64
 
@@ -46,6 +48,16 @@ def decay(value: float, elapsed_ms: int, half_life_days: float) -> float:
     if elapsed_ms <= 0:
         return value
     return value * math.exp2(-elapsed_ms / (half_life_days * DAY_MS))
+
+
+def decayed_by(counters: dict[str, float], elapsed_ms: int) -> dict[str, float]:
+    """Every counter of :data:`HALF_LIVES` after ``elapsed_ms`` (> 0) of decay.
+
+    Exactly :func:`decay` per counter, with one ``exp2`` per distinct half-life
+    instead of one per counter: this runs for every event and every scoring.
+    """
+    factors = {hl: math.exp2(-elapsed_ms / (hl * DAY_MS)) for hl in _DISTINCT_HALF_LIVES}
+    return {name: value * factors[HALF_LIVES[name]] for name, value in counters.items()}
 
 
 def linear_count(bitmap: int, bits: int) -> float:
@@ -87,10 +99,6 @@ class UserState:
     def distinct_categories(self) -> int:
         return round(linear_count(self.categories, CATEGORY_BITS))
 
-    def decayed_at(self, name: str, now_ms: int) -> float:
-        """A decayed counter valued at ``now_ms`` (stream time)."""
-        return decay(self.decayed[name], now_ms - self.last_seen, HALF_LIVES[name])
-
     def copy(self) -> UserState:
         clone = UserState.__new__(UserState)
         for f in fields(self):
@@ -111,9 +119,7 @@ def _advance(state: UserState, ts: int) -> None:
         state.first_seen = state.last_seen = ts
         return
     if ts > state.last_seen:
-        elapsed = ts - state.last_seen
-        for name, value in state.decayed.items():
-            state.decayed[name] = decay(value, elapsed, HALF_LIVES[name])
+        state.decayed = decayed_by(state.decayed, ts - state.last_seen)
         state.last_seen = ts
     state.first_seen = min(state.first_seen, ts)
 

@@ -27,6 +27,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
@@ -36,15 +37,16 @@ import orjson
 from redis.exceptions import RedisError
 
 from model.explain import top_reasons
-from model.features import vector
+from model.features import N_FEATURES, raw_row, transform
 from model.registry import LoadedModel
-from model.segments import Hysteresis, as_probabilities, decide
+from model.segments import Hysteresis, decide
 from stream import metrics
 from stream.events import DecodeLimits, Event, Reason, Rejected, decode, iso
 from stream.fold import UserState, apply
 from stream.health import Health
 from stream.playbook import Playbook
 from stream.privacy import pseudonym
+from stream.sinks import Outgoing
 from stream.store import (
     ConflictError,
     StateStore,
@@ -72,11 +74,10 @@ class RawRecord:
 
 
 class Sink(Protocol):
-    """Where messages go. ``send`` returns an awaitable that resolves once the broker has it."""
+    """Where messages go: ``publish`` produces them in order and resolves once the
+    broker has every one (:class:`stream.sinks.ConfluentSink`)."""
 
-    def send(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
-    ) -> Awaitable[Any]: ...
+    def publish(self, records: Sequence[Outgoing]) -> Awaitable[Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,11 +218,11 @@ class BatchProcessor:
     async def _dead_letter(self, bad: list[tuple[RawRecord, Rejected]]) -> None:
         """Send to the DLQ and wait until the broker has them (counted by the caller)."""
         if bad:
-            await asyncio.gather(
-                *(
-                    self.sink.send(self.cfg.dlq_topic, rec.key, rec.value, dlq_headers(rec, why))
+            await self.sink.publish(
+                [
+                    Outgoing(self.cfg.dlq_topic, rec.key, rec.value, dlq_headers(rec, why))
                     for rec, why in bad
-                )
+                ]
             )
 
     @staticmethod
@@ -303,8 +304,8 @@ class BatchProcessor:
         partition_times = {p: t for p, t in running.items() if t > ptimes.get(p, 0)}
 
         timelines: dict[str, Timeline] = {}
-        rows: list[np.ndarray] = []
-        counted: list[tuple[str, str, str]] = []  # (topic, event_type, outcome)
+        rows: list[tuple[float, ...]] = []  # raw features, one per step; transformed at once
+        counted: Counter[tuple[str, str, str]] = Counter()  # (topic, event_type, outcome)
         latest: dict[str, int] = {}
         batch_time = 0
         window = self.cfg.dedup_window
@@ -315,7 +316,7 @@ class BatchProcessor:
                 digest = event_digest(event.event_id)
                 if _seen(rec, raw, digest):
                     result.duplicates += 1
-                    counted.append((raw.topic, event.event_type, "duplicate"))
+                    counted[raw.topic, event.event_type, "duplicate"] += 1
                     continue
                 self._catch_up(tl, max(before, event.timestamp - 1), rows)
                 apply(rec.state, event)
@@ -329,12 +330,12 @@ class BatchProcessor:
                 # not depend on how the stream was cut into batches, and a
                 # replay of history gives the same changes at the same times.
                 at = max(rec.state.last_seen, rec.scored_at)
-                rows.append(vector(rec.state, at))
+                rows.append(raw_row(rec.state, at))
                 tl.steps.append(Step(at, "events", len(rows) - 1))
                 rec.scored_at = at
                 rec.due = self._next_due(rec.state.last_seen, at)
                 result.applied += 1
-                counted.append((raw.topic, event.event_type, "applied"))
+                counted[raw.topic, event.event_type, "applied"] += 1
                 batch_time = max(batch_time, event.timestamp)
                 latest[uid] = max(latest.get(uid, 0), event.timestamp)
             if tl.steps:
@@ -350,8 +351,8 @@ class BatchProcessor:
         result.dead_lettered = len(late)
 
         # Counters only after the commit: a re-run batch must not count twice.
-        for topic, event_type, outcome in counted:
-            metrics.EVENTS.labels(topic, event_type, outcome).inc()
+        for (topic, event_type, outcome), n in counted.items():
+            metrics.EVENTS.labels(topic, event_type, outcome).inc(n)
         now_ms = self._clock_ms()
         for uid, msg in messages:
             if msg is not None and msg["trigger"] == "events":
@@ -369,7 +370,7 @@ class BatchProcessor:
                 return last_seen + offset
         return 0
 
-    def _catch_up(self, tl: Timeline, until: int, rows: list[np.ndarray]) -> None:
+    def _catch_up(self, tl: Timeline, until: int, rows: list[tuple[float, ...]]) -> None:
         """Take every time-driven step of ``tl``'s user due at or before ``until``.
 
         The live sweep and the batch path both come through here, so whether a
@@ -388,7 +389,7 @@ class BatchProcessor:
                 rec.state, rec.offsets, rec.recent = UserState(), {}, []
                 rec.scored_at = rec.due = 0
                 return
-            rows.append(vector(rec.state, at))
+            rows.append(raw_row(rec.state, at))
             tl.steps.append(Step(at, "inactivity", len(rows) - 1))
             rec.scored_at = at
             rec.due = self._next_due(rec.state.last_seen, at)
@@ -396,7 +397,7 @@ class BatchProcessor:
     async def _score_publish_commit(
         self,
         timelines: dict[str, Timeline],
-        rows: list[np.ndarray],
+        rows: list[tuple[float, ...]],
         partition_offsets: dict[str, int],
         stream_time: int,
         partition_times: dict[int, int],
@@ -407,8 +408,10 @@ class BatchProcessor:
         model = self.model()
         messages: list[tuple[str, dict[str, Any] | None]] = []
         side: list[tuple[str, str, dict[str, Any]]] = []  # (topic, user, message)
-        x = np.stack(rows) if rows else np.zeros((0, len(model.scorer.mean)))
-        probs = model.scorer.predict(x) if rows else x
+        x = transform(rows) if rows else np.zeros((0, N_FEATURES))
+        # As Python floats, converted once for the batch, not per row.
+        probs: list[list[float]] = model.scorer.predict(x).tolist() if rows else []
+        classes = model.classes
         emitted_at = iso(self._clock_ms())
         playbook = self.cfg.playbook
         explain: list[tuple[int, int, dict[str, Any]]] = []  # (row, class, message)
@@ -439,10 +442,7 @@ class BatchProcessor:
                 # Decided on the published (rounded) values: the last bits of a
                 # forward pass depend on the batch's shape, the 4th decimal
                 # practically never does, so a re-run decides the same way.
-                p = {
-                    k: round(v, 4)
-                    for k, v in as_probabilities(model.classes, probs[step.row]).items()
-                }
+                p = dict(zip(classes, [round(v, 4) for v in probs[step.row]], strict=True))
                 new = decide(rec.segment, p, self.cfg.hysteresis)
                 rec.probabilities = p
                 rec.model_version = model.version
@@ -487,15 +487,13 @@ class BatchProcessor:
         # replayed from the old state and the same change (same version, same
         # content but emitted_at) is published again: a duplicate subscribers
         # can drop, never a loss.
-        sends = [
-            self.sink.send(
-                self.cfg.segments_topic, uid.encode(), None if m is None else orjson.dumps(m), []
-            )
+        out = [
+            Outgoing(self.cfg.segments_topic, uid.encode(), None if m is None else orjson.dumps(m))
             for uid, m in messages
         ]
-        sends += [self.sink.send(t, uid.encode(), orjson.dumps(m), []) for t, uid, m in side]
-        if sends:
-            await asyncio.gather(*sends)
+        out += [Outgoing(t, uid.encode(), orjson.dumps(m)) for t, uid, m in side]
+        if out:
+            await self.sink.publish(out)
         writes = [
             UserWrite(
                 uid,
@@ -554,7 +552,7 @@ class BatchProcessor:
             return BatchResult(records=0)
         loaded, stream_time, _ = await self.store.load([u for u, _ in due])
         timelines: dict[str, Timeline] = {}
-        rows: list[np.ndarray] = []
+        rows: list[tuple[float, ...]] = []
         for uid, when in due:
             rec = loaded[uid]
             if not rec.exists:
@@ -627,9 +625,8 @@ class BatchProcessor:
             await self.store.bind_classes(classes)
 
     async def _tombstone(self, users: Sequence[str]) -> None:
-        await asyncio.gather(
-            *(self.sink.send(self.cfg.segments_topic, u.encode(), None, []) for u in users)
-        )
+        topic = self.cfg.segments_topic
+        await self.sink.publish([Outgoing(topic, u.encode(), None) for u in users])
 
     async def _backoff(self, attempt: int, exc: Exception) -> None:
         if self._should_stop() or self._fatal is not None:

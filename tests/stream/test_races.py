@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -13,7 +13,7 @@ from model.registry import load_current
 from stream.app import pipeline_config
 from stream.pipeline import BatchProcessor, BatchResult
 from stream.settings import Settings
-from stream.sinks import ConfluentSink
+from stream.sinks import ConfluentSink, Outgoing
 from stream.store import StateStore, StoreMismatch
 from tests.conftest import TopicReader, settings_env
 from tests.factories import DAY, T0, click, order
@@ -115,11 +115,9 @@ class ForgetMidBatch:
         self._user = user.encode()
         self.fired = False
 
-    def send(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: list[Any]
-    ) -> Awaitable[Any]:
-        sent = self._inner.send(topic, key, value, headers)
-        if self.fired or key != self._user or value is None:
+    def publish(self, records: Sequence[Outgoing]) -> Awaitable[Any]:
+        sent = self._inner.publish(records)
+        if self.fired or not any(r.key == self._user and r.value is not None for r in records):
             return sent
         self.fired = True
 
