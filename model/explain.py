@@ -15,6 +15,8 @@ import numpy as np
 from model.features import FEATURE_NAMES, LOG_FEATURES
 from model.scorer import Scorer
 
+_IS_LOG = np.array([name in LOG_FEATURES for name in FEATURE_NAMES])
+
 
 def contributions(scorer: Scorer, x: np.ndarray, classes: Sequence[int]) -> np.ndarray:
     """(n, F): P(classes[i]) for row i, minus the same with feature j set to its mean."""
@@ -34,20 +36,19 @@ def top_reasons(
 ) -> list[list[dict[str, Any]]]:
     """For each row, the ``k`` features that pushed hardest toward its class."""
     contrib = contributions(scorer, x, classes)
-    out = []
-    for row, c in zip(x, contrib, strict=True):
-        best = np.argsort(-c)[:k]
-        out.append(
-            [
-                {
-                    "feature": FEATURE_NAMES[j],
-                    # the human value, not the log1p the network sees
-                    "value": round(
-                        float(np.expm1(row[j]) if FEATURE_NAMES[j] in LOG_FEATURES else row[j]), 4
-                    ),
-                    "contribution": round(float(c[j]), 4),
-                }
-                for j in best
-            ]
-        )
-    return out
+    if contrib.shape[0] == 0:
+        return []
+    # The whole batch at once: per-row argsort and NumPy scalars cost more
+    # than the forward pass (py-spy, on a backlog where 1 event in 10 changes).
+    best = np.argsort(-contrib, axis=1)[:, :k]
+    picked = np.take_along_axis(x, best, axis=1)
+    # the human value, not the log1p the network sees
+    human = np.where(_IS_LOG[best], np.expm1(picked), picked).tolist()
+    pushed = np.take_along_axis(contrib, best, axis=1).tolist()
+    return [
+        [
+            {"feature": FEATURE_NAMES[j], "value": round(v, 4), "contribution": round(c, 4)}
+            for j, v, c in zip(js, vs, cs, strict=True)
+        ]
+        for js, vs, cs in zip(best.tolist(), human, pushed, strict=True)
+    ]

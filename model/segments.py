@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
 DEFAULT_SEGMENTS: tuple[str, ...] = ("high_value", "regular", "potential", "at_risk")
 
 
@@ -48,3 +50,26 @@ def decide(
 
 def _bp(p: float) -> int:
     return round(p * 10_000)
+
+
+#: Rounding to 4 decimals moves a probability by at most 0.5e-4, so a lead of
+#: more than 1e-4 (plus slack for float error) survives rounding.
+ROUNDING_SAFE_LEAD = 1.01e-4
+
+
+def clear_leaders(probs: np.ndarray) -> list[int]:
+    """Per row of ``probs`` (n, classes): the index of the class that is the argmax
+    of the row *rounded to 4 decimals* whatever rounding does, or -1 if the lead
+    is too narrow to tell without rounding.
+
+    A user already in that segment stays there (:func:`decide`), so the worker
+    can skip rounding and deciding for such rows, which are most of them.
+    """
+    if probs.shape[0] == 0:
+        return []
+    if probs.shape[1] < 2:
+        return [0] * probs.shape[0]
+    top2 = np.partition(probs, -2, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > ROUNDING_SAFE_LEAD
+    leaders: list[int] = np.where(clear, probs.argmax(axis=1), -1).tolist()
+    return leaders

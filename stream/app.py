@@ -221,23 +221,15 @@ def create_app(settings: Settings) -> faust.App:
         # after process() has published and committed to Redis.
         # take_batches is noack_take on stock Faust; on the batching consumer
         # it hands over whole fetches (stream/consumer.py), acked the same way.
-        async for events in batching.take_batches(
+        async for batch in batching.take_batches(
             stream, settings.batch_max, within=settings.batch_within_s
         ):
             records = [
-                RawRecord(
-                    e.message.topic,
-                    e.message.partition,
-                    e.message.offset,
-                    e.message.key,
-                    e.message.value,
-                )
-                for e in events
+                RawRecord(m.topic, m.partition, m.offset, m.key, m.value) for m in batch.records
             ]
             async with one_writer:
                 result = await processor.process(records)
-            for event in events:
-                await stream.ack(event)
+            await batch.ack()
             health.last_batch_at = time.time()
             log.debug(
                 "batch: %d records, %d applied, %d duplicates, %d dead-lettered, %d changes",

@@ -38,6 +38,7 @@ HALF_LIVES: dict[str, float] = {
 }
 
 _DISTINCT_HALF_LIVES = frozenset(HALF_LIVES.values())
+_HALF_LIFE_ITEMS = tuple(HALF_LIVES.items())
 
 RECENT_SESSIONS = 4
 CATEGORY_BITS = 64
@@ -57,7 +58,7 @@ def decayed_by(counters: dict[str, float], elapsed_ms: int) -> dict[str, float]:
     instead of one per counter: this runs for every event and every scoring.
     """
     factors = {hl: math.exp2(-elapsed_ms / (hl * DAY_MS)) for hl in _DISTINCT_HALF_LIVES}
-    return {name: value * factors[HALF_LIVES[name]] for name, value in counters.items()}
+    return {name: counters[name] * factors[hl] for name, hl in _HALF_LIFE_ITEMS}
 
 
 def linear_count(bitmap: int, bits: int) -> float:

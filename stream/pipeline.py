@@ -39,7 +39,7 @@ from redis.exceptions import RedisError
 from model.explain import top_reasons
 from model.features import N_FEATURES, raw_row, transform
 from model.registry import LoadedModel
-from model.segments import Hysteresis, decide
+from model.segments import Hysteresis, clear_leaders, decide
 from stream import metrics
 from stream.events import DecodeLimits, Event, Reason, Rejected, decode, iso
 from stream.fold import UserState, apply
@@ -140,9 +140,9 @@ class PipelineConfig:
     retry_max_s: float = 5.0
 
 
-def _seen(rec: UserRecord, raw: RawRecord, digest: bytes) -> bool:
+def _seen(rec: UserRecord, tp: str, offset: int, digest: bytes) -> bool:
     """Whether ``rec`` already holds this event (by offset mark or event-id digest)."""
-    return raw.offset <= rec.offsets.get(raw.tp, -1) or digest in rec.recent
+    return offset <= rec.offsets.get(tp, -1) or digest in rec.recent
 
 
 def dlq_headers(record: RawRecord, rejected: Rejected) -> list[tuple[str, bytes]]:
@@ -272,7 +272,7 @@ class BatchProcessor:
         # Stream time per partition number *before* each event, in batch
         # (= partition) order: a user's schedule is caught up to it before the
         # event is folded, exactly as a sweep between the two would have done.
-        by_user: dict[str, list[tuple[RawRecord, Event, int]]] = {}
+        by_user: dict[str, list[tuple[RawRecord, str, Event, int]]] = {}
         t0 = time.perf_counter()
         users = list(dict.fromkeys(e.user_id for _, e in good))
         loaded, stored_time, ptimes = await self.store.load(users)
@@ -283,10 +283,11 @@ class BatchProcessor:
         bound = self.cfg.max_lateness_ms
         for raw, event in good:
             before = running.get(raw.partition, 0)
+            tp = raw.tp
             if (
                 bound
                 and event.timestamp <= before - bound
-                and not _seen(loaded[event.user_id], raw, event_digest(event.event_id))
+                and not _seen(loaded[event.user_id], tp, raw.offset, event_digest(event.event_id))
             ):
                 # Judged against the partition's own clock, in partition order,
                 # so a replay judges it the same way. Past the bound, its user
@@ -299,7 +300,7 @@ class BatchProcessor:
                 )
                 late.append((raw, why))
                 continue
-            by_user.setdefault(event.user_id, []).append((raw, event, before))
+            by_user.setdefault(event.user_id, []).append((raw, tp, event, before))
             running[raw.partition] = max(before, event.timestamp)
         partition_times = {p: t for p, t in running.items() if t > ptimes.get(p, 0)}
 
@@ -312,16 +313,16 @@ class BatchProcessor:
         for uid, items in by_user.items():
             rec = loaded[uid]
             tl = Timeline(rec, rec.segment, rec.partition, rec.due)
-            for raw, event, before in items:
+            for raw, tp, event, before in items:
                 digest = event_digest(event.event_id)
-                if _seen(rec, raw, digest):
+                if _seen(rec, tp, raw.offset, digest):
                     result.duplicates += 1
                     counted[raw.topic, event.event_type, "duplicate"] += 1
                     continue
                 self._catch_up(tl, max(before, event.timestamp - 1), rows)
                 apply(rec.state, event)
                 rec.partition = raw.partition
-                rec.offsets[raw.tp] = raw.offset
+                rec.offsets[tp] = raw.offset
                 if window:
                     rec.recent.append(digest)
                     del rec.recent[:-window]
@@ -409,17 +410,25 @@ class BatchProcessor:
         messages: list[tuple[str, dict[str, Any] | None]] = []
         side: list[tuple[str, str, dict[str, Any]]] = []  # (topic, user, message)
         x = transform(rows) if rows else np.zeros((0, N_FEATURES))
-        # As Python floats, converted once for the batch, not per row.
-        probs: list[list[float]] = model.scorer.predict(x).tolist() if rows else []
+        scores = model.scorer.predict(x) if rows else np.zeros((0, len(model.classes)))
+        # As Python objects, converted once for the batch, not per row.
+        probs: list[list[float]] = scores.tolist()
+        leaders = clear_leaders(scores)
         classes = model.classes
+
+        def rounded(row: int) -> dict[str, float]:
+            return dict(zip(classes, [round(v, 4) for v in probs[row]], strict=True))
+
         emitted_at = iso(self._clock_ms())
         playbook = self.cfg.playbook
         explain: list[tuple[int, int, dict[str, Any]]] = []  # (row, class, message)
         expired = 0
         for uid, tl in timelines.items():
             rec = tl.record
+            unrounded = -1  # the row of a scoring rec.probabilities does not hold yet
             for step in tl.steps:
                 if step.row < 0:  # retention erasure
+                    unrounded = -1
                     expired += 1
                     if rec.segment is not None and self.cfg.segment_topic_template:
                         side.append(
@@ -439,13 +448,21 @@ class BatchProcessor:
                     rec.segment, rec.version = None, 0
                     rec.probabilities, rec.model_version = None, None
                     continue
+                rec.model_version = model.version
+                leader = leaders[step.row]
+                if leader >= 0 and classes[leader] == rec.segment:
+                    # Already in the segment that leads by more than rounding
+                    # can change: decide() would keep it. Only the user's last
+                    # scoring needs its rounded probabilities (below).
+                    unrounded = step.row
+                    continue
                 # Decided on the published (rounded) values: the last bits of a
                 # forward pass depend on the batch's shape, the 4th decimal
                 # practically never does, so a re-run decides the same way.
-                p = dict(zip(classes, [round(v, 4) for v in probs[step.row]], strict=True))
+                p = rounded(step.row)
                 new = decide(rec.segment, p, self.cfg.hysteresis)
                 rec.probabilities = p
-                rec.model_version = model.version
+                unrounded = -1
                 if new == rec.segment:
                     continue
                 rec.version += 1
@@ -466,6 +483,8 @@ class BatchProcessor:
                 messages.append((uid, msg))
                 explain.append((step.row, model.classes.index(new), msg))
                 rec.segment = new
+            if unrounded >= 0:
+                rec.probabilities = rounded(unrounded)
         if explain and self.cfg.explain_top_k:
             # One extra forward pass for all changes, none for the rest.
             reasons = top_reasons(

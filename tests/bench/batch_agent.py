@@ -36,13 +36,12 @@ def main() -> None:
 
     @app.agent(topic)
     async def agent(stream: object) -> None:
-        async for events in take_batches(stream, 300, within=0.05):
-            seen["n"] += len(events)
-            seen["sizes"].append(len(events))
-            for event in events:
-                if event.message.offset < limit:
-                    await stream.ack(event)  # type: ignore[attr-defined]
-                    seen["acked"] += 1
+        async for batch in take_batches(stream, 300, within=0.05):
+            seen["n"] += len(batch)
+            seen["sizes"].append(len(batch))
+            done = [m for m in batch.records if m.offset < limit]
+            await batch.ack(done)
+            seen["acked"] += len(done)
             sys.stdout.write(orjson.dumps({**seen, "t": time.time()}).decode() + "\n")
             sys.stdout.flush()
 

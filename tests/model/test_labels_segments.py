@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
 from model.labels import WindowActivity, label_users
-from model.segments import Hysteresis, decide
+from model.segments import Hysteresis, clear_leaders, decide
 
 
 def test_labels_follow_the_design_table() -> None:
@@ -78,3 +79,45 @@ def test_scores_oscillating_around_a_boundary_do_not_flap() -> None:
     assert set(history) == {"regular"}
     # and a decisive move does get through
     assert decide("regular", {"regular": 0.3, "high_value": 0.7}, rule) == "high_value"
+
+
+# Rows near ties, where rounding to 4 decimals decides: the leader's lead is
+# drawn around the threshold clear_leaders uses.
+NEAR_TIES = st.lists(
+    st.tuples(
+        st.floats(min_value=0.0, max_value=1.0),
+        st.floats(min_value=0.0, max_value=3e-4),
+        st.integers(min_value=0, max_value=len(CLASSES) - 1),
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+@given(NEAR_TIES, st.floats(min_value=0.0, max_value=1.0))
+def test_a_clear_leader_is_what_rounding_and_deciding_would_keep(rows, other) -> None:  # type: ignore[no-untyped-def]
+    probs = np.zeros((len(rows), len(CLASSES)))
+    for i, (top, lead, at) in enumerate(rows):
+        probs[i] = min(other, top - lead)  # the rest, below the top two
+        probs[i, (at + 1) % len(CLASSES)] = top - lead  # the runner-up
+        probs[i, at] = top
+    for row, leader in zip(probs, clear_leaders(probs), strict=True):
+        rounded = {c: round(float(v), 4) for c, v in zip(CLASSES, row, strict=True)}
+        if leader >= 0:
+            assert max(rounded, key=lambda c: rounded[c]) == CLASSES[leader]
+            assert decide(CLASSES[leader], rounded) == CLASSES[leader]
+        else:  # only rows whose top two are within rounding's reach are left out
+            top2 = sorted(row)[-2:]
+            assert top2[1] - top2[0] <= 1.01e-4
+
+
+def test_clear_leaders_of_a_real_forward_pass_match_the_slow_rule() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(5000, len(CLASSES))) * 3
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    leaders = clear_leaders(probs)
+    assert sum(1 for x in leaders if x >= 0) > 4900  # most rows skip the slow path
+    for row, leader in zip(probs, leaders, strict=True):
+        if leader >= 0:
+            rounded = {c: round(float(v), 4) for c, v in zip(CLASSES, row, strict=True)}
+            assert decide(CLASSES[leader], rounded) == CLASSES[leader]
