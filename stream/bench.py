@@ -234,6 +234,24 @@ def vm_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) ``pid`` has used, from /proc (0 if gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            # Fields after the command name, which may itself hold spaces.
+            fields = fh.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_shares(
+    before: dict[str, float], after: dict[str, float], wall_s: float
+) -> dict[str, float]:
+    """Cores each process group kept busy between two :func:`cpu_seconds` snapshots."""
+    return {k: round((after[k] - before.get(k, 0.0)) / wall_s, 2) for k in after}
+
+
 def _stop(proc: subprocess.Popen[Any] | None, timeout_s: float = 20.0) -> None:
     """Stop a child we started, by its PID: SIGTERM, then SIGKILL."""
     if proc is None or proc.poll() is not None:
@@ -434,8 +452,13 @@ def profile_breakdown(raw: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _servers(cfg: BenchConfig, console: Console) -> Iterator[tuple[str, str, bool]]:
-    """(kafka_url, redis_url, embedded_redis) for the run; embedded ones are stopped after."""
+def _servers(
+    cfg: BenchConfig, console: Console, pids: dict[str, int]
+) -> Iterator[tuple[str, str, bool]]:
+    """(kafka_url, redis_url, embedded_redis) for the run; embedded ones are stopped after.
+
+    Fills ``pids`` with the embedded servers' process ids (for CPU accounting).
+    """
     started: list[EmbeddedKafka | EmbeddedRedis] = []
     try:
         kafka_url = cfg.kafka_url
@@ -443,6 +466,8 @@ def _servers(cfg: BenchConfig, console: Console) -> Iterator[tuple[str, str, boo
             broker = EmbeddedKafka().start()
             started.append(broker)
             kafka_url = broker.url
+            if broker.proc is not None:
+                pids["broker (Tansu)"] = broker.proc.pid
             log.info(
                 "embedded Tansu broker on %s (pid %s)",
                 broker.bootstrap,
@@ -453,6 +478,8 @@ def _servers(cfg: BenchConfig, console: Console) -> Iterator[tuple[str, str, boo
             redis = EmbeddedRedis().start()
             started.append(redis)
             redis_url = redis.url
+            if redis.proc is not None:
+                pids["redis"] = redis.proc.pid
             log.info("embedded Redis on 127.0.0.1:%d", redis.port)
         yield kafka_url, redis_url, cfg.redis_url is None
     finally:
@@ -564,6 +591,8 @@ class Bench:
         self.total = 0
         self.users = 0
         self.keep_workdir = False
+        #: Embedded servers' pids, by role (for the CPU breakdown).
+        self.server_pids: dict[str, int] = {}
 
     def _progress(self) -> Progress:
         return Progress(
@@ -602,7 +631,11 @@ class Bench:
     def run(self) -> BenchResult:
         cfg = self.cfg
         try:
-            with _servers(cfg, self.console) as (kafka_url, redis_url, embedded_redis):
+            with _servers(cfg, self.console, self.server_pids) as (
+                kafka_url,
+                redis_url,
+                embedded_redis,
+            ):
                 settings = self._settings(kafka_url, redis_url)
                 try:
                     return self._run(settings)
@@ -880,6 +913,14 @@ class Bench:
                     f"worker pid {proc.pid} exited {proc.returncode}:\n{_tail(log_path)}"
                 )
 
+    def _cpu(self, workers: list[tuple[subprocess.Popen[bytes], Path, int]]) -> dict[str, float]:
+        """CPU seconds used so far by the workers, each embedded server and this process."""
+        return {
+            "workers": sum(cpu_seconds(p.pid) for p, _, _ in workers),
+            **{role: cpu_seconds(pid) for role, pid in self.server_pids.items()},
+            "bench driver": cpu_seconds(os.getpid()),
+        }
+
     def _phase_pipeline(
         self,
         settings: Settings,
@@ -895,6 +936,8 @@ class Bench:
         start: tuple[float, int, list[dict[str, float]]] | None = None
         end: tuple[float, int, list[dict[str, float]]] | None = None
         profiler: subprocess.Popen[bytes] | None = None
+        cpu_start: dict[str, float] = {}
+        cpu_end: dict[str, float] = {}
         profile_path = None
         if self.cfg.profile_dir is not None:
             self.cfg.profile_dir.mkdir(parents=True, exist_ok=True)
@@ -921,10 +964,12 @@ class Bench:
                     start = None
                 if start is None and group.complete and n >= WINDOW[0] * self.total:
                     start = (now, n, [scrape(port) for _, _, port in workers])
+                    cpu_start = self._cpu(workers)
                     if profile_path is not None and profiler is None:
                         profiler = self._start_profiler(workers[0][0].pid, profile_path)
                 if start is not None and end is None and n >= WINDOW[1] * self.total:
                     end = (now, n, [scrape(port) for _, _, port in workers])
+                    cpu_end = self._cpu(workers)
                     if profiler is not None:
                         profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
                 limit = self.cfg.stall_s + (120 if not n else 0)
@@ -948,6 +993,13 @@ class Bench:
             rss,
         )
         result.breakdown["pipeline"] = metrics_breakdown(start[2], end[2], end[0] - start[0])
+        # Where the machine's cores went over the window: on a small machine
+        # the broker and Redis share them with the workers, which bounds
+        # what more workers can add.
+        result.breakdown["pipeline"]["cpu_cores"] = {
+            **cpu_shares(cpu_start, cpu_end, end[0] - start[0]),
+            "machine": float(os.cpu_count() or 0),
+        }
         if profiler is not None and profile_path is not None:
             try:
                 profiler.wait(30)
@@ -1129,6 +1181,8 @@ def render(result: BenchResult) -> Table:
     pipeline = result.breakdown.get("pipeline", {})
     for stage, pct in pipeline.get("share_of_worker_time_pct", {}).items():
         table.add_row("P", f"  {stage}", f"{pct:.1f}%")
+    for who, cores in pipeline.get("cpu_cores", {}).items():
+        table.add_row("P", f"  cores used: {who}", f"{cores:.2f}")
     for stage, pct in result.breakdown.get("profile", {}).get("main_thread_pct", {}).items():
         table.add_row("py-spy", f"  {stage}", f"{pct:.1f}%")
     return table

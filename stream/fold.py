@@ -57,8 +57,14 @@ def decayed_by(counters: dict[str, float], elapsed_ms: int) -> dict[str, float]:
     Exactly :func:`decay` per counter, with one ``exp2`` per distinct half-life
     instead of one per counter: this runs for every event and every scoring.
     """
-    factors = {hl: math.exp2(-elapsed_ms / (hl * DAY_MS)) for hl in _DISTINCT_HALF_LIVES}
-    return {name: counters[name] * factors[hl] for name, hl in _HALF_LIFE_ITEMS}
+    # Plain loops: on Python 3.11 a comprehension is a function call of its own.
+    factors = {}
+    for hl in _DISTINCT_HALF_LIVES:
+        factors[hl] = math.exp2(-elapsed_ms / (hl * DAY_MS))
+    out = {}
+    for name, hl in _HALF_LIFE_ITEMS:
+        out[name] = counters[name] * factors[hl]
+    return out
 
 
 def linear_count(bitmap: int, bits: int) -> float:

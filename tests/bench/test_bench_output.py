@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import orjson
 import pytest
 from typer.testing import CliRunner
@@ -12,6 +15,8 @@ from stream.bench import (
     BenchError,
     BenchResult,
     Samples,
+    cpu_seconds,
+    cpu_shares,
     metrics_breakdown,
     parse_metrics,
     percentile,
@@ -143,3 +148,14 @@ def test_cli_help_names_the_phases_and_options() -> None:
     assert result.exit_code == 0
     for word in ("--events", "--users", "--partitions", "--workers", "--json", "B0"):
         assert word in result.output
+
+
+def test_cpu_accounting_reads_this_process_and_divides_by_wall_time() -> None:
+    before = cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.2
+    while time.process_time() < deadline:  # burn ~0.2 s of CPU
+        pass
+    after = cpu_seconds(os.getpid())
+    assert after - before >= 0.1
+    assert cpu_seconds(2**22 + 12345) == 0.0  # no such process
+    assert cpu_shares({"w": 1.0, "r": 0.5}, {"w": 3.0, "r": 1.5}, 2.0) == {"w": 1.0, "r": 0.5}
