@@ -49,7 +49,7 @@ class Settings(BaseSettings):
 
     # --- consumer group and batching
     group_id: str = Field("segmenter", min_length=1)
-    batch_max: int = Field(5000, ge=1, le=100_000, description="Records per agent batch at most")
+    batch_max: int = Field(10_000, ge=1, le=100_000, description="Records per agent batch at most")
     batch_within_s: float = Field(0.05, gt=0, le=10)
     broker_session_timeout_s: float = Field(30.0, gt=0)
     broker_rebalance_timeout_s: float = Field(60.0, gt=0)
@@ -69,7 +69,7 @@ class Settings(BaseSettings):
         description="Records fetched ahead of the agent before fetching pauses",
     )
     broker_max_poll_records: int = Field(
-        2000, ge=1, le=100_000, description="Records per fetch handed to the agent at most"
+        5000, ge=1, le=100_000, description="Records per fetch handed to the agent at most"
     )
     consumer_max_fetch_size: int = Field(
         4 * 1024 * 1024,
@@ -86,6 +86,14 @@ class Settings(BaseSettings):
     event_loop: Literal["asyncio", "uvloop"] = Field(
         "asyncio",
         description="Event loop of the worker (asyncio and uvloop measured alike: README)",
+    )
+    blas_threads: int = Field(
+        1,
+        ge=0,
+        le=256,
+        description="Threads NumPy's BLAS may use in the worker (0 = the library's default, "
+        "one per core). 1: batches are small, and idle OpenBLAS threads spin on cores the "
+        "consumer, broker, Redis and other workers need",
     )
     gc_gen0_threshold: int = Field(
         50_000,

@@ -40,7 +40,7 @@ import struct
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import redis.asyncio as aioredis
@@ -364,8 +364,7 @@ class StoreMismatch(RuntimeError):
     """The stored state was written for other segment classes than the model serves."""
 
 
-@dataclass(frozen=True, slots=True)
-class UserWrite:
+class UserWrite(NamedTuple):
     user_id: str
     record: UserRecord
     old_segment: str | None

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import faust
 from redis.exceptions import RedisError
+from threadpoolctl import threadpool_limits
 
 from stream.app import create_app
 from stream.settings import Settings, SettingsError
@@ -19,6 +20,11 @@ log = logging.getLogger("segmenter.worker")
 
 def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
     log.info("settings: %s", settings.safe_summary())
+    if settings.blas_threads:
+        # Measured (segmenter bench, cores used): with OpenBLAS's default of
+        # one thread per core, its threads spun about 0.6 of a core between
+        # the batch's small matrix products, on a 2-core machine.
+        threadpool_limits(limits=settings.blas_threads, user_api="blas")
     # The app first: a bad model or playbook should fail before any connection.
     app = create_app(settings)
     asyncio.run(_check_stored_classes(settings, app.segmenter_model.current.classes))  # type: ignore[attr-defined]
