@@ -34,13 +34,18 @@ BATCH_SECONDS = Histogram(
 BATCH_SIZE = Histogram(
     "segmenter_batch_size",
     "Records per batch",
-    buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2000, 5000),
+    buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10_000, 20_000),
 )
 REDIS_SECONDS = Histogram(
     "segmenter_redis_seconds",
     "Redis round trips by operation",
     ["op"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+PUBLISH_SECONDS = Histogram(
+    "segmenter_publish_seconds",
+    "From producing a batch's changes to the broker acknowledging all of them",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
 )
 REDIS_ERRORS = Counter(
     "segmenter_redis_errors_total", "Failed Redis round trips (the batch is retried)", ["op"]

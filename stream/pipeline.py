@@ -517,7 +517,9 @@ class BatchProcessor:
         ]
         out += [Outgoing(t, uid.encode(), orjson.dumps(m)) for t, uid, m in side]
         if out:
+            t_pub = time.perf_counter()
             await self.sink.publish(out)
+            metrics.PUBLISH_SECONDS.observe(time.perf_counter() - t_pub)
         writes = [
             UserWrite(
                 uid,

@@ -56,15 +56,17 @@ class ConfluentSink:
     """
 
     def __init__(self, kafka_config: dict[str, Any], **overrides: Any) -> None:
-        self._producer = Producer(
-            {
-                **kafka_config,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 2,
-                **overrides,
-            }
-        )
+        self._config = {
+            **kafka_config,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 2,
+            **overrides,
+        }
+        self._producer = Producer(self._config)
+        #: Set when a delivery failed with a fatal error: an idempotent
+        #: producer is then unusable for good, so the next publish replaces it.
+        self._broken = False
         self._stop = threading.Event()
         # librdkafka only runs delivery callbacks inside poll(): a small thread
         # keeps polling so awaiting a send never depends on the caller polling.
@@ -86,6 +88,11 @@ class ConfluentSink:
         if not records:
             fut.set_result(None)
             return fut
+        if self._broken:
+            # Whatever the old one still held failed with it; the caller
+            # re-runs its batch, so nothing is lost by starting afresh.
+            self._producer = Producer(self._config)
+            self._broken = False
         pending = [len(records)]
         errors: list[Any] = []
         lock = threading.Lock()
@@ -103,6 +110,8 @@ class ConfluentSink:
             with lock:
                 if err is not None:
                     errors.append(err)
+                    if err.fatal():
+                        self._broken = True
                 pending[0] -= 1
                 done = pending[0] == 0
             if done:

@@ -97,12 +97,14 @@ def test_breakdown_from_worker_histograms_splits_the_window() -> None:
         "segmenter_batch_size_sum 10000\n"
         'segmenter_redis_seconds_sum{op="load"} 0.1\n'
         'segmenter_redis_seconds_sum{op="commit"} 0.2\n'
+        "segmenter_publish_seconds_sum 0.1\n"
     )
     after = parse_metrics(
         "segmenter_batch_seconds_sum 3.0\nsegmenter_batch_seconds_count 30\n"
         "segmenter_batch_size_sum 50000\n"
         'segmenter_redis_seconds_sum{op="load"} 0.3\n'
         'segmenter_redis_seconds_sum{op="commit"} 0.6\n'
+        "segmenter_publish_seconds_sum 0.5\n"
     )
     b = metrics_breakdown([before], [after], wall_s=4.0)
     assert b["batches"] == 20
@@ -113,6 +115,9 @@ def test_breakdown_from_worker_histograms_splits_the_window() -> None:
     assert share["batch_processing"] == 50.0
     assert share["redis_load"] == 5.0
     assert share["redis_commit"] == 10.0
+    assert share["publish_wait"] == 10.0
+    assert share["decode_fold_score"] == 25.0  # 2.0 s of batches - 0.2 - 0.4 - 0.4
+    assert b["us_per_record"]["publish_wait"] == 10.0
 
 
 def test_profile_breakdown_attributes_each_sample_to_its_innermost_stage() -> None:
