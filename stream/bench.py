@@ -174,6 +174,13 @@ class BenchResult:
     redis_bytes_per_user: float = 0.0
     breakdown: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    #: With --workers N > 1: P with one worker, measured first in the same run.
+    one_worker_eps: float | None = None
+
+    @property
+    def workers_vs_one(self) -> float | None:
+        """Throughput of N workers over one worker's, both measured in this run."""
+        return self.pipeline_eps / self.one_worker_eps if self.one_worker_eps else None
 
     @property
     def pipeline_vs_faust(self) -> float:
@@ -201,6 +208,8 @@ class BenchResult:
             "users": self.users,
             "partitions": self.partitions,
             "workers": self.workers,
+            "one_worker_eps": r(self.one_worker_eps, 0),
+            "workers_vs_one": r(self.workers_vs_one, 2),
             "latency_rate_eps": r(self.latency_rate_eps, 0),
             "latency_samples": self.latency_samples,
             "breakdown": self.breakdown,
@@ -689,7 +698,9 @@ class Bench:
                 )
             },
         )
-        workers = self._start_workers(settings)
+        if cfg.workers > 1:
+            result.one_worker_eps = self._phase_one_worker(settings, result)
+        workers = self._start_workers(settings, cfg.workers)
         try:
             self._phase_pipeline(settings, workers, result)
             footprint = asyncio.run(redis_footprint(settings))
@@ -891,12 +902,14 @@ class Bench:
 
     # ----------------------------------------------------------------- phase P
 
-    def _start_workers(self, settings: Settings) -> list[tuple[subprocess.Popen[bytes], Path, int]]:
+    def _start_workers(
+        self, settings: Settings, n: int
+    ) -> list[tuple[subprocess.Popen[bytes], Path, int]]:
         workers = []
-        for i in range(self.cfg.workers):
+        for i in range(n):
             port = free_port()
             env = settings.model_copy(update={"metrics_port": port}).to_env()
-            log_path = self.workdir / f"worker-{i}.log"
+            log_path = self.workdir / f"worker-{settings.group_id}-{i}.log"
             with log_path.open("wb") as fh:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "stream.cli", "worker"],
@@ -923,11 +936,33 @@ class Bench:
             "bench driver": cpu_seconds(os.getpid()),
         }
 
+    def _phase_one_worker(self, settings: Settings, result: BenchResult) -> float:
+        """P with a single worker, on its own consumer group and key prefix, so that
+        ``--workers N`` reports its scaling as a ratio measured in one run."""
+        one = settings.model_copy(
+            update={
+                "group_id": f"{settings.group_id}-one",
+                "redis_prefix": f"{settings.redis_prefix}-one",
+            }
+        )
+        scratch = dataclasses.replace(result, breakdown={})
+        workers = self._start_workers(one, 1)
+        try:
+            self._phase_pipeline(one, workers, scratch, profile=False)
+        finally:
+            for proc, _, _ in workers:
+                _stop(proc)
+            n = asyncio.run(_delete_prefix(one))
+            log.info("one-worker reference: deleted its %d keys", n)
+        result.breakdown["one_worker"] = scratch.breakdown.get("pipeline", {})
+        return scratch.pipeline_eps
+
     def _phase_pipeline(
         self,
         settings: Settings,
         workers: list[tuple[subprocess.Popen[bytes], Path, int]],
         result: BenchResult,
+        profile: bool = True,
     ) -> None:
         from stream.store import StateStore
 
@@ -941,12 +976,12 @@ class Bench:
         cpu_start: dict[str, float] = {}
         cpu_end: dict[str, float] = {}
         profile_path = None
-        if self.cfg.profile_dir is not None:
+        if profile and self.cfg.profile_dir is not None:
             self.cfg.profile_dir.mkdir(parents=True, exist_ok=True)
             profile_path = self.cfg.profile_dir / f"worker-{self.run_id}.raw"
         with self._progress() as bar, asyncio.Runner() as runner:
             store = StateStore.from_settings(settings)
-            label = f"P  segmenter worker x{self.cfg.workers}"
+            label = f"P  segmenter worker x{len(workers)}"
             task = bar.add_task(label, total=self.total, rate="")
             began = last = time.monotonic()
             while samples.last < self.total:
@@ -990,7 +1025,7 @@ class Bench:
         result.worker_rss_mb = rss
         log.info(
             "P: full pipeline, %d worker(s), at %s records/s (worker RSS up to %.0f MB)",
-            self.cfg.workers,
+            len(workers),
             f"{result.pipeline_eps:,.0f}",
             rss,
         )
@@ -1184,6 +1219,15 @@ def render(result: BenchResult) -> Table:
         f"{result.pipeline_eps:,.0f} ev/s",
     )
     table.add_row("", "pipeline_vs_faust (target >= 3.0)", f"{result.pipeline_vs_faust:.2f}")
+    if result.one_worker_eps is not None and result.workers_vs_one is not None:
+        table.add_row(
+            "P1",
+            "the same pipeline, 1 worker (this run)",
+            f"{result.one_worker_eps:,.0f} ev/s",
+        )
+        table.add_row(
+            "", f"{result.workers} workers vs 1 (target >= 1.6)", f"{result.workers_vs_one:.2f}"
+        )
     table.add_row("", "pipeline_vs_raw", f"{result.pipeline_vs_raw:.3f}")
     if result.p50_ms is not None and result.p99_ms is not None:
         table.add_row(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -164,3 +165,21 @@ def test_cpu_accounting_reads_this_process_and_divides_by_wall_time() -> None:
     assert after - before >= 0.1
     assert cpu_seconds(2**22 + 12345) == 0.0  # no such process
     assert cpu_shares({"w": 1.0, "r": 0.5}, {"w": 3.0, "r": 1.5}, 2.0) == {"w": 1.0, "r": 0.5}
+
+
+def test_worker_scaling_is_a_ratio_of_two_phases_of_one_run() -> None:
+    result = BenchResult(
+        events=1000,
+        users=10,
+        partitions=4,
+        workers=2,
+        raw_eps=100_000.0,
+        faust_passthrough_eps=1000.0,
+        pipeline_eps=3400.0,
+        one_worker_eps=2000.0,
+    )
+    out = result.to_json()
+    assert out["workers_vs_one"] == 1.7
+    assert out["one_worker_eps"] == 2000.0
+    single = dataclasses.replace(result, workers=1, one_worker_eps=None).to_json()
+    assert single["workers_vs_one"] is None
