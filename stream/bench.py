@@ -1126,6 +1126,10 @@ class Bench:
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
         producer = make_producer(settings.kafka_client_config(), **{"linger.ms": 1})
+        # Likewise the producer: events are stamped when produced, so the
+        # first ones would otherwise wait in librdkafka for its connection.
+        for topic in settings.input_topics:
+            producer.list_topics(topic, timeout=10)
         rss = result.worker_rss_mb
         sent = 0
         with self._progress() as bar:
