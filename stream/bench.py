@@ -323,6 +323,7 @@ def metrics_breakdown(
     load_s = delta('segmenter_redis_seconds_sum{op="load"}')
     commit_s = delta('segmenter_redis_seconds_sum{op="commit"}')
     publish_s = delta("segmenter_publish_seconds_sum")
+    waiting_s = delta("segmenter_agent_wait_seconds_sum")
     compute_s = batch_s - load_s - commit_s - publish_s
     if not batches:
         return {"note": "no batch metrics were scraped (metrics port off?)"}
@@ -344,6 +345,7 @@ def metrics_breakdown(
             "faust_and_idle": (
                 round(1e6 * (workers_s - batch_s) / records, 1) if records else None
             ),
+            "waiting_for_records": round(1e6 * waiting_s / records, 1) if records else None,
         },
         "share_of_worker_time_pct": {
             "batch_processing": share(batch_s),
@@ -352,6 +354,7 @@ def metrics_breakdown(
             "publish_wait": share(publish_s),
             "decode_fold_score": share(compute_s),
             "outside_batches (faust fetch/deliver/ack, idle)": share(workers_s - batch_s),
+            "... of which waiting for records (idle)": share(waiting_s),
         },
     }
 

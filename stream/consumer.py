@@ -55,6 +55,7 @@ import contextlib
 import gc
 import itertools
 import logging
+import time
 import weakref
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
@@ -65,6 +66,8 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT, Message
 from mode import Service
+
+from stream import metrics
 
 log = logging.getLogger(__name__)
 
@@ -443,12 +446,16 @@ async def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[B
     it = stream.__aiter__()
     while True:
         while not pending or (len(pending) < max_ and not queue.empty()):
+            idle = not pending and queue.empty()
+            waited_from = time.perf_counter()
             try:
                 await it.__anext__()
             except StopAsyncIteration:
                 # The stream stopped (shutdown, agent restart): what is still
                 # pending stays unacked and is read again, as with noack_take.
                 return
+            if idle:
+                metrics.AGENT_WAIT_SECONDS.observe(time.perf_counter() - waited_from)
             event = stream.current_event
             conductor.notify_taken()
             if event is None:

@@ -47,6 +47,11 @@ PUBLISH_SECONDS = Histogram(
     "From producing a batch's changes to the broker acknowledging all of them",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
 )
+AGENT_WAIT_SECONDS = Histogram(
+    "segmenter_agent_wait_seconds",
+    "Time the agent waited for records before each batch: idle headroom, not work",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+)
 REDIS_ERRORS = Counter(
     "segmenter_redis_errors_total", "Failed Redis round trips (the batch is retried)", ["op"]
 )

@@ -106,6 +106,7 @@ def test_breakdown_from_worker_histograms_splits_the_window() -> None:
         'segmenter_redis_seconds_sum{op="load"} 0.3\n'
         'segmenter_redis_seconds_sum{op="commit"} 0.6\n'
         "segmenter_publish_seconds_sum 0.5\n"
+        "segmenter_agent_wait_seconds_sum 1.2\n"
     )
     b = metrics_breakdown([before], [after], wall_s=4.0)
     assert b["batches"] == 20
@@ -119,6 +120,8 @@ def test_breakdown_from_worker_histograms_splits_the_window() -> None:
     assert share["publish_wait"] == 10.0
     assert share["decode_fold_score"] == 25.0  # 2.0 s of batches - 0.2 - 0.4 - 0.4
     assert b["us_per_record"]["publish_wait"] == 10.0
+    assert b["us_per_record"]["waiting_for_records"] == 30.0  # 1.2 s over 40,000 records
+    assert share["... of which waiting for records (idle)"] == 30.0
 
 
 def test_profile_breakdown_attributes_each_sample_to_its_innermost_stage() -> None:

@@ -116,6 +116,7 @@ def test_worker_exports_exact_counts_health_and_no_user_labels(
     assert total(port, "segmenter_batch_seconds_count") >= 1
     assert total(port, "segmenter_redis_seconds_count", op="commit") >= 1
     assert total(port, "segmenter_publish_seconds_count") >= 1
+    assert total(port, "segmenter_agent_wait_seconds_count") >= 1
     changes = total(port, "segmenter_segment_changes_total")
     assert (
         changes >= 12 and total(port, "segmenter_segment_changes_total", from_segment="none") == 12
