@@ -1083,9 +1083,13 @@ class Bench:
             (e.topic, e.key.encode(), dict(e.value))
             for e in itertools.islice(live, int(rate * self.cfg.latency_s))
         ]
-        before = [scrape(port) for _, _, port in workers]
+        # The breakdown's window opens after the first second of paced
+        # traffic: the workers' wait for the phase's first records began
+        # when P ended, and is not part of serving paced traffic.
+        warm_up = int(rate)
+        before: list[dict[str, float]] = []
         began = time.monotonic()
-        cpu_before = self._cpu(workers)
+        cpu_before: dict[str, float] = {}
         ends = asyncio.run(self._end_offsets(settings, settings.topic_segments))
         consumer = Consumer(
             {
@@ -1143,6 +1147,10 @@ class Bench:
                 value["timestamp"] = int(time.time() * 1000)
                 produce_waiting(producer, topic, key, orjson.dumps(value))
                 sent += 1
+                if sent == warm_up:
+                    before = [scrape(port) for _, _, port in workers]
+                    began = time.monotonic()
+                    cpu_before = self._cpu(workers)
                 if sent % 100 == 0:
                     producer.poll(0)
                     bar.update(task, completed=sent, rate=f"{len(latencies):,} changes")
@@ -1153,16 +1161,22 @@ class Bench:
                         time.sleep(ahead)
             producer.flush(30)
             bar.update(task, completed=sent, rate=f"{len(latencies):,} changes")
+        if not before:  # under a second of traffic: the window is what is left
+            before = [scrape(port) for _, _, port in workers]
+            began = time.monotonic()
+            cpu_before = self._cpu(workers)
+        # The window closes with the paced traffic, before the idle tail.
+        after = [scrape(port) for _, _, port in workers]
+        wall = time.monotonic() - began
+        cpu_after = self._cpu(workers)
         time.sleep(2.0)  # the last batches' changes
         stop.set()
         reader.join(5)
         consumer.close()
-        after = [scrape(port) for _, _, port in workers]
-        wall = time.monotonic() - began
         result.breakdown["latency"] = metrics_breakdown(before, after, wall)
         # The driver's paced producer and the broker's ingest share the cores here.
         result.breakdown["latency"]["cpu_cores"] = {
-            **cpu_shares(cpu_before, self._cpu(workers), wall),
+            **cpu_shares(cpu_before, cpu_after, wall),
             "machine": float(os.cpu_count() or 0),
         }
         published = _histogram_delta(before, after, "segmenter_event_to_publish_seconds")
