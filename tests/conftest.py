@@ -18,7 +18,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,7 +29,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from stream.embedded import EmbeddedKafka, EmbeddedRedis
+from stream.embedded import EmbeddedKafka, EmbeddedRedis, spawn_worker
 from stream.settings import Settings
 from stream.store import StateStore
 from stream.topics import ensure_topics
@@ -169,15 +168,7 @@ def worker_factory(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProces
 
     def start(settings: Settings) -> WorkerProcess:
         log_path = tmp_path / f"worker-{len(started)}.log"
-        fh = log_path.open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "stream.cli", "worker"],
-            env=settings_env(settings),
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-        fh.close()
+        proc = spawn_worker(settings_env(settings), log_path, cwd=REPO)
         worker = WorkerProcess(proc, log_path)
         started.append(worker)
         return worker
