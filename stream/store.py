@@ -47,6 +47,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from stream.fold import HALF_LIVES, UserState
+from stream.redis_client import client_from_url
 from stream.settings import Settings
 
 CODEC_VERSION = 2
@@ -240,6 +241,21 @@ def member_shard(user_id: str) -> int:
     return zlib.crc32(user_id.encode()) % MEMBER_SHARDS
 
 
+# A batch's read. KEYS: stream_time, ptime. ARGV: per bucket, its key, the
+# number n of its users, then their n ids. Reply: stream time (or nil), the
+# flat HGETALL of ptime, then each user's record (nil if none) in ARGV order.
+_LOAD_LUA = """
+local out = {redis.call('GET', KEYS[1]) or false, redis.call('HGETALL', KEYS[2])}
+local i = 1
+while i <= #ARGV do
+  local n = tonumber(ARGV[i + 1])
+  local got = redis.call('HMGET', ARGV[i], unpack(ARGV, i + 2, i + 1 + n))
+  for k = 1, n do out[#out + 1] = got[k] end
+  i = i + 2 + n
+end
+return out
+"""
+
 # All-or-nothing batch commit. Revisions are checked for every user before
 # anything is written, so a refused batch leaves Redis exactly as it was.
 # KEYS: counts, offsets, stream_time, ptime (the fixed keys; bucket, member and
@@ -387,6 +403,7 @@ class StateStore:
         self.buckets = buckets
         self._commit = client.register_script(_COMMIT_LUA)
         self._reap = client.register_script(_REAP_LUA)
+        self._load = client.register_script(_LOAD_LUA)
         self.k_meta = f"{prefix}:meta"
         self.k_counts = f"{prefix}:counts"
         self.k_ptime = f"{prefix}:ptime"
@@ -397,7 +414,7 @@ class StateStore:
 
     @classmethod
     def from_url(cls, url: str, prefix: str, **redis_kwargs: Any) -> StateStore:
-        client = aioredis.Redis.from_url(
+        client = client_from_url(
             url,
             socket_timeout=5.0,
             socket_connect_timeout=3.0,
@@ -469,27 +486,31 @@ class StateStore:
     ) -> tuple[dict[str, UserRecord], int, dict[int, int]]:
         """Records for ``user_ids`` (new ones for unknown users), stored stream time,
         and each partition number's stream time, in one round trip."""
-        # One HMGET per bucket, not one HGET per user: a batch's users share
-        # buckets, and the client's cost is per command.
+        # One script call with one flat reply, not a pipeline of one HMGET per
+        # bucket: redis-py's asyncio client parses each reply of a pipeline in
+        # Python, and a live-sized batch's users fall in hundreds of buckets.
         by_bucket: dict[str, list[str]] = {}
         for uid in user_ids:
             by_bucket.setdefault(self.bucket_key(uid), []).append(uid)
+        args: list[Any] = []
+        order: list[str] = []
+        for key, uids in by_bucket.items():
+            # In slices: Lua's unpack() takes at most 8000 values.
+            for k in range(0, len(uids), 1000):
+                chunk = uids[k : k + 1000]
+                args += [key, len(chunk), *chunk]
+                order += chunk
         async with self._r.pipeline(transaction=False) as pipe:
-            for key, uids in by_bucket.items():
-                pipe.hmget(key, uids)
-            pipe.get(self.k_stream_time)
-            pipe.hgetall(self.k_ptime)
-            replies = await self._read(pipe)
-        found: dict[str, bytes | None] = {}
-        for uids, datas in zip(by_bucket.values(), replies[:-2], strict=True):
-            found.update(zip(uids, datas, strict=True))
+            await self._load(keys=[self.k_stream_time, self.k_ptime], args=args, client=pipe)
+            ((stream_time, ptimes, *datas),) = await self._read(pipe)
+        found = dict(zip(order, datas, strict=True))
         out: dict[str, UserRecord] = {}
-        for uid in user_ids:
+        for uid in user_ids:  # in the caller's order, as before
             data = found[uid]
             out[uid] = UserRecord() if data is None else self._decode(data)
-        stream_time = int(replies[-2] or 0)
-        ptimes = {int(k): int(v) for k, v in replies[-1].items()}
-        return out, stream_time, ptimes
+        it = iter(ptimes)
+        partition_times = {int(k): int(v) for k, v in zip(it, it, strict=True)}
+        return out, int(stream_time or 0), partition_times
 
     async def get(self, user_id: str) -> UserRecord | None:
         async with self._r.pipeline(transaction=False) as pipe:

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stream.fold import HALF_LIVES, UserState, fold_all
+from stream.redis_client import client_from_url
 from stream.store import (
     ConflictError,
     StateStore,
@@ -52,6 +53,37 @@ def test_commit_then_load_round_trips_and_moves_counts_offsets_and_stream_time(
             assert await store.partition_offsets() == {"orders:0": 9}
             assert await store.stream_time() == T0  # stream time never goes back
             assert await store.scan_users() == ["a"]
+        finally:
+            await store.close()
+
+    run(scenario())
+
+
+def test_load_reads_a_batch_spread_over_many_buckets_in_argument_order(
+    redis_url: str, prefix: str
+) -> None:
+    """The one-reply read: stored and unknown users interleaved, over hundreds of buckets."""
+
+    async def scenario() -> None:
+        store = StateStore.from_url(redis_url, prefix)
+        try:
+            stored = [f"u{i}" for i in range(400)]
+            writes = []
+            for i, uid in enumerate(stored):
+                rec = UserRecord(state=fold_all([as_event(order(uid, T0 + i, float(i)))]))
+                rec.partition = i % 4
+                writes.append(UserWrite(uid, rec, None))
+            times = {1: T0, 2: T0 + 5}
+            await store.commit(writes, {"orders:0": 1}, T0 + 399, partition_times=times)
+            unknown = [f"new{i}" for i in range(400)]
+            asked = [u for pair in zip(stored, unknown, strict=True) for u in pair]
+            loaded, stream_time, ptimes = await store.load(asked)
+            assert list(loaded) == asked
+            assert [loaded[u].state.total_spend for u in stored] == [float(i) for i in range(400)]
+            assert not any(loaded[u].exists for u in unknown)
+            assert stream_time == T0 + 399 and ptimes == times
+            assert len({store.bucket_key(u) for u in asked}) > 300
+            assert await store.load([]) == ({}, T0 + 399, times)
         finally:
             await store.close()
 
@@ -216,3 +248,20 @@ def test_binary_record_round_trips(  # type: ignore[no-untyped-def]
     )
     assert decode_record(encode_record(rec), classes) == rec
     assert decode_record(encode_record(rec), None).probabilities is None
+
+
+def test_load_takes_more_users_of_one_bucket_than_lua_can_unpack_at_once(
+    redis_url: str, prefix: str
+) -> None:
+    async def scenario() -> None:
+        store = StateStore(client_from_url(redis_url), prefix, buckets=1)
+        try:
+            rec = UserRecord(state=fold_all([as_event(order("u9000", T0, 3.0))]))
+            await store.commit([UserWrite("u9000", rec, None)], {}, T0)
+            asked = [f"u{i}" for i in range(9001)]
+            loaded, _, _ = await store.load(asked)
+            assert [u for u in asked if loaded[u].exists] == ["u9000"]
+        finally:
+            await store.close()
+
+    run(scenario())
