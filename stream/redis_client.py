@@ -5,32 +5,25 @@ installed (``redis.connection.HiredisRespSerializer``); its asyncio client
 always uses a Python loop over the arguments. A batch commit sends about 11
 arguments per user, and py-spy showed that loop (``pack_command`` and
 ``Encoder.encode``) at about 9% of a live-sized batch (600 records, ~1.6 per
-user: README "Performance").
+user: README "Performance"). This gives the asyncio connections the sync
+client's packer.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import hiredis
 import redis.asyncio as aioredis
-from redis.exceptions import DataError
+from redis.connection import HiredisRespSerializer
+
+_PACKER = HiredisRespSerializer()
 
 
 class _HiredisPacking:
     """Mixed into the pool's connection class (plain, TLS or Unix socket alike)."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        # As redis-py's own packers: a command name with spaces ("CONFIG GET")
-        # goes out as separate words.
-        if isinstance(args[0], str):
-            args = (*args[0].encode().split(), *args[1:])
-        elif b" " in args[0]:
-            args = (*args[0].split(), *args[1:])
-        try:
-            return [hiredis.pack_command(args)]
-        except TypeError as exc:  # what redis-py raises for an unencodable argument
-            raise DataError(str(exc)) from exc
+        return _PACKER.pack(*args)
 
 
 def client_from_url(url: str, **kwargs: Any) -> aioredis.Redis:

@@ -241,18 +241,12 @@ def member_shard(user_id: str) -> int:
     return zlib.crc32(user_id.encode()) % MEMBER_SHARDS
 
 
-# A batch's read. KEYS: stream_time, ptime. ARGV: per bucket, its key, the
-# number n of its users, then their n ids. Reply: stream time (or nil), the
-# flat HGETALL of ptime, then each user's record (nil if none) in ARGV order.
+# A batch's read. KEYS: stream_time, ptime. ARGV: (bucket key, user id) per
+# user. Reply: stream time (or nil), the flat HGETALL of ptime, then each
+# user's record (nil if none) in ARGV order.
 _LOAD_LUA = """
 local out = {redis.call('GET', KEYS[1]) or false, redis.call('HGETALL', KEYS[2])}
-local i = 1
-while i <= #ARGV do
-  local n = tonumber(ARGV[i + 1])
-  local got = redis.call('HMGET', ARGV[i], unpack(ARGV, i + 2, i + 1 + n))
-  for k = 1, n do out[#out + 1] = got[k] end
-  i = i + 2 + n
-end
+for i = 1, #ARGV, 2 do out[#out + 1] = redis.call('HGET', ARGV[i], ARGV[i + 1]) end
 return out
 """
 
@@ -393,8 +387,9 @@ class UserWrite(NamedTuple):
 
 
 class StateStore:
-    """Redis adapter. Each method is one round trip (the first read of a process
-    also fetches the stored classes); errors surface as ``RedisError``."""
+    """Redis adapter. Each method is one round trip (a process's first read also
+    fetches the stored classes, in one more for ``load``); errors surface as
+    ``RedisError``."""
 
     def __init__(self, client: aioredis.Redis, prefix: str, buckets: int = DEFAULT_BUCKETS) -> None:
         # Any: redis-py's stubs type replies as bytes | str, we always get bytes.
@@ -472,12 +467,18 @@ class StateStore:
     def _decode(self, data: bytes) -> UserRecord:
         return decode_record(data, self._classes)
 
+    def _take_classes(self, stored: bytes | None) -> None:
+        if stored is not None:
+            self._classes = tuple(orjson.loads(stored))
+
+    async def _fetch_classes(self) -> None:
+        self._take_classes(await self._r.hget(self.k_meta, "classes"))
+
     async def _read(self, pipe: Any) -> list[Any]:
         if self._classes is None:
             pipe.hget(self.k_meta, "classes")
             *replies, classes = await pipe.execute()
-            if classes is not None:
-                self._classes = tuple(orjson.loads(classes))
+            self._take_classes(classes)
             return list(replies)
         return list(await pipe.execute())
 
@@ -485,28 +486,24 @@ class StateStore:
         self, user_ids: Sequence[str]
     ) -> tuple[dict[str, UserRecord], int, dict[int, int]]:
         """Records for ``user_ids`` (new ones for unknown users), stored stream time,
-        and each partition number's stream time, in one round trip."""
-        # One script call with one flat reply, not a pipeline of one HMGET per
-        # bucket: redis-py's asyncio client parses each reply of a pipeline in
-        # Python, and a live-sized batch's users fall in hundreds of buckets.
-        by_bucket: dict[str, list[str]] = {}
+        and each partition number's stream time, in one round trip (two on a
+        process's first read, which also fetches the stored classes)."""
+        if self._classes is None:
+            await self._fetch_classes()
+        # One script call with one flat reply, not a pipeline of reads:
+        # redis-py's asyncio client parses each reply of a pipeline in Python,
+        # and a live-sized batch has hundreds of users. Not in a pipeline
+        # either: a pipeline with a script first asks SCRIPT EXISTS, a second
+        # round trip; a bare call sends EVALSHA and loads the script only if
+        # Redis answers NOSCRIPT.
+        args: list[str] = []
         for uid in user_ids:
-            by_bucket.setdefault(self.bucket_key(uid), []).append(uid)
-        args: list[Any] = []
-        order: list[str] = []
-        for key, uids in by_bucket.items():
-            # In slices: Lua's unpack() takes at most 8000 values.
-            for k in range(0, len(uids), 1000):
-                chunk = uids[k : k + 1000]
-                args += [key, len(chunk), *chunk]
-                order += chunk
-        async with self._r.pipeline(transaction=False) as pipe:
-            await self._load(keys=[self.k_stream_time, self.k_ptime], args=args, client=pipe)
-            ((stream_time, ptimes, *datas),) = await self._read(pipe)
-        found = dict(zip(order, datas, strict=True))
+            args += (self.bucket_key(uid), uid)
+        stream_time, ptimes, *datas = await self._load(
+            keys=[self.k_stream_time, self.k_ptime], args=args
+        )
         out: dict[str, UserRecord] = {}
-        for uid in user_ids:  # in the caller's order, as before
-            data = found[uid]
+        for uid, data in zip(user_ids, datas, strict=True):
             out[uid] = UserRecord() if data is None else self._decode(data)
         it = iter(ptimes)
         partition_times = {int(k): int(v) for k, v in zip(it, it, strict=True)}

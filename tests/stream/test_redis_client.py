@@ -17,6 +17,8 @@ args = st.lists(
         st.binary(max_size=64),
         st.text(max_size=32),
         st.integers(min_value=-(2**63), max_value=2**63 - 1),
+        st.binary(max_size=16).map(bytearray),
+        st.binary(max_size=16).map(memoryview),
     ),
     max_size=40,
 )

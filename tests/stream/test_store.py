@@ -250,9 +250,7 @@ def test_binary_record_round_trips(  # type: ignore[no-untyped-def]
     assert decode_record(encode_record(rec), None).probabilities is None
 
 
-def test_load_takes_more_users_of_one_bucket_than_lua_can_unpack_at_once(
-    redis_url: str, prefix: str
-) -> None:
+def test_load_takes_thousands_of_users_of_one_bucket(redis_url: str, prefix: str) -> None:
     async def scenario() -> None:
         store = StateStore(client_from_url(redis_url), prefix, buckets=1)
         try:
