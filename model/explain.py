@@ -12,10 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from model.features import FEATURE_NAMES, LOG_FEATURES
+from model.features import FEATURE_NAMES, LOG_MASK
 from model.scorer import Scorer
-
-_IS_LOG = np.array([name in LOG_FEATURES for name in FEATURE_NAMES])
 
 
 def contributions(scorer: Scorer, x: np.ndarray, classes: Sequence[int]) -> np.ndarray:
@@ -43,7 +41,7 @@ def top_reasons(
     best = np.argsort(-contrib, axis=1)[:, :k]
     picked = np.take_along_axis(x, best, axis=1)
     # the human value, not the log1p the network sees
-    human = np.where(_IS_LOG[best], np.expm1(picked), picked).tolist()
+    human = np.where(LOG_MASK[best], np.expm1(picked), picked).tolist()
     pushed = np.take_along_axis(contrib, best, axis=1).tolist()
     return [
         [

@@ -60,7 +60,9 @@ SCHEMA_HASH = hashlib.sha256(
 ).hexdigest()[:16]
 
 N_FEATURES = len(FEATURE_NAMES)
-_LOG_COLUMNS = np.array([i for i, name in enumerate(FEATURE_NAMES) if name in LOG_FEATURES])
+#: Per column of the feature vector: whether it is one of LOG_FEATURES.
+LOG_MASK = np.array([name in LOG_FEATURES for name in FEATURE_NAMES])
+_LOG_COLUMNS = np.flatnonzero(LOG_MASK)
 
 
 def raw_row(state: UserState, now_ms: int) -> tuple[float, ...]:

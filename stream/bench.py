@@ -60,7 +60,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from stream.embedded import EmbeddedKafka, EmbeddedRedis, free_port, spawn_worker
+from stream.embedded import EmbeddedKafka, EmbeddedRedis, free_port, spawn_worker, stop_process
 from stream.settings import Settings, load_settings
 from stream.sinks import produce_waiting
 
@@ -259,18 +259,6 @@ def cpu_shares(
 ) -> dict[str, float]:
     """Cores each process group kept busy between two :func:`cpu_seconds` snapshots."""
     return {k: round((after[k] - before.get(k, 0.0)) / wall_s, 2) for k in after}
-
-
-def _stop(proc: subprocess.Popen[Any] | None, timeout_s: float = 20.0) -> None:
-    """Stop a child we started, by its PID: SIGTERM, then SIGKILL."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout_s)
 
 
 def _tail(path: Path, n: int = 3000) -> str:
@@ -726,7 +714,7 @@ class Bench:
                 self._phase_latency(settings, workers, live, result)
         finally:
             for proc, _, _ in workers:
-                _stop(proc)
+                stop_process(proc, 20)
         return result
 
     # ----------------------------------------------------------------- backlog
@@ -897,7 +885,7 @@ class Bench:
                             f"{_tail(log_path)}"
                         )
         finally:
-            _stop(proc, 10)
+            stop_process(proc, 10)
             reader.join(5)
         eps = samples.rate(self.total)
         log.info("B0: bare Faust agent, default settings, at %s records/s", f"{eps:,.0f}")
@@ -948,7 +936,7 @@ class Bench:
             self._phase_pipeline(one, workers, scratch, profile=False)
         finally:
             for proc, _, _ in workers:
-                _stop(proc)
+                stop_process(proc, 20)
             n = asyncio.run(_delete_prefix(one))
             log.info("one-worker reference: deleted its %d keys", n)
         result.breakdown["one_worker"] = scratch.breakdown.get("pipeline", {})

@@ -462,10 +462,12 @@ async def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[B
                 continue
             carrier = event.message
             if not isinstance(carrier, BatchMessage):
-                # Delivered before we enabled batches: ack it through the
-                # consumer too (the Stream does not, with acks disabled).
-                carrier.tracked = True
-                add_unacked(carrier)
+                # Delivered before we enabled batches: the Stream has tracked
+                # it as unacked already (as for any record of an acking
+                # topic); the caller acks it with the rest of its batch.
+                if not carrier.tracked:
+                    carrier.tracked = True
+                    add_unacked(carrier)
                 pending.append(carrier)
                 continue
             for message in carrier.messages:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -27,7 +26,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from stream.embedded import EmbeddedKafka, EmbeddedRedis, free_port, spawn_worker
+from stream.embedded import EmbeddedKafka, EmbeddedRedis, free_port, spawn_worker, stop_process
 from stream.generate import GeneratorConfig, generate
 from stream.lookup import lookup_user
 from stream.produce import encode_generated, make_producer
@@ -184,27 +183,15 @@ def run_demo(*, users: int, days: float, seed: int, rate: float, timeout_s: floa
         )
         ensure_topics(settings)
         asyncio.run(_reset(settings))
-        worker_env = {
-            **os.environ,
-            f"{ENV_PREFIX}BROKER_SESSION_TIMEOUT_S": "6",
-            f"{ENV_PREFIX}BROKER_REBALANCE_TIMEOUT_S": "6",
-            f"{ENV_PREFIX}BROKER_HEARTBEAT_INTERVAL_S": "1",
-            f"{ENV_PREFIX}METRICS_PORT": str(metrics_port),
-            f"{ENV_PREFIX}LOG_LEVEL": "WARNING",
-        }
+        # The same settings, with a quieter log: the demo's own screen is the output.
+        worker_env = settings.model_copy(update={"log_level": "WARNING"}).to_env()
         log_path = settings.data_dir.parent / "demo-worker.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         worker = spawn_worker(worker_env, log_path)
         try:
             return _drive(settings, worker, users, days, seed, rate, timeout_s, log_path)
         finally:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-                try:
-                    worker.wait(30)
-                except subprocess.TimeoutExpired:
-                    worker.kill()
-                    worker.wait()
+            stop_process(worker, 30)
 
 
 async def _reset(settings: Settings) -> None:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], name: str, timeout_s: f
     raise EmbeddedError(f"{name} did not listen on 127.0.0.1:{port} within {timeout_s}s")
 
 
-def _stop(proc: subprocess.Popen[bytes] | None, timeout_s: float = 5.0) -> None:
+def stop_process(proc: subprocess.Popen[Any] | None, timeout_s: float = 5.0) -> None:
+    """Stop a child we started, by its PID: SIGTERM, then SIGKILL after ``timeout_s``."""
     if proc is None or proc.poll() is not None:
         return
     proc.terminate()
@@ -146,7 +148,7 @@ class EmbeddedKafka:
         return self
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
 
 
 @dataclass
@@ -187,7 +189,7 @@ class EmbeddedRedis:
         return self
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
         if self._dir:
             shutil.rmtree(self._dir, ignore_errors=True)
 

@@ -254,10 +254,14 @@ class BatchProcessor:
             self._count_dead_letters(bad)
         # Every record of the batch is accounted for once this batch commits,
         # dead-lettered ones included: their partition offsets advance too.
-        partition_offsets: dict[str, int] = {}
+        # Keyed by (topic, partition) here and named "topic:partition" once
+        # per partition, not formatted twice per record.
+        highest: dict[tuple[str, int], int] = {}
         for rec in records:
-            if partition_offsets.get(rec.tp, -1) < rec.offset:
-                partition_offsets[rec.tp] = rec.offset
+            key = (rec.topic, rec.partition)
+            if highest.get(key, -1) < rec.offset:
+                highest[key] = rec.offset
+        partition_offsets = {f"{t}:{p}": off for (t, p), off in highest.items()}
         result, attempt = await self._retrying(
             lambda: self._fold_score_publish_commit(good, partition_offsets), "batch"
         )

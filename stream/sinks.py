@@ -123,7 +123,7 @@ class ConfluentSink:
                 rec.topic,
                 rec.key,
                 rec.value,
-                headers=list(rec.headers) or None,
+                headers=list(rec.headers) if rec.headers else None,
                 on_delivery=delivered,
             )
         return fut

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -29,7 +28,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from stream.embedded import EmbeddedKafka, EmbeddedRedis, spawn_worker
+from stream.embedded import EmbeddedKafka, EmbeddedRedis, spawn_worker, stop_process
 from stream.settings import Settings
 from stream.store import StateStore
 from stream.topics import ensure_topics
@@ -151,13 +150,7 @@ class WorkerProcess:
         raise AssertionError(f"worker not ready in {timeout_s}s:\n{self.log()[-4000:]}")
 
     def stop(self, timeout_s: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout_s)
         return self.proc.returncode
 
 
