@@ -261,6 +261,37 @@ def cpu_shares(
     return {k: round((after[k] - before.get(k, 0.0)) / wall_s, 2) for k in after}
 
 
+def main_thread_sched(pid: int) -> tuple[float, float]:
+    """Seconds ``pid``'s main thread has run on a core, and waited runnable for one.
+
+    From /proc/<pid>/schedstat, which covers the thread whose id is ``pid``:
+    a worker's agent runs there. (0, 0) if it is gone or not Linux.
+    """
+    try:
+        with open(f"/proc/{pid}/schedstat") as fh:
+            on_cpu_ns, waiting_ns, *_ = fh.read().split()
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    return int(on_cpu_ns) / 1e9, int(waiting_ns) / 1e9
+
+
+def agent_thread_shares(
+    before: list[tuple[float, float]], after: list[tuple[float, float]], wall_s: float
+) -> dict[str, float]:
+    """Per worker, the share of a window its agent's thread ran, waited for a core,
+    or neither (waiting for I/O or the GIL, or idle), from :func:`main_thread_sched`."""
+    n = len(after)
+    if not n or wall_s <= 0:
+        return {}
+    ran = sum(a[0] - b[0] for b, a in zip(before, after, strict=True)) / n
+    queued = sum(a[1] - b[1] for b, a in zip(before, after, strict=True)) / n
+    return {
+        "on_a_core": round(100 * ran / wall_s, 1),
+        "waiting_for_a_core": round(100 * queued / wall_s, 1),
+        "neither (I/O, GIL, idle)": round(100 * max(0.0, wall_s - ran - queued) / wall_s, 1),
+    }
+
+
 def _tail(path: Path, n: int = 3000) -> str:
     try:
         return path.read_text(errors="replace")[-n:]
@@ -913,6 +944,12 @@ class Bench:
                     f"worker pid {proc.pid} exited {proc.returncode}:\n{_tail(log_path)}"
                 )
 
+    @staticmethod
+    def _sched(
+        workers: list[tuple[subprocess.Popen[bytes], Path, int]],
+    ) -> list[tuple[float, float]]:
+        return [main_thread_sched(p.pid) for p, _, _ in workers]
+
     def _cpu(self, workers: list[tuple[subprocess.Popen[bytes], Path, int]]) -> dict[str, float]:
         """CPU seconds used so far by the workers, each embedded server and this process."""
         return {
@@ -960,6 +997,8 @@ class Bench:
         profiler: subprocess.Popen[bytes] | None = None
         cpu_start: dict[str, float] = {}
         cpu_end: dict[str, float] = {}
+        sched_start: list[tuple[float, float]] = []
+        sched_end: list[tuple[float, float]] = []
         profile_path = None
         if profile and self.cfg.profile_dir is not None:
             self.cfg.profile_dir.mkdir(parents=True, exist_ok=True)
@@ -987,11 +1026,13 @@ class Bench:
                 if start is None and group.complete and n >= WINDOW[0] * self.total:
                     start = (now, n, [scrape(port) for _, _, port in workers])
                     cpu_start = self._cpu(workers)
+                    sched_start = self._sched(workers)
                     if profile_path is not None and profiler is None:
                         profiler = self._start_profiler(workers[0][0].pid, profile_path)
                 if start is not None and end is None and n >= WINDOW[1] * self.total:
                     end = (now, n, [scrape(port) for _, _, port in workers])
                     cpu_end = self._cpu(workers)
+                    sched_end = self._sched(workers)
                     if profiler is not None:
                         profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
                 limit = self.cfg.stall_s + (120 if not n else 0)
@@ -1022,6 +1063,9 @@ class Bench:
             **cpu_shares(cpu_start, cpu_end, end[0] - start[0]),
             "machine": float(os.cpu_count() or 0),
         }
+        result.breakdown["pipeline"]["agent_thread_pct"] = agent_thread_shares(
+            sched_start, sched_end, end[0] - start[0]
+        )
         if profiler is not None and profile_path is not None:
             try:
                 profiler.wait(30)
@@ -1072,6 +1116,7 @@ class Bench:
         before: list[dict[str, float]] = []
         began = time.monotonic()
         cpu_before: dict[str, float] = {}
+        sched_before: list[tuple[float, float]] = []
         ends = asyncio.run(self._end_offsets(settings, settings.topic_segments))
         consumer = Consumer(
             {
@@ -1133,6 +1178,7 @@ class Bench:
                     before = [scrape(port) for _, _, port in workers]
                     began = time.monotonic()
                     cpu_before = self._cpu(workers)
+                    sched_before = self._sched(workers)
                 if sent % 100 == 0:
                     producer.poll(0)
                     bar.update(task, completed=sent, rate=f"{len(latencies):,} changes")
@@ -1147,10 +1193,12 @@ class Bench:
             before = [scrape(port) for _, _, port in workers]
             began = time.monotonic()
             cpu_before = self._cpu(workers)
+            sched_before = self._sched(workers)
         # The window closes with the paced traffic, before the idle tail.
         after = [scrape(port) for _, _, port in workers]
         wall = time.monotonic() - began
         cpu_after = self._cpu(workers)
+        sched_after = self._sched(workers)
         time.sleep(2.0)  # the last batches' changes
         stop.set()
         reader.join(5)
@@ -1161,6 +1209,10 @@ class Bench:
             **cpu_shares(cpu_before, cpu_after, wall),
             "machine": float(os.cpu_count() or 0),
         }
+        # Whether the agent's thread got a core when it wanted one.
+        result.breakdown["latency"]["agent_thread_pct"] = agent_thread_shares(
+            sched_before, sched_after, wall
+        )
         published = _histogram_delta(before, after, "segmenter_event_to_publish_seconds")
         if published:
             result.breakdown["latency"]["event_to_publish_ms"] = published
@@ -1245,6 +1297,13 @@ def render(result: BenchResult) -> Table:
         table.add_row("P", f"  {stage}", f"{pct:.1f}%")
     for who, cores in pipeline.get("cpu_cores", {}).items():
         table.add_row("P", f"  cores used: {who}", f"{cores:.2f}")
+    for what, pct in pipeline.get("agent_thread_pct", {}).items():
+        table.add_row("P", f"  agent thread: {what}", f"{pct:.1f}%")
+    latency = result.breakdown.get("latency", {})
+    for who, cores in latency.get("cpu_cores", {}).items():
+        table.add_row("lat", f"  cores used: {who}", f"{cores:.2f}")
+    for what, pct in latency.get("agent_thread_pct", {}).items():
+        table.add_row("lat", f"  agent thread: {what}", f"{pct:.1f}%")
     for stage, pct in result.breakdown.get("profile", {}).get("main_thread_pct", {}).items():
         table.add_row("py-spy", f"  {stage}", f"{pct:.1f}%")
     return table

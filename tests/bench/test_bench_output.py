@@ -16,8 +16,10 @@ from stream.bench import (
     BenchError,
     BenchResult,
     Samples,
+    agent_thread_shares,
     cpu_seconds,
     cpu_shares,
+    main_thread_sched,
     metrics_breakdown,
     parse_metrics,
     percentile,
@@ -186,3 +188,24 @@ def test_worker_scaling_is_a_ratio_of_two_phases_of_one_run() -> None:
     assert out["one_worker_eps"] == 2000.0
     single = dataclasses.replace(result, workers=1, one_worker_eps=None).to_json()
     assert single["workers_vs_one"] is None
+
+
+def test_agent_thread_shares_split_the_window_per_worker() -> None:
+    # Two workers over 2 s: 1.2 s and 0.8 s on a core, 0.4 s and 0.2 s queued.
+    before = [(10.0, 1.0), (20.0, 2.0)]
+    after = [(11.2, 1.4), (20.8, 2.2)]
+    assert agent_thread_shares(before, after, 2.0) == {
+        "on_a_core": 50.0,
+        "waiting_for_a_core": 15.0,
+        "neither (I/O, GIL, idle)": 35.0,
+    }
+    assert agent_thread_shares([], [], 2.0) == {}
+
+
+def test_main_thread_sched_reads_this_process_and_tolerates_a_missing_one() -> None:
+    on_cpu, _ = main_thread_sched(os.getpid())
+    deadline = time.process_time() + 0.05
+    while time.process_time() < deadline:  # burn a little CPU on this thread
+        pass
+    assert main_thread_sched(os.getpid())[0] > on_cpu
+    assert main_thread_sched(2**22 + 12345) == (0.0, 0.0)  # no such process
