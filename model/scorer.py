@@ -42,16 +42,32 @@ class Scorer:
         return int(self.mean.shape[0])
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities for a (n, n_features) matrix, one forward pass."""
+        """Class probabilities for a (n, n_features) matrix, one forward pass.
+
+        Each row's result is bit for bit the same whatever rows it is scored
+        with. A plain ``h @ w`` is not: BLAS takes other code paths for other
+        matrix sizes (one row, small or large batches), with other rounding
+        in the last bits, so a replay that cut the stream into other batches
+        could publish a change with other probabilities or explanations under
+        the same version. A stack of one-row products runs the same routine
+        for every row (``tests/model/test_scorer_registry.py``), at about 1.4×
+        the cost of one matrix product, which is small beside the batch.
+        """
         h = (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
         *hidden, (w_out, b_out) = self.layers
         for w, b in hidden:
-            h = np.maximum(h @ w + b, 0.0)
-        logits = h @ w_out + b_out
+            h = np.maximum(_rowwise(h, w) + b, 0.0)
+        logits = _rowwise(h, w_out) + b_out
         logits -= logits.max(axis=1, keepdims=True)
         e = np.exp(logits)
         out: np.ndarray = e / e.sum(axis=1, keepdims=True)
         return out
+
+
+def _rowwise(h: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``h @ w`` computed one row at a time: (n, k) @ (k, m) as n (1, k) @ (k, m)."""
+    out: np.ndarray = (h[:, None, :] @ w)[:, 0, :]
+    return out
 
 
 def save_weights(

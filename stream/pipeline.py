@@ -465,9 +465,9 @@ class BatchProcessor:
                     # scoring needs its rounded probabilities (below).
                     unrounded = step.row
                     continue
-                # Decided on the published (rounded) values: the last bits of a
-                # forward pass depend on the batch's shape, the 4th decimal
-                # practically never does, so a re-run decides the same way.
+                # Decided on the published (rounded) values, which are what
+                # subscribers see. A row's scores do not depend on the rest of
+                # its batch (Scorer.predict), so a re-run decides the same way.
                 p = rounded(step.row)
                 new = decide(rec.segment, p, self.cfg.hysteresis)
                 rec.probabilities = p
