@@ -87,7 +87,7 @@ def drop_duplicate_events(events: Iterable[Event]) -> list[Event]:
     """Keep the first occurrence of each ``(user_id, event_id)``, in the given order.
 
     The worker skips a redelivered event_id of a user (``stream/pipeline.py``:
-    per-partition offsets plus the user's last ``dedup_window`` event ids), so
+    per-partition offsets plus the user's last ``dedup_window`` event ids of each input topic), so
     a duplicate never reaches its fold; training must not fold it either, or
     offline features (and labels: a redelivered order is not a second
     purchase) would differ from what the worker holds. Offline the rule is

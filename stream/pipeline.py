@@ -41,7 +41,7 @@ from model.features import N_FEATURES, raw_row, transform
 from model.registry import LoadedModel
 from model.segments import Hysteresis, clear_leaders, decide
 from stream import metrics
-from stream.events import DecodeLimits, Event, Reason, Rejected, decode, iso
+from stream.events import DecodeLimits, Event, OrderEvent, Reason, Rejected, decode, iso
 from stream.fold import UserState, apply
 from stream.health import Health
 from stream.playbook import Playbook
@@ -146,8 +146,12 @@ class PipelineConfig:
 
 
 def _seen(rec: UserRecord, tp: str, offset: int, digest: bytes) -> bool:
-    """Whether ``rec`` already holds this event (by offset mark or event-id digest)."""
-    return offset <= rec.offsets.get(tp, -1) or digest in rec.recent
+    """Whether ``rec`` already holds this event (by offset mark or event-id digest).
+
+    Both rings are searched: an event id names one event, whichever topic it
+    came on, and a record written by codec 2 keeps both topics in ``recent``.
+    """
+    return offset <= rec.offsets.get(tp, -1) or digest in rec.recent or digest in rec.recent_orders
 
 
 def dlq_headers(record: RawRecord, rejected: Rejected) -> list[tuple[str, bytes]]:
@@ -333,8 +337,12 @@ class BatchProcessor:
                 rec.partition = raw.partition
                 rec.offsets[tp] = raw.offset
                 if window:
-                    rec.recent.append(digest)
-                    del rec.recent[:-window]
+                    # One ring per topic: a re-send arrives on its original's
+                    # partition, after at most a few of that partition's
+                    # events, however many the other topic delivered between.
+                    ring = rec.recent_orders if isinstance(event, OrderEvent) else rec.recent
+                    ring.append(digest)
+                    del ring[:-window]
                 # Scored after every event, as of the user's own latest event
                 # (never earlier than a previous scoring): then the changes do
                 # not depend on how the stream was cut into batches, and a
@@ -396,7 +404,7 @@ class BatchProcessor:
                 # which publishes the tombstone; the revision stays for the
                 # commit's concurrency check.
                 tl.steps.append(Step(at, "retention", -1))
-                rec.state, rec.offsets, rec.recent = UserState(), {}, []
+                rec.state, rec.offsets, rec.recent, rec.recent_orders = UserState(), {}, [], []
                 rec.scored_at = rec.due = 0
                 return
             rows.append(raw_row(rec.state, at))

@@ -107,7 +107,10 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(64 * 1024, ge=256)
     max_future_s: float = Field(86_400.0, ge=0)
     dedup_window: int = Field(
-        8, ge=0, le=255, description="Recent event_ids kept per user (against producer retries)"
+        8,
+        ge=0,
+        le=255,
+        description="Recent event_ids kept per user and input topic (against producer retries)",
     )
     retention_days: float = Field(
         400.0,

@@ -50,7 +50,9 @@ from stream.fold import HALF_LIVES, UserState
 from stream.redis_client import client_from_url
 from stream.settings import Settings
 
-CODEC_VERSION = 2
+CODEC_VERSION = 3
+#: Older codecs this code still reads (2: one ring of event digests for both topics).
+_READABLE_CODECS = (2, CODEC_VERSION)
 _DECAYED = tuple(HALF_LIVES)
 DAY_MS = 86_400_000
 MEMBER_SHARDS = 256
@@ -69,8 +71,12 @@ class UserRecord:
     model_version: str | None = None
     #: ``topic:partition`` -> last applied offset, for this user's events.
     offsets: dict[str, int] = field(default_factory=dict)
-    #: Digests of the most recent event_ids, newest last (bounded).
+    #: Digests of the most recent clickstream event_ids, newest last (bounded).
     recent: list[bytes] = field(default_factory=list)
+    #: The same for orders. One ring per input topic: the topics are read at
+    #: different paces, so a burst of one user's orders must not push their
+    #: clicks out of reach of a producer's re-send (and the other way round).
+    recent_orders: list[bytes] = field(default_factory=list)
     #: Event time as of which the user was last scored: scoring never goes back
     #: in time, even for a late event (their state is then valued at this time).
     scored_at: int = 0
@@ -148,6 +154,8 @@ def encode_record(rec: UserRecord, rev: int | None = None) -> bytes:
         parts += [_short(topic), _OFFSET.pack(int(part), off)]
     parts.append(bytes([len(rec.recent)]))
     parts += rec.recent
+    parts.append(bytes([len(rec.recent_orders)]))
+    parts += rec.recent_orders
     return b"".join(parts)
 
 
@@ -169,8 +177,8 @@ def _next_rev(rev: int) -> int:
 def decode_record(data: bytes, classes: Sequence[str] | None) -> UserRecord:
     """Read a record; ``classes`` names the stored probabilities (None: leave them out)."""
     fixed = _FIXED.unpack_from(data)
-    if fixed[1] != CODEC_VERSION:
-        raise ValueError(f"user record codec {fixed[1]!r}, this code reads {CODEC_VERSION}")
+    if fixed[1] not in _READABLE_CODECS:
+        raise ValueError(f"user record codec {fixed[1]!r}, this code reads {_READABLE_CODECS}")
     n_dec = len(_DECAYED)
     s = UserState()
     (
@@ -218,6 +226,13 @@ def decode_record(data: bytes, classes: Sequence[str] | None) -> UserRecord:
         offsets[f"{topic}:{part}"] = off
     n = data[pos]
     recent = [data[pos + 1 + 6 * i : pos + 7 + 6 * i] for i in range(n)]
+    recent_orders: list[bytes] = []
+    if fixed[1] >= 3:
+        pos += 1 + 6 * n
+        n = data[pos]
+        recent_orders = [data[pos + 1 + 6 * i : pos + 7 + 6 * i] for i in range(n)]
+    # A codec 2 ring held both topics: it stays in `recent` and is still
+    # matched (_seen checks both rings), and ages out as clicks arrive.
     return UserRecord(
         state=s,
         segment=segment,
@@ -226,6 +241,7 @@ def decode_record(data: bytes, classes: Sequence[str] | None) -> UserRecord:
         model_version=model_version,
         offsets=offsets,
         recent=recent,
+        recent_orders=recent_orders,
         scored_at=scored_at,
         due=due,
         partition=partition,

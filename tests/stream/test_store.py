@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 from hypothesis import given
@@ -227,10 +228,11 @@ stamps = st.integers(min_value=0, max_value=2**62)
         max_size=3,
     ),
     recent=st.lists(st.binary(min_size=6, max_size=6), max_size=8),
+    recent_orders=st.lists(st.binary(min_size=6, max_size=6), max_size=8),
     partition=st.integers(-1, 32767),
 )
 def test_binary_record_round_trips(  # type: ignore[no-untyped-def]
-    state, segment, probs, version, offsets, recent, partition
+    state, segment, probs, version, offsets, recent, recent_orders, partition
 ) -> None:
     classes = ("high_value", "regular", "potential", "at_risk")
     rec = UserRecord(
@@ -241,6 +243,7 @@ def test_binary_record_round_trips(  # type: ignore[no-untyped-def]
         model_version="20261129T091233-abc",
         offsets={f"{t}:{p}": off for (t, p), off in offsets.items()},
         recent=recent,
+        recent_orders=recent_orders,
         scored_at=state.last_seen,
         due=state.last_seen + 1,
         partition=partition,
@@ -248,6 +251,11 @@ def test_binary_record_round_trips(  # type: ignore[no-untyped-def]
     )
     assert decode_record(encode_record(rec), classes) == rec
     assert decode_record(encode_record(rec), None).probabilities is None
+    # What codec 2 wrote (one ring, no orders ring) still reads, its ring intact.
+    old = dataclasses.replace(rec, recent_orders=[])
+    v3 = encode_record(old)
+    v2 = v3[:4] + bytes([2]) + v3[5:-1]
+    assert decode_record(v2, classes) == old
 
 
 def test_load_takes_thousands_of_users_of_one_bucket(redis_url: str, prefix: str) -> None:
