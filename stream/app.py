@@ -26,7 +26,7 @@ from stream.announce import AnnouncementListener
 from stream.events import DecodeLimits
 from stream.health import Health
 from stream.http import serve as serve_http
-from stream.pipeline import BatchProcessor, PipelineConfig, RawRecord
+from stream.pipeline import BatchProcessor, PipelineConfig
 from stream.playbook import Playbook, PlaybookError
 from stream.playbook import load as load_playbook
 from stream.settings import Settings, SettingsError
@@ -224,11 +224,8 @@ def create_app(settings: Settings) -> faust.App:
         async for batch in batching.take_batches(
             stream, settings.batch_max, within=settings.batch_within_s
         ):
-            records = [
-                RawRecord(m.topic, m.partition, m.offset, m.key, m.value) for m in batch.records
-            ]
             async with one_writer:
-                result = await processor.process(records)
+                result = await processor.process(batch.records)
             await batch.ack()
             health.last_batch_at = time.time()
             log.debug(

@@ -46,6 +46,7 @@ from stream.fold import UserState, apply
 from stream.health import Health
 from stream.playbook import Playbook
 from stream.privacy import pseudonym
+from stream.records import RawRecord
 from stream.sinks import Outgoing
 from stream.store import (
     ConflictError,
@@ -58,25 +59,6 @@ from stream.store import (
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
-
-
-class RawRecord(NamedTuple):
-    """One input record as the agent hands it over.
-
-    Tuples, not frozen dataclasses, for the per-record types here: a frozen
-    dataclass's ``__init__`` sets each field through ``object.__setattr__``,
-    which py-spy showed at a few percent of the worker.
-    """
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-    @property
-    def tp(self) -> str:
-        return f"{self.topic}:{self.partition}"
 
 
 class Sink(Protocol):

@@ -11,7 +11,8 @@ from confluent_kafka import Producer
 
 from model.registry import load_current
 from stream.app import pipeline_config
-from stream.pipeline import BatchProcessor, BatchResult, RawRecord
+from stream.pipeline import BatchProcessor, BatchResult
+from stream.records import RawRecord
 from stream.settings import Settings
 from stream.sinks import ConfluentSink
 from stream.store import StateStore, encode_record

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+from typing import Any
 
 import faust
 import pytest
@@ -18,10 +19,14 @@ from aiokafka import AIOKafkaConsumer
 from faust.transport.conductor import Conductor, ConductorCompiler
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
-from faust.types import Message
+from faust.transport.utils import DefaultSchedulingStrategy, TopicBuffer
+from faust.types import TP, Message
+from hypothesis import given
+from hypothesis import strategies as st
 from mode.utils.queues import FlowControlQueue
 
 from stream import consumer as batching
+from stream.records import RawRecord
 
 # sha256[:16] of the upstream source this module copies or depends on.
 UPSTREAM = {
@@ -41,6 +46,20 @@ UPSTREAM = {
         Conductor._update_tp_index,
         "e8e3ac9025ef44f7",
     ),
+    # BatchConsumer._deliver_fetch does getmany's per-record work per partition.
+    "faust.transport.consumer.Consumer.getmany": (Consumer.getmany, "4b168d84882a70d6"),
+    "faust.transport.consumer.Consumer._wait_next_records": (
+        Consumer._wait_next_records,
+        "6218e1969a636b3f",
+    ),
+    # consumer.ack_offsets is Consumer.ack for many records.
+    "faust.transport.consumer.Consumer.ack": (Consumer.ack, "5fcf41cf45153475"),
+    # consumer._round_robin keeps the scheduler's order.
+    "faust.transport.utils.DefaultSchedulingStrategy.records_iterator": (
+        DefaultSchedulingStrategy.records_iterator,
+        "b23981c4d98568a5",
+    ),
+    "faust.transport.utils.TopicBuffer.__iter__": (TopicBuffer.__iter__, "818f9fddaae72f4d"),
 }
 
 
@@ -62,6 +81,8 @@ def test_upstream_method_mirrored_by_stream_consumer_is_unchanged(name: str) -> 
         f"{name} changed upstream: compare it with stream/consumer.py "
         "(BatchConsumer._drain_messages mirrors _drain_messages; BatchConductor.deliver_batch "
         "keeps the per-record handler's gates; BatchConsumerThread overrides the fetch wait), "
+        "(_deliver_fetch does getmany's work per partition, ack_offsets is Consumer.ack "
+        "for many records, _round_robin keeps the scheduler's order), "
         "then update the digest here"
     )
 
@@ -94,17 +115,76 @@ def test_install_refuses_an_app_whose_conductor_already_exists() -> None:
         batching.install(app)
 
 
-def test_carrier_ack_never_acks_its_records() -> None:
-    records = [
-        Message("t", 0, off, 0.0, 0, None, b"k", b"v", None, generation_id=3) for off in (5, 6)
-    ]
-    carrier = batching.BatchMessage(records)
+def test_carrier_stands_for_its_records_and_acking_it_acks_nothing() -> None:
+    records = [RawRecord("t", 0, off, b"k", b"v") for off in (5, 6)]
+    carrier = batching.BatchMessage(records, 3)
     assert (carrier.tp, carrier.offset, carrier.generation_id, len(carrier)) == (
-        records[0].tp,
+        ("t", 0),
         6,
         3,
         2,
     )
     assert carrier.tracked
     assert carrier.on_final_ack(object()) is False
-    assert not any(m.acked for m in records)
+
+
+_tp_lists = st.dictionaries(
+    st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 3)),
+    st.integers(0, 6),
+    max_size=8,
+)
+
+
+@given(_tp_lists)
+def test_a_delivery_keeps_the_order_fausts_scheduler_gives(
+    sizes: dict[tuple[str, int], int],
+) -> None:
+    # Upstream iterates a fetch round robin over topics, and within a topic
+    # over partitions; _deliver_fetch builds the same order from per-partition lists.
+    fetched = {
+        TP(topic, part): [RawRecord(topic, part, off, None, None) for off in range(n)]
+        for (topic, part), n in sizes.items()
+        if n
+    }
+    upstream = [r for _, r in DefaultSchedulingStrategy().iterate(fetched)]
+    by_topic: dict[str, list[list[RawRecord]]] = {}
+    for tp, recs in fetched.items():
+        by_topic.setdefault(tp.topic, []).append(recs)
+    ours = (
+        batching._round_robin([batching._round_robin(p) for p in by_topic.values()])
+        if by_topic
+        else []
+    )
+    assert ours == upstream
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(["acked", "plain"]), st.integers(0, 2), st.integers(0, 30))),
+    st.dictionaries(st.integers(0, 2), st.integers(0, 20)),
+)
+def test_acking_many_records_at_once_keeps_the_books_consumer_ack_keeps(
+    acks: list[tuple[str, int, int]], committed: dict[int, int]
+) -> None:
+    def consumer() -> Any:
+        app = faust.App("ack-check", broker="kafka://127.0.0.1:1")
+        batching.install(app)
+        # What the conductor sets once subscribed: "acked" is read by an
+        # acking stream, "plain" is not.
+        app.topics._acking_topics.add("acked")
+        c = app.consumer
+        assert app.topics.acks_enabled_for("acked")
+        assert not app.topics.acks_enabled_for("plain")
+        for part, off in committed.items():
+            c._committed_offset[TP("acked", part)] = off
+        return c
+
+    one_by_one, at_once = consumer(), consumer()
+    for topic, part, off in acks:
+        one_by_one.ack(
+            Message(topic, part, off, 0.0, 0, None, None, None, None, tp=TP(topic, part))
+        )
+    new = batching.ack_offsets(at_once, [RawRecord(t, p, o, None, None) for t, p, o in acks])
+    assert new == one_by_one._n_acked == at_once._n_acked
+    for books in ("_acked", "_acked_index"):
+        theirs, ours = getattr(one_by_one, books), getattr(at_once, books)
+        assert {tp: v for tp, v in ours.items() if v} == {tp: v for tp, v in theirs.items() if v}

@@ -36,7 +36,8 @@ from stream.api import OPENAPI_PATH, BadRequest, decode_cursor
 from stream.app import pipeline_config
 from stream.health import Health
 from stream.http import make_app
-from stream.pipeline import BatchProcessor, RawRecord
+from stream.pipeline import BatchProcessor
+from stream.records import RawRecord
 from stream.settings import Settings
 from stream.sinks import ConfluentSink
 from stream.store import StateStore, member_shard

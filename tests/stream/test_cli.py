@@ -16,7 +16,8 @@ import pytest
 
 from model.registry import load_current
 from stream.app import pipeline_config
-from stream.pipeline import BatchProcessor, RawRecord
+from stream.pipeline import BatchProcessor
+from stream.records import RawRecord
 from stream.settings import Settings
 from stream.sinks import ConfluentSink
 from stream.store import StateStore

@@ -14,8 +14,9 @@ import pytest
 
 from model.registry import load_current
 from stream.app import pipeline_config
-from stream.pipeline import BatchProcessor, RawRecord
+from stream.pipeline import BatchProcessor
 from stream.playbook import PlaybookError, parse
+from stream.records import RawRecord
 from stream.settings import Settings
 from stream.sinks import ConfluentSink
 from stream.store import StateStore
