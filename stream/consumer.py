@@ -603,7 +603,7 @@ async def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[B
             n_pending += 1
         generation = app.consumer_generation_id
         batch: list[RawRecord] = []
-        messages: list[Message] = []
+        one_by_one: list[Message] = []
         while pending and len(batch) < max_:
             gen, records, message = pending.popleft()
             n_pending -= len(records)
@@ -621,7 +621,7 @@ async def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[B
                 records = records[:room]
             batch.extend(records)
             if message is not None:
-                messages.append(message)
+                one_by_one.append(message)
         if not batch:
             continue
         # Tracked as unacked, as the Stream tracks each record it yields
@@ -632,4 +632,4 @@ async def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[B
         token.tracked = True
         token.acked = False
         unacked.add(token)
-        yield Batch(stream, batch, token=token, messages=messages)
+        yield Batch(stream, batch, token=token, messages=one_by_one)

@@ -510,25 +510,40 @@ class BatchProcessor:
             for uid, m in messages
         ]
         out += [Outgoing(t, uid.encode(), orjson.dumps(m)) for t, uid, m in side]
-        if out:
-            t_pub = time.perf_counter()
-            await self.sink.publish(out)
-            metrics.PUBLISH_SECONDS.observe(time.perf_counter() - t_pub)
-        writes = [
-            UserWrite(
-                uid,
-                tl.record,
-                tl.old_segment,
-                tl.old_partition,
-                tl.old_due,
-                erase=tl.record.state.events == 0,
+        # A future (a task if the sink returned a coroutine), so it can be cancelled.
+        acked = asyncio.ensure_future(self.sink.publish(out)) if out else None
+        t_pub = time.perf_counter()
+        # Encoded while the broker acknowledges the changes (librdkafka sends
+        # them from its own threads); sent only once every change is acked.
+        try:
+            prepared = self.store.prepare_commit(
+                (
+                    UserWrite(
+                        uid,
+                        tl.record,
+                        tl.old_segment,
+                        tl.old_partition,
+                        tl.old_due,
+                        erase=tl.record.state.events == 0,
+                    )
+                    for uid, tl in timelines.items()
+                ),
+                partition_offsets,
+                stream_time,
+                self.cfg.key_ttl_ms,
+                partition_times,
             )
-            for uid, tl in timelines.items()
-        ]
+        except BaseException:
+            if acked is not None:
+                acked.cancel()  # the batch re-runs; nobody will await this one
+            raise
+        if acked is not None:
+            await acked
+            # From the end of producing to the last acknowledgement (or to the
+            # end of the encoding above, which overlaps it).
+            metrics.PUBLISH_SECONDS.observe(time.perf_counter() - t_pub)
         t1 = time.perf_counter()
-        await self.store.commit(
-            writes, partition_offsets, stream_time, self.cfg.key_ttl_ms, partition_times
-        )
+        await self.store.send_commit(prepared)
         self.stream_time = max(self.stream_time, stream_time)
         metrics.REDIS_SECONDS.labels("commit").observe(time.perf_counter() - t1)
         for _, m in messages:

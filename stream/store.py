@@ -390,6 +390,13 @@ class StoreMismatch(RuntimeError):
     """The stored state was written for other segment classes than the model serves."""
 
 
+class PreparedCommit(NamedTuple):
+    """A batch's commit, encoded and not yet sent: the Lua script's keys and arguments."""
+
+    keys: list[str]
+    args: list[Any]
+
+
 class UserWrite(NamedTuple):
     user_id: str
     record: UserRecord
@@ -545,6 +552,23 @@ class StateStore:
         wall-clock backstop on each written bucket; the authoritative,
         event-time retention is the erasure step of the re-evaluation schedule.
         """
+        await self.send_commit(
+            self.prepare_commit(writes, partition_offsets, stream_time, ttl_ms, partition_times)
+        )
+
+    def prepare_commit(
+        self,
+        writes: Iterable[UserWrite],
+        partition_offsets: dict[str, int],
+        stream_time: int,
+        ttl_ms: int = 0,
+        partition_times: dict[int, int] | None = None,
+    ) -> PreparedCommit:
+        """Encode a batch's commit without sending it (:meth:`send_commit` does).
+
+        Split from the sending so the pipeline can encode while the broker
+        acknowledges the batch's changes: nothing is written until it is sent.
+        """
         partition_times = partition_times or {}
         keys = [self.k_counts, self.k_offsets, self.k_stream_time, self.k_ptime]
         args: list[Any] = [
@@ -573,7 +597,11 @@ class StateStore:
                 0 if w.erase else rec.due,
                 member_shard(w.user_id),
             ]
-        status, detail = await self._commit(keys=keys, args=args)
+        return PreparedCommit(keys, args)
+
+    async def send_commit(self, prepared: PreparedCommit) -> None:
+        """Run a prepared commit; raise :class:`ConflictError` if anyone else wrote first."""
+        status, detail = await self._commit(keys=prepared.keys, args=prepared.args)
         if status != b"ok":
             gone = orjson.loads(detail) if detail not in (b"", b"{}") else []
             raise ConflictError(
