@@ -414,8 +414,14 @@ def tune_gc_on_start(app: faust.App, gen0_threshold: int) -> None:
     700 allocations, each batch's records outlive a few young collections, get
     promoted, and trigger full collections that walk every object the worker
     holds (model, pydantic, Faust) many times a second. ``gc.freeze()`` takes
-    the start-up objects out of collection for good; a larger young threshold
-    lets a batch's garbage die young. Reference cycles are still collected.
+    the start-up objects out of collection for good. The threshold counts
+    objects allocated less those freed, and a batch's objects are freed by
+    reference counting when it ends: at 500,000 a batch of 10,000 records
+    does not reach it, so nothing is walked while it runs (the processor alone
+    on 160,000 records in batches of 10,000: 15 young collections and 0.9-1.2
+    µs of GC per record at 50,000; none at 500,000, and 1.3 µs less CPU per
+    record, four interleaved pairs). Reference cycles are still collected,
+    once that many young objects outlive their batches.
     0 leaves the interpreter's defaults.
     """
     if gen0_threshold <= 0:

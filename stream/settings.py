@@ -96,11 +96,11 @@ class Settings(BaseSettings):
         "consumer, broker, Redis and other workers need",
     )
     gc_gen0_threshold: int = Field(
-        50_000,
+        500_000,
         ge=0,
         le=10_000_000,
-        description="Allocations between young garbage collections (0 = Python's default); "
-        "start-up objects are frozen out of collection",
+        description="Young objects (allocated less freed) before a young garbage collection "
+        "(0 = Python's default); start-up objects are frozen out of collection",
     )
 
     # --- input guards
