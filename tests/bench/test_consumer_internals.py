@@ -188,3 +188,50 @@ def test_acking_many_records_at_once_keeps_the_books_consumer_ack_keeps(
     for books in ("_acked", "_acked_index"):
         theirs, ours = getattr(one_by_one, books), getattr(at_once, books)
         assert {tp: v for tp, v in ours.items() if v} == {tp: v for tp, v in theirs.items() if v}
+
+
+@given(
+    st.lists(st.integers(0, 60), min_size=1, max_size=25, unique=True).map(sorted),
+    st.none() | st.integers(0, 60),
+    st.none() | st.integers(0, 60),
+    st.booleans(),
+)
+def test_read_offsets_and_gaps_per_partition_are_upstreams_per_record(
+    offsets: list[int], read: int | None, committed: int | None, acking: bool
+) -> None:
+    # Upstream's drain loop, record by record (faust.transport.consumer
+    # Consumer._drain_messages), is the oracle for _advance_read_offset.
+    tp = TP("t", 0)
+
+    def consumer() -> Any:
+        app = faust.App("offsets-check", broker="kafka://127.0.0.1:1")
+        batching.install(app)
+        if acking:
+            app.topics._acking_topics.add("t")
+        c = app.consumer
+        c._commit_every = None
+        c._read_offset[tp] = read
+        c._committed_offset[tp] = committed
+        return c
+
+    recs = [RawRecord("t", 0, off, None, None) for off in offsets]
+
+    async def upstream(c: Any) -> list[int]:
+        kept = []
+        for rec in recs:
+            r_offset = c._read_offset[tp]
+            if r_offset is None or rec.offset >= r_offset:
+                gap = rec.offset - (r_offset or 0)
+                if gap > 1 and r_offset and c.app.topics.acks_enabled_for(rec.topic):
+                    await c._add_gap(tp, r_offset + 1, rec.offset)
+                kept.append(rec.offset)
+                c._read_offset[tp] = rec.offset
+        return kept
+
+    async def ours(c: Any) -> list[int]:
+        return [r.offset for r in await c._advance_read_offset(tp, recs)]
+
+    theirs_c, ours_c = consumer(), consumer()
+    assert asyncio.run(ours(ours_c)) == asyncio.run(upstream(theirs_c))
+    assert ours_c._read_offset[tp] == theirs_c._read_offset[tp]
+    assert sorted(ours_c._gap[tp]) == sorted(theirs_c._gap[tp])
