@@ -97,7 +97,7 @@ class BatchMessage(Message):
 
     __slots__ = ("records",)
 
-    def __init__(self, records: Sequence[RawRecord], generation_id: int) -> None:
+    def __init__(self, records: list[RawRecord], generation_id: int) -> None:
         first, last = records[0], records[-1]
         super().__init__(
             first.topic,
@@ -594,7 +594,7 @@ async def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[B
                 continue
             carrier = event.message
             if isinstance(carrier, BatchMessage):
-                pending.append((carrier.generation_id, list(carrier.records), None))
+                pending.append((carrier.generation_id, carrier.records, None))
                 n_pending += len(carrier.records)
                 continue
             # Delivered before we enabled batches: the Stream has tracked it
@@ -634,8 +634,6 @@ async def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[B
         # upstream: a rebalance then waits for this batch's ack before
         # committing. (Faust's sensors do not see these records: our own
         # Prometheus metrics count them.)
-        token = BatchMessage(batch, generation)
-        token.tracked = True
-        token.acked = False
+        token = BatchMessage(batch, generation)  # tracked, not yet acked
         unacked.add(token)
         yield Batch(stream, batch, token=token, messages=one_by_one)
