@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from model.dataset import Examples
-from model.features import FEATURE_NAMES, LOG_FEATURES
+from model.features import raw_column as _raw
 
 #: Recency quantiles tried for the at_risk threshold, learned on training rows.
 RECENCY_QUANTILES: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
@@ -34,12 +34,6 @@ _NEAREST: dict[str, tuple[str, ...]] = {
 
 _HIGH_VALUE, _REGULAR, _POTENTIAL, _AT_RISK = 0, 1, 2, 3
 _RULE_SEGMENTS = ("high_value", "regular", "potential", "at_risk")
-
-
-def _raw(x: np.ndarray, name: str) -> np.ndarray:
-    """One feature column in its original units (undoing the log1p if it had one)."""
-    column = x[:, FEATURE_NAMES.index(name)].astype(np.float64)
-    return np.expm1(column) if name in LOG_FEATURES else column
 
 
 def _rfm(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

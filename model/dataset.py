@@ -27,6 +27,7 @@ import numpy as np
 from model.features import N_FEATURES, vector
 from model.labels import label_users, window_activity
 from model.segments import DEFAULT_SEGMENTS
+from stream.dedup import DEFAULT_CLICK_WINDOW_MS, admitted
 from stream.events import Event
 from stream.fold import DAY_MS, UserState, apply
 
@@ -42,6 +43,20 @@ class Examples:
 
     def __len__(self) -> int:
         return len(self.users)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Examples]) -> Examples:
+        """Rows of several example tables (e.g. one per population), in order."""
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        return cls(
+            x=np.concatenate([p.x for p in parts]),
+            y=np.concatenate([p.y for p in parts]),
+            users=[u for p in parts for u in p.users],
+            cutoffs=np.concatenate([p.cutoffs for p in parts]),
+            classes=parts[0].classes,
+            label_names=[n for p in parts for n in p.label_names],
+        )
 
     def subset(self, mask: np.ndarray) -> Examples:
         idx = np.flatnonzero(mask)
@@ -83,35 +98,35 @@ def default_cutoffs(
     return sorted(cutoffs)
 
 
-def drop_duplicate_events(events: Iterable[Event]) -> list[Event]:
-    """Keep the first occurrence of each ``(user_id, event_id)``, in the given order.
+def drop_duplicate_events(
+    events: Iterable[Event], click_window_ms: int = DEFAULT_CLICK_WINDOW_MS
+) -> list[Event]:
+    """The events the worker would count, in the given (arrival) order.
 
-    The worker skips a redelivered event_id of a user (``stream/pipeline.py``:
-    per-partition offsets plus the user's last ``dedup_window`` event ids of each input topic), so
-    a duplicate never reaches its fold; training must not fold it either, or
-    offline features (and labels: a redelivered order is not a second
-    purchase) would differ from what the worker holds. Offline the rule is
-    exact rather than bounded: the two agree for every redelivery the worker
-    can recognise, which is what at-least-once delivery produces.
+    The worker drops a re-sent event by the rule of :mod:`stream.dedup`
+    (orders by ``(event_type, order_id)`` for the user's whole life, clicks by
+    ``event_id`` within ``click_window_ms`` of the user's event time), plus a
+    redelivered record by its offset. Training applies the same rule to the
+    same arrival order, so offline features and labels (a re-sent order is not
+    a second purchase) count what the worker counts. Pass the worker's
+    ``SEGMENTER_CLICK_DEDUP_HOURS`` as ``click_window_ms`` if it is not the default.
     """
-    seen: set[tuple[str, str]] = set()
-    kept: list[Event] = []
-    for event in events:
-        key = (event.user_id, event.event_id)
-        if key in seen:
-            continue
-        seen.add(key)
-        kept.append(event)
-    return kept
+    return list(admitted(events, _user_of, click_window_ms))
 
 
-def sort_events(events: Iterable[Event]) -> list[Event]:
+def _user_of(event: Event) -> str:
+    return event.user_id
+
+
+def sort_events(
+    events: Iterable[Event], click_window_ms: int = DEFAULT_CLICK_WINDOW_MS
+) -> list[Event]:
     """Events deduplicated in arrival order, then stably sorted by event time."""
-    # Dedup before sorting: when two copies differ, the worker keeps the one
-    # that arrived first, and arrival order is only known here. Stable sort:
-    # events with one timestamp keep their log order, as a partition would
-    # deliver them.
-    return sorted(drop_duplicate_events(events), key=lambda e: e.timestamp)
+    # Dedup before sorting: which copy the worker keeps, and whether a click is
+    # within the window, depend on arrival order, known only here. Stable
+    # sort: events with one timestamp keep their log order, as a partition
+    # would deliver them.
+    return sorted(drop_duplicate_events(events, click_window_ms), key=lambda e: e.timestamp)
 
 
 def build_examples(
@@ -122,12 +137,12 @@ def build_examples(
     top_quantile: float = 0.2,
     classes: tuple[str, ...] = DEFAULT_SEGMENTS,
 ) -> Examples:
-    """One example per (cutoff, user first seen at or before it). ``events`` sorted by time.
+    """One example per (cutoff, user first seen at or before it).
 
-    Duplicate event ids are dropped here too (a no-op after :func:`sort_events`),
-    so no caller can fold a redelivered event the worker would have skipped.
+    ``events`` as :func:`sort_events` gives them: deduplicated in arrival
+    order, then sorted by time. (Deduplicating again here, in time order,
+    could drop a click the worker counted: one re-sent beyond the window.)
     """
-    events = drop_duplicate_events(events)
     times = [e.timestamp for e in events]
     index = {c: i for i, c in enumerate(classes)}
     states: dict[str, UserState] = {}
@@ -236,3 +251,62 @@ def early_stopping_split(train: Examples) -> tuple[Examples, Examples]:
             "early stopping needs it: give more history, a shorter --step or a shorter --horizon"
         )
     return train.subset(fit), train.subset(stop)
+
+
+@dataclass
+class Prepared:
+    """The example table and its three time-ordered row sets (see the module docstring)."""
+
+    events: list[Event]  # deduplicated, sorted by event time: what was folded
+    duplicates: int  # events dropped as redeliveries of an earlier event_id
+    examples: Examples  # every row, at every cutoff
+    train: Examples  # rows before validation: fit + early stopping (baselines fit on these)
+    fit: Examples
+    early_stopping: Examples
+    val: Examples
+
+
+def prepare_examples(
+    events: Sequence[Event],
+    *,
+    horizon_ms: int,
+    step_ms: int,
+    top_quantile: float = 0.2,
+    cutoffs_since_ms: int | None = None,
+    classes: tuple[str, ...] = DEFAULT_SEGMENTS,
+) -> Prepared:
+    """Events -> examples at cutoffs -> fit / early-stopping / validation rows.
+
+    Every event is folded, however old: a feature such as tenure or total
+    spend at a cutoff depends on the user's whole history, as it does in the
+    worker. ``cutoffs_since_ms`` only limits which cutoffs become examples.
+    """
+    ordered = sort_events(events)
+    if not ordered:
+        raise ValueError("no events to train on")
+    cutoffs = default_cutoffs(
+        ordered[0].timestamp,
+        ordered[-1].timestamp,
+        horizon_ms=horizon_ms,
+        step_ms=step_ms,
+        since_ms=cutoffs_since_ms,
+    )
+    if len(cutoffs) < 3:
+        raise ValueError(
+            f"the events give {len(cutoffs)} cutoff(s); fitting, early stopping and validation "
+            "need warm-up (30 d) + horizon + two steps of history (cutoffs within the window)"
+        )
+    examples = build_examples(
+        ordered, cutoffs, horizon_ms=horizon_ms, top_quantile=top_quantile, classes=classes
+    )
+    train, val = temporal_split(examples, horizon_ms)
+    fit_rows, stop_rows = early_stopping_split(train)
+    return Prepared(
+        events=ordered,
+        duplicates=len(events) - len(ordered),
+        examples=examples,
+        train=train,
+        fit=fit_rows,
+        early_stopping=stop_rows,
+        val=val,
+    )

@@ -20,11 +20,14 @@ import numpy as np
 from stream.fold import DAY_MS, UserState, decayed_by
 
 #: Bump when the meaning of any feature changes; it feeds the schema hash.
-FEATURE_VERSION = "features/v1"
+FEATURE_VERSION = "features/v2"
 
 #: For users who never ordered: "days since last order" is their tenure plus a
 #: year, so "never" sorts after "long ago" without an infinity in the input.
 NEVER_ORDERED_EXTRA_DAYS = 365.0
+#: Rates are per this many days of tenure, and tenure is floored at it, so a
+#: customer seen for one day with one order is not read as 30 orders a month.
+RATE_DAYS = 30.0
 
 FEATURE_NAMES: tuple[str, ...] = (
     "days_since_last_activity",
@@ -45,6 +48,11 @@ FEATURE_NAMES: tuple[str, ...] = (
     "return_ratio",
     "distinct_categories",
     "has_ordered",
+    # Purchase rate and spend rate over the customer's whole tenure: the
+    # frequency-for-age that buy-till-you-die models rank by (x / T). The
+    # network cannot divide two log inputs with ReLUs, so it gets the ratio.
+    "orders_per_30d",
+    "spend_per_30d",
 )
 
 #: Which features are log1p-transformed (counts, money, day spans).
@@ -104,6 +112,8 @@ def raw_row(state: UserState, now_ms: int) -> tuple[float, ...]:
         min(1.0, (state.cancel_count + state.refund_count) / orders) if orders else 0.0,
         float(state.distinct_categories),
         float(orders > 0),
+        orders * RATE_DAYS / max(tenure, RATE_DAYS),
+        state.total_spend * RATE_DAYS / max(tenure, RATE_DAYS),
     )
 
 
@@ -122,6 +132,12 @@ def transform(raw: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
     # through float rounding, and log1p of a negative is a NaN in the model.
     out[:, _LOG_COLUMNS] = np.log1p(np.maximum(out[:, _LOG_COLUMNS], 0.0))
     return out
+
+
+def raw_column(x: np.ndarray, name: str) -> np.ndarray:
+    """One column of model input back in its original units (undoing the log1p if it had one)."""
+    column = np.asarray(x)[:, FEATURE_NAMES.index(name)].astype(np.float64)
+    return np.expm1(column) if name in LOG_FEATURES else column
 
 
 def vector(state: UserState, now_ms: int) -> np.ndarray:

@@ -18,10 +18,19 @@ from typing import Any
 
 import numpy as np
 
+from model.evaluate import fmt
+from model.report_sections import (
+    archetype_section,
+    directional_section,
+    drift_section,
+    gate_section,
+)
+
 CONFUSION_PNG = "confusion_matrix.png"
 F1_PNG = "f1_vs_baselines.png"
 CURVES_PNG = "training_curves.png"
 DISTRIBUTION_PNG = "segment_distribution.png"
+RELIABILITY_PNG = "reliability.png"
 REPORT_MD = "report.md"
 
 # Small figures: a report holds several, and they live beside every model version.
@@ -89,7 +98,7 @@ def _f1_figure(
     x = np.arange(len(groups))
     fig, ax = plt.subplots(figsize=_FIGSIZE)
     for k, (name, metrics) in enumerate(series.items()):
-        values = [_class_f1(metrics, c) for c in classes] + [float(metrics.get("macro_f1", 0.0))]
+        values = [_class_f1(metrics, c) for c in classes] + [float(metrics.get("macro_f1") or 0.0)]
         ax.bar(x + (k - (len(series) - 1) / 2) * width, values, width, label=name)
     ax.set_xticks(x, labels=groups, rotation=30, ha="right")
     # Headroom above 1.0 for a one-row legend, so it never hides a bar.
@@ -157,7 +166,41 @@ def _distribution_figure(
 
 
 def _class_f1(metrics: dict[str, Any], name: str) -> float:
-    return float(metrics.get("per_class", {}).get(name, {}).get("f1", 0.0))
+    """For bars: a class without support draws as 0 (the tables say "no support")."""
+    return float(_class_f1_or_none(metrics, name) or 0.0)
+
+
+def _class_f1_or_none(metrics: dict[str, Any], name: str) -> float | None:
+    value = metrics.get("per_class", {}).get(name, {}).get("f1")
+    return None if value is None else float(value)
+
+
+def _reliability_figure(
+    plt: Any, path: Path, classes: Sequence[str], probs: np.ndarray, y: np.ndarray, bins: int = 10
+) -> Path:
+    """Calibration: per class, mean predicted probability against the observed share."""
+    fig, ax = plt.subplots(figsize=_FIGSIZE)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    for k, name in enumerate(classes):
+        if not (y == k).any():
+            continue  # no support: nothing to be calibrated against
+        p = probs[:, k]
+        which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+        xs, ys = [], []
+        for b in range(bins):
+            inside = which == b
+            if inside.sum() >= 5:  # a dot from fewer rows is noise
+                xs.append(float(p[inside].mean()))
+                ys.append(float((y[inside] == k).mean()))
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("predicted probability")
+    ax.set_ylabel("observed share")
+    ax.set_title("Reliability (validation)")
+    ax.legend(fontsize="small")
+    return _save(plt, fig, path)
 
 
 def _iso(ms: Any) -> str:
@@ -175,27 +218,19 @@ def _metrics_table(
         "| metric | " + " | ".join(series) + " |",
         "|---|" + "---:|" * len(series),
     ]
-    rows: list[tuple[str, list[float]]] = [
-        ("accuracy", [float(m.get("accuracy", 0.0)) for m in series.values()]),
-        ("macro-F1", [float(m.get("macro_f1", 0.0)) for m in series.values()]),
+    rows: list[tuple[str, list[float | None]]] = [
+        ("high_value F1 (primary)", [m.get("high_value_f1") for m in series.values()]),
+        ("weighted F1", [m.get("weighted_f1") for m in series.values()]),
+        ("macro-F1", [m.get("macro_f1") for m in series.values()]),
+        ("accuracy", [m.get("accuracy") for m in series.values()]),
     ]
-    rows += [(f"F1 {c}", [_class_f1(m, c) for m in series.values()]) for c in classes]
+    rows += [(f"F1 {c}", [_class_f1_or_none(m, c) for m in series.values()]) for c in classes]
     for label, values in rows:
-        lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+        lines.append(f"| {label} | " + " | ".join(fmt(v) for v in values) + " |")
     n = model_metrics.get("n")
     if n is not None:
         lines += ["", f"Validation rows: {n}."]
     return lines
-
-
-def _gate_section(gate: dict[str, Any]) -> list[str]:
-    lines = ["## Promotion gate", "", f"**{gate.get('outcome', 'unknown')}**"]
-    if gate.get("reason"):
-        lines[-1] += f": {gate['reason']}"
-    for key, label in (("candidate_f1", "candidate macro-F1"), ("current_f1", "serving macro-F1")):
-        if gate.get(key) is not None:
-            lines.append(f"- {label}: {float(gate[key]):.4f}")
-    return [*lines, ""]
 
 
 def _training_section(training: dict[str, Any]) -> list[str]:
@@ -240,12 +275,17 @@ def write_report(
     distribution: dict[str, dict[str, int]],
     gate: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
+    checks: dict[str, Any] | None = None,
+    calibration: tuple[np.ndarray, np.ndarray] | None = None,
+    drift_reference: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Write the four figures and ``report.md`` into ``out_dir``; return the paths written.
 
     ``model_metrics`` and each of ``baselines`` are :func:`model.evaluate.classification_report`
     dicts on the same validation rows; ``distribution`` maps "train", "validation"
-    (and optionally "predicted") to class counts.
+    (and optionally "predicted") to class counts. ``checks`` are the
+    directional and archetype results (:func:`model.assess.behaviour_checks`),
+    ``calibration`` the validation probabilities and labels.
     """
     plt = _pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -264,15 +304,25 @@ def write_report(
             _distribution_figure(plt, out_dir / DISTRIBUTION_PNG, classes, distribution),
         ),
     ]
+    if calibration is not None:
+        probs, y = calibration
+        images.append(
+            ("Reliability", _reliability_figure(plt, out_dir / RELIABILITY_PNG, classes, probs, y))
+        )
 
     lines = [f"# Training report: {version}", ""]
     lines += ["## Validation metrics", ""]
     lines += _metrics_table(classes, model_metrics, baselines)
     lines.append("")
     if gate is not None:
-        lines += _gate_section(gate)
+        lines += gate_section(gate)
+    if checks:
+        lines += directional_section(checks.get("directional", []))
+        lines += archetype_section(checks.get("archetypes", []), checks.get("pairs", []))
     if training is not None:
         lines += _training_section(training)
+    if drift_reference:
+        lines += drift_section(drift_reference)
     lines += ["## Figures", ""]
     for title, path in images:
         # Relative links: the report moves with its version directory.

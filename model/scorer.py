@@ -3,6 +3,8 @@
 The artifact's ``weights.npz`` holds the standardisation statistics and each
 Dense layer's kernel and bias, exported from the Keras model at training time.
 A test checks this forward pass against Keras to 1e-5 on 10,000 inputs.
+Models that record their training range (``clip_lo``/``clip_hi``) have every
+input clamped to it first, as the Keras model's ``ClipToRange`` layer does.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ class Scorer:
     mean: np.ndarray
     scale: np.ndarray
     layers: tuple[tuple[np.ndarray, np.ndarray], ...]
+    #: per-feature training range, or None for models trained before it was kept
+    clip: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def load(cls, weights_path: Path, classes: tuple[str, ...]) -> Scorer:
@@ -30,12 +34,15 @@ class Scorer:
             )
             mean = data["mean"].astype(np.float64)
             scale = data["scale"].astype(np.float64)
+            clip = None
+            if "clip_lo" in data.files:
+                clip = (data["clip_lo"].astype(np.float64), data["clip_hi"].astype(np.float64))
         if layers[-1][0].shape[1] != len(classes):
             raise ValueError(
                 f"{weights_path}: output layer has {layers[-1][0].shape[1]} units "
                 f"but the manifest lists {len(classes)} classes"
             )
-        return cls(classes=classes, mean=mean, scale=scale, layers=layers)
+        return cls(classes=classes, mean=mean, scale=scale, layers=layers, clip=clip)
 
     @property
     def n_features(self) -> int:
@@ -53,7 +60,10 @@ class Scorer:
         for every row (``tests/model/test_scorer_registry.py``), at about 1.4×
         the cost of one matrix product, which is small beside the batch.
         """
-        h = (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
+        h = np.asarray(x, dtype=np.float64)
+        if self.clip is not None:
+            h = np.clip(h, self.clip[0], self.clip[1])
+        h = (h - self.mean) / self.scale
         *hidden, (w_out, b_out) = self.layers
         for w, b in hidden:
             h = np.maximum(_rowwise(h, w) + b, 0.0)
@@ -75,12 +85,16 @@ def save_weights(
     mean: np.ndarray,
     scale: np.ndarray,
     layers: list[tuple[np.ndarray, np.ndarray]],
+    clip: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
     arrays: dict[str, np.ndarray] = {
         "mean": np.asarray(mean, dtype=np.float64),
         "scale": np.asarray(scale, dtype=np.float64),
         "n_layers": np.asarray(len(layers)),
     }
+    if clip is not None:
+        arrays["clip_lo"] = np.asarray(clip[0], dtype=np.float64)
+        arrays["clip_hi"] = np.asarray(clip[1], dtype=np.float64)
     for i, (kernel, bias) in enumerate(layers):
         arrays[f"kernel_{i}"] = np.asarray(kernel, dtype=np.float32)
         arrays[f"bias_{i}"] = np.asarray(bias, dtype=np.float32)

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
 from model.registry import promote, read_manifest, rollback
 from stream.settings import Settings
+from stream.sinks import new_producer
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,9 @@ def announce(settings: Settings, entry: dict[str, Any], timeout_s: float = 10.0)
         "schema_hash": manifest.get("schema_hash"),
         "classes": manifest.get("classes"),
         "macro_f1": manifest.get("metrics", {}).get("macro_f1"),
+        "high_value_f1": manifest.get("metrics", {}).get("high_value_f1"),
     }
-    producer = Producer({**settings.kafka_client_config(), "acks": "all"})
+    producer = new_producer({**settings.kafka_client_config(), "acks": "all"})
     errors: list[Any] = []
     producer.produce(
         settings.topic_models,

@@ -8,22 +8,36 @@ owns. The contract is ``stream/openapi.yaml``, served at ``/openapi.yaml`` and
 Errors are JSON ``{"error": ...}``: 400 for a malformed request, 404 for an
 unknown user or segment, 503 when Redis cannot be reached. Bad input never
 produces a 500.
+
+Guards (:func:`api_middlewares`, wired by :func:`stream.http.make_app`): with
+``SEGMENTER_API_TOKEN`` set, every route but :data:`PUBLIC_PATHS` needs
+``Authorization: Bearer <token>`` (else 401); each client address gets a token
+bucket of ``SEGMENTER_API_BURST`` requests refilled at ``SEGMENTER_API_RATE_PER_S``
+(else 429 with Retry-After). Probes and /metrics are neither limited nor closed:
+kubelet and Prometheus carry no token, and a busy client must not fail a probe.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import logging
+import math
 import re
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import orjson
 import yaml
 from aiohttp import web
+from aiohttp.typedefs import Handler as Next  # what a middleware hands the request on to
+from aiohttp.typedefs import Middleware
 from redis.exceptions import RedisError
 
 from model.segments import DEFAULT_SEGMENTS
@@ -54,6 +68,16 @@ MAX_CURSOR_LEN = (MAX_CURSOR_BYTES * 4 + 2) // 3
 Classes = Sequence[str] | Callable[[], Sequence[str]]
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
+#: Answered without a token: probes and Prometheus carry none, and the contract
+#: is no secret.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.yaml", "/openapi.json"})
+#: Never rate-limited: a client flooding the API must not fail the pod's probes.
+UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+#: Client addresses whose buckets are kept at most. Past it the least recently
+#: seen client is forgotten (it starts again with a full bucket): a flood of
+#: addresses costs memory up to here, never more.
+MAX_CLIENTS = 10_000
+
 
 class BadRequest(Exception):
     """A request the client must fix: answered 400 with this message."""
@@ -82,6 +106,23 @@ def decode_cursor(cursor: str) -> str:
         return raw.decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
         raise BadRequest("malformed cursor") from None
+
+
+def path_user_id(request: web.Request) -> str:
+    """The user id in ``/users/{user_id}``, percent-decoded from the raw path as UTF-8.
+
+    Not aiohttp's ``match_info``: it leaves an escape that is not UTF-8 as is, so
+    ``/users/%FF`` and ``/users/%25FF`` would both ask for the id "%FF". Ids are
+    compared as bytes in Redis, so a path that is not UTF-8 is refused, never
+    patched up.
+    """
+    raw = request.rel_url.raw_path
+    if not raw.startswith("/users/"):  # not reached through our route: nothing to decode
+        return request.match_info.get("user_id", "")
+    try:
+        return unquote_to_bytes(raw[len("/users/") :]).decode("utf-8")
+    except UnicodeError:
+        raise BadRequest("user_id is not UTF-8: percent-encode the id's UTF-8 bytes") from None
 
 
 def check_user_id(user_id: str) -> None:
@@ -165,7 +206,7 @@ def mount_api(
 
     @_guarded
     async def get_user(request: web.Request) -> web.Response:
-        user_id = request.match_info.get("user_id", "")
+        user_id = path_user_id(request)
         check_user_id(user_id)
         key = user_id if settings is None else stored_id(settings, user_id)
         # One pipelined round trip for the record and stream time.
@@ -224,3 +265,110 @@ def mount_api(
     app.router.add_get(r"/segments/{segment:[\s\S]+}/users", get_members)
     app.router.add_get("/openapi.yaml", openapi_yaml)
     app.router.add_get("/openapi.json", openapi_json)
+
+
+# --- guards: bearer token and per-client rate limit
+
+
+def bearer_auth(token: bytes) -> Middleware:
+    """401 for any route outside :data:`PUBLIC_PATHS` without ``Bearer <token>``."""
+
+    def unauthorized(message: str, challenge: str) -> web.Response:
+        resp = _error(401, message)
+        resp.headers["WWW-Authenticate"] = challenge
+        return resp
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Next) -> web.StreamResponse:
+        if request.path in PUBLIC_PATHS:
+            return await handler(request)
+        scheme, _, presented = request.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            return unauthorized("bearer token required", 'Bearer realm="segmenter"')
+        # Bytes as they came (aiohttp decodes headers with surrogateescape), compared
+        # in constant time: the answer's timing tells nothing about the token.
+        if not hmac.compare_digest(presented.strip().encode("utf-8", "surrogateescape"), token):
+            return unauthorized(
+                "invalid bearer token", 'Bearer realm="segmenter", error="invalid_token"'
+            )
+        return await handler(request)
+
+    return auth
+
+
+class RateLimiter:
+    """Token buckets per client: ``burst`` requests at once, refilled at ``rate`` per second.
+
+    The table is bounded: a bucket idle long enough to be full again is dropped
+    (the same as no bucket), and past ``max_clients`` the least recently seen
+    client is forgotten.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        max_clients: int = MAX_CLIENTS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if rate <= 0 or burst < 1 or max_clients < 1:
+            raise ValueError("a rate limiter needs rate > 0, burst >= 1 and max_clients >= 1")
+        self.rate = rate
+        self.burst = float(burst)
+        self.max_clients = max_clients
+        self._clock = clock
+        #: client -> (tokens left, when they were counted); least recently seen first.
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _level(self, bucket: tuple[float, float], now: float) -> float:
+        tokens, at = bucket
+        return min(self.burst, tokens + (now - at) * self.rate)
+
+    def take(self, client: str) -> float:
+        """Spend one of ``client``'s tokens: 0.0 if it had one, else seconds until it has."""
+        now = self._clock()
+        # Least recently seen first: stop at the first one still refilling.
+        while self._buckets:
+            oldest, idle = next(iter(self._buckets.items()))
+            if self._level(idle, now) < self.burst:
+                break
+            del self._buckets[oldest]
+        # Popped and put back: the dict's order is the order clients were last seen.
+        mine = self._buckets.pop(client) if client in self._buckets else None
+        tokens = self.burst if mine is None else self._level(mine, now)
+        wait = 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+        self._buckets[client] = (tokens - 1 if wait == 0.0 else tokens, now)
+        while len(self._buckets) > self.max_clients:
+            self._buckets.popitem(last=False)
+        return wait
+
+
+def rate_limit(limiter: RateLimiter) -> Middleware:
+    """429 with Retry-After once a client address has spent its bucket."""
+
+    @web.middleware
+    async def limit(request: web.Request, handler: Next) -> web.StreamResponse:
+        if request.path in UNLIMITED_PATHS:
+            return await handler(request)
+        wait = limiter.take(request.remote or "unknown")
+        if wait > 0:
+            return _json(
+                {"error": "too many requests"}, 429, {"Retry-After": str(max(1, math.ceil(wait)))}
+            )
+        return await handler(request)
+
+    return limit
+
+
+def api_middlewares(settings: Settings) -> list[Middleware]:
+    """The read API's guards in the order they run: the rate limit first, so that
+    guessing tokens is rate-limited too."""
+    out: list[Middleware] = []
+    if settings.api_rate_per_s > 0 and settings.api_burst > 0:
+        out.append(rate_limit(RateLimiter(settings.api_rate_per_s, settings.api_burst)))
+    if settings.api_token is not None:
+        out.append(bearer_auth(settings.api_token.get_secret_value().encode()))
+    return out

@@ -23,12 +23,14 @@ from model.segments import Hysteresis
 from stream import consumer as batching
 from stream import metrics
 from stream.announce import AnnouncementListener
+from stream.drift import DriftTracker, report_max_age_s
 from stream.events import DecodeLimits
 from stream.health import Health
 from stream.http import serve as serve_http
 from stream.pipeline import BatchProcessor, PipelineConfig
 from stream.playbook import Playbook, PlaybookError
 from stream.playbook import load as load_playbook
+from stream.redaction import install as install_redaction
 from stream.settings import Settings, SettingsError
 from stream.sinks import ConfluentSink
 from stream.store import StateStore
@@ -96,7 +98,9 @@ def pipeline_config(settings: Settings, playbook: Playbook | None = None) -> Pip
             max_bytes=settings.max_event_bytes, max_future_ms=int(settings.max_future_s * 1000)
         ),
         hysteresis=Hysteresis(margin=settings.hysteresis_margin, floor=settings.hysteresis_floor),
-        dedup_window=settings.dedup_window,
+        click_dedup_ms=int(settings.click_dedup_hours * 3_600_000),
+        max_batch_failures=settings.max_batch_failures,
+        dlq_head_bytes=settings.dlq_value_head_bytes,
         max_lateness_ms=int(settings.retention_days * 86_400_000),
         retention_ms=int(settings.retention_days * 86_400_000),
         # Backstop only: retention is enforced in event time by the sweep, and
@@ -198,6 +202,7 @@ def create_app(settings: Settings) -> faust.App:
     # Changes and dead letters go out through librdkafka, not the app's
     # aiokafka producer (stream/sinks.py says why).
     sink = ConfluentSink(settings.kafka_client_config())
+    drift = DriftTracker(settings.drift_window_rows) if settings.drift_window_rows else None
     processor = BatchProcessor(
         store,
         sink,
@@ -209,6 +214,7 @@ def create_app(settings: Settings) -> faust.App:
         should_stop=lambda: stopping["now"] or app.should_stop,
         on_fatal=app.crash,
         health=health,
+        observe_inputs=drift.observe if drift is not None else None,
     )
     one_writer = asyncio.Lock()
     source = app.topic(*settings.input_topics, key_serializer="raw", value_serializer="raw")
@@ -255,6 +261,10 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.task
     async def start_http() -> None:
+        # mode's Worker replaced the root log handlers when it started (after
+        # `segmenter worker` had put the redaction filter on the old ones): put it
+        # back before anything, the API's access log included, logs through them.
+        install_redaction(settings.redactor())
         if settings.metrics_port:
             await serve_http(
                 health,
@@ -265,14 +275,21 @@ def create_app(settings: Settings) -> faust.App:
                 lambda: holder.current.classes,
             )
             log.info(
-                "serving /metrics, /healthz, /readyz on %s:%d",
+                "serving /metrics, /healthz, /readyz and the read API (%s) on %s:%d",
+                "bearer token required" if settings.api_token else "no token required",
                 settings.metrics_host,
                 settings.metrics_port,
             )
 
     @app.timer(interval=settings.housekeeping_interval_s)
     async def housekeeping() -> None:
-        """Refresh what SREs watch: Redis health, segment populations, lag, the model."""
+        """Refresh what SREs watch: Redis health, segment populations, lag, the model, drift."""
+        report = None
+        if drift is not None:
+            try:  # before any I/O: the gauges do not wait on Redis
+                report = drift.publish(holder.current)
+            except Exception as exc:
+                log.warning("drift snapshot failed: %s: %s", type(exc).__name__, exc)
         try:
             await store.ping()
             counts = await store.segment_counts()
@@ -287,6 +304,11 @@ def create_app(settings: Settings) -> faust.App:
         try:
             await _update_lag(app, health, applied)
             reload_now()
+            if report is not None:
+                # `models show` reads reports this fresh; the key goes once
+                # no worker has written for as long.
+                ttl = report_max_age_s(settings.housekeeping_interval_s)
+                await store.put_drift(report["worker"], report, ttl)
         except Exception as exc:
             log.warning("housekeeping incomplete: %s: %s", type(exc).__name__, exc)
 

@@ -16,7 +16,9 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from stream.settings import Settings, load_settings
+from stream.redaction import Redactor
+from stream.redaction import install as install_redaction
+from stream.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
     help=(
@@ -42,8 +44,12 @@ def parse_duration(text: str) -> int:
     return int(float(match.group(1)) * _UNIT_MS[match.group(2)])
 
 
-def setup_logging(level: str = "INFO") -> None:
-    """Rich output for people at a terminal; one plain line per record for log collectors."""
+def setup_logging(level: str = "INFO", settings: Settings | None = None) -> None:
+    """Rich output for people at a terminal; one plain line per record for log collectors.
+
+    Every record goes through the redaction filter: ``settings``' secrets and any
+    URL credentials are masked (URL credentials only, without settings).
+    """
     if console.is_terminal:
         handler: logging.Handler = RichHandler(
             console=console, show_path=False, rich_tracebacks=True
@@ -53,6 +59,7 @@ def setup_logging(level: str = "INFO") -> None:
         handler = logging.StreamHandler(sys.stderr)
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
+    install_redaction(settings.redactor() if settings is not None else Redactor())
 
 
 def settings_or_exit(**overrides: object) -> Settings:
@@ -72,12 +79,18 @@ def progress() -> Progress:
 @app.command("settings")
 def show_settings() -> None:
     """Print the effective settings (secrets masked) and every variable you can set."""
-    settings = settings_or_exit()
-    summary = settings.safe_summary()
+    try:
+        summary: dict[str, object] | None = settings_or_exit().safe_summary()
+    except SettingsError as exc:
+        # Still list every variable (the error's hint sends people here), then fail.
+        typer.echo(str(exc.code), err=True)
+        summary = None
     for name, field in Settings.model_fields.items():
         var = f"SEGMENTER_{name.upper()}"
         desc = f"  # {field.description}" if field.description else ""
-        typer.echo(f"{var}={summary.get(name)}{desc}")
+        typer.echo(f"{var}={summary.get(name) if summary is not None else ''}{desc}")
+    if summary is None:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -90,7 +103,7 @@ def worker(
     are committed, and the process exits 0.
     """
     settings = settings_or_exit()
-    setup_logging(loglevel or settings.log_level)
+    setup_logging(loglevel or settings.log_level, settings)
     from stream.worker import run_worker
 
     run_worker(settings, loglevel or settings.log_level)
@@ -214,14 +227,32 @@ def export_cmd(
 def train(
     input_file: Annotated[
         Path | None,
-        typer.Option("--input", "-i", exists=True, dir_okay=False, help="Events file to train on"),
+        typer.Option(
+            "--input", "-i", exists=True, dir_okay=False, help="Events file to train on (real data)"
+        ),
     ] = None,
+    synthetic: Annotated[
+        bool,
+        typer.Option(
+            "--synthetic",
+            help="Train on generated populations instead of a file (never replaces a model "
+            "trained on real events unless --force)",
+        ),
+    ] = False,
     fmt: Annotated[
         str,
         typer.Option("--format", help="jsonl, parquet, online-retail or rees46 (default: suffix)"),
     ] = "",
-    users: Annotated[int, typer.Option(help="Synthetic users when no --input")] = 2000,
-    days: Annotated[float, typer.Option(help="Synthetic days when no --input")] = 365.0,
+    users: Annotated[int, typer.Option(min=1, help="--synthetic: users per population")] = 2000,
+    days: Annotated[float, typer.Option(min=1.0, help="--synthetic: days of history")] = 365.0,
+    populations: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="--synthetic: how many different populations (heavy-tailed purchase rates "
+            "and order values, orders-only and click-only customers) to train across",
+        ),
+    ] = 4,
     seed: Annotated[int, typer.Option(help="Seeds the data generator and the weights")] = 0,
     horizon: Annotated[str, typer.Option(help="Label horizon after each cutoff")] = "90d",
     step: Annotated[str, typer.Option(help="Spacing between cutoffs")] = "7d",
@@ -237,43 +268,70 @@ def train(
     force: Annotated[
         bool, typer.Option("--force", help="Promote even if the gate says no")
     ] = False,
-    tolerance: Annotated[float, typer.Option(help="Gate: allowed macro-F1 drop vs serving")] = 0.01,
+    tolerance: Annotated[
+        float, typer.Option(help="Gate: allowed drop vs a serving model of the same population")
+    ] = 0.01,
     version: Annotated[str | None, typer.Option(help="Version name (default: timestamp)")] = None,
 ) -> None:
-    """Train the MLP on events at cutoffs (temporal validation) and write a versioned model."""
+    """Train the MLP on events at cutoffs (temporal validation) and write a versioned model.
+
+    Needs --input FILE (real events) or --synthetic (generated populations).
+    """
+    if (input_file is None) == (not synthetic):
+        typer.echo(
+            "error: give --input FILE (events to train on) or --synthetic (generated data), "
+            "not both and not neither",
+            err=True,
+        )
+        raise typer.Exit(2)
+    horizon_ms, step_ms = parse_duration(horizon), parse_duration(step)
+    try:
+        sizes = tuple(int(h) for h in hidden.split(",") if h.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        typer.echo(f"error: --hidden {hidden!r} must be positive sizes like 32 or 64,32", err=True)
+        raise typer.Exit(2)
+
+    from model.dataset import prepare_examples
     from model.sources import decode_records
-    from model.train import TrainConfig, train_from_events
+    from model.train import TrainConfig, train_prepared
     from stream.events import _to_epoch_ms
 
     setup_logging("INFO")
     settings = settings_or_exit()
     until_ms = _to_epoch_ms(until) if until else None
+    logs: list[Any] = []
     if input_file is not None:
         records, skipped = _read_input(input_file, fmt, settings)
         if skipped:
             console.print(f"[yellow]rows skipped on import: {dict(skipped)}")
-        decoded = decode_records(
-            records,
-            clickstream_topic=settings.topic_clickstream,
-            orders_topic=settings.topic_orders,
-            until_ms=until_ms,
+        logs.append(
+            decode_records(
+                records,
+                clickstream_topic=settings.topic_clickstream,
+                orders_topic=settings.topic_orders,
+                until_ms=until_ms,
+            )
         )
         source = f"{input_file} ({fmt or input_file.suffix.lstrip('.')})"
     else:
-        from stream.generate import GeneratorConfig
-        from stream.generate import generate as gen
+        from stream.populations import generate_population, sample_populations
         from stream.produce import encode_generated
 
-        decoded = decode_records(
-            encode_generated(gen(GeneratorConfig(users=users, days=days, seed=seed))),
-            until_ms=until_ms,
+        configs = sample_populations(seed, populations, users=users, days=days)
+        for cfg_p in configs:
+            logs.append(
+                decode_records(encode_generated(generate_population(cfg_p)), until_ms=until_ms)
+            )
+        source = "synthetic: " + "; ".join(
+            f"{c.label} (seed {c.seed}, {c.users} users, {c.days:g} days)" for c in configs
         )
-        source = f"generated(users={users}, days={days}, seed={seed})"
-    if decoded.rejected:
-        console.print(f"[yellow]skipped invalid records: {dict(decoded.rejected)}")
-    cfg = TrainConfig(
-        hidden=tuple(int(h) for h in hidden.split(",") if h.strip()), epochs=epochs, seed=seed
-    )
+    for decoded in logs:
+        if decoded.rejected:
+            console.print(f"[yellow]skipped invalid records: {dict(decoded.rejected)}")
+    cfg = TrainConfig(hidden=sizes, epochs=epochs, seed=seed)
+    parts = [prepare_examples(d.events, horizon_ms=horizon_ms, step_ms=step_ms) for d in logs]
     with progress() as bar:
         task = bar.add_task("training (epochs)", total=epochs)
 
@@ -287,17 +345,19 @@ def train(
                 ),
             )
 
-        target = train_from_events(
-            decoded.events,
+        target = train_prepared(
+            parts,
             model_dir or settings.model_dir,
-            horizon_ms=parse_duration(horizon),
-            step_ms=parse_duration(step),
+            horizon_ms=horizon_ms,
+            step_ms=step_ms,
             cfg=cfg,
             promote=False,
             source=source,
+            source_kind="synthetic" if synthetic else "events",
             on_epoch=on_epoch,
             version=version,
         )
+    from model.evaluate import fmt as show
     from model.gate import judge
 
     registry = model_dir or settings.model_dir
@@ -312,13 +372,15 @@ def train(
             settings, registry, target.name, "segmenter train" + (" --force" if force else "")
         )
     console.print(
-        f"validation: accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f} "
+        f"validation: {verdict.primary_metric} {verdict.candidate_f1:.3f}, "
+        f"accuracy {report['accuracy']:.3f}, macro-F1 {show(report['macro_f1'])} "
         f"on {report['n']} users"
     )
     for cls, m in report["per_class"].items():
         console.print(
-            f"  {cls:<11} precision {m['precision']:.3f} recall {m['recall']:.3f} "
-            f"f1 {m['f1']:.3f} support {m['support']}"
+            f"  {cls:<11} precision {show(m['precision'], missing='-')} "
+            f"recall {show(m['recall'])} "
+            f"f1 {show(m['f1'])} support {m['support']}"
         )
 
 
@@ -377,7 +439,7 @@ def retrain(
     from stream.retrain import RetrainConfig, run_forever
 
     settings = settings_or_exit()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings)
     cfg = RetrainConfig(
         window_days=parse_duration(window) / 86_400_000,
         until_ms=_to_epoch_ms(until) if until else None,
@@ -416,18 +478,24 @@ def user(
 def forget_cmd(
     user_id: Annotated[str, typer.Argument(help="The user to erase (raw id)")],
 ) -> None:
-    """Right to erasure: delete the user's state and publish a tombstone on customer-segments."""
+    """Right to erasure: delete the user's state, tombstone them on every output topic, and
+    keep their hashed id so that a replay cannot bring them back."""
     from stream.forget import forget
 
     settings = settings_or_exit()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings)
     done = asyncio.run(forget(settings, user_id))
     what = "state deleted" if done.had_state else "no state was held"
-    typer.echo(
-        f"forgot {user_id!r}: {what}; tombstone at {settings.topic_segments} offset "
-        f"{done.tombstone_offset}"
+    where = ", ".join(f"{t}@{off}" for t, off in done.tombstones.items())
+    typer.echo(f"forgot {user_id!r}: {what}; tombstones at {where}")
+    # The log names the erasure by the digest the erasure list keeps, never by the id.
+    from stream.store import erased_digest
+
+    log.info(
+        "erasure: user %s… forgotten (had state: %s)",
+        erased_digest(done.user_key).hex()[:12],
+        done.had_state,
     )
-    log.info("erasure: user %s forgotten (had state: %s)", done.user_key, done.had_state)
 
 
 @app.command()
@@ -520,19 +588,22 @@ app.add_typer(models_app, name="models")
 
 @models_app.command("list")
 def models_list() -> None:
-    """Every version in SEGMENTER_MODEL_DIR, with its validation macro-F1; * marks current."""
+    """Every version with its high_value F1 (the gate metric); * marks the current one."""
     from model.registry import current_version, list_versions, read_manifest
 
     settings = settings_or_exit()
     current = current_version(settings.model_dir)
     for version in list_versions(settings.model_dir):
         manifest = read_manifest(settings.model_dir / version)
-        f1 = manifest.get("metrics", {}).get("macro_f1")
+        metrics = manifest.get("metrics", {})
+        f1 = metrics.get("high_value_f1")
         gate = manifest.get("gate", {}).get("outcome", "")
+        kind = manifest.get("training", {}).get("source_kind", "?")
         mark = "*" if version == current else " "
         f1_text = f"{f1:.3f}" if isinstance(f1, float) else "-"
         typer.echo(
-            f"{mark} {version:<28} macro-F1 {f1_text}  {manifest.get('created_at', '')}  {gate}"
+            f"{mark} {version:<28} high_value-F1 {f1_text}  {kind:<9} "
+            f"{manifest.get('created_at', '')}  {gate}"
         )
 
 
@@ -540,13 +611,58 @@ def models_list() -> None:
 def models_show(
     version: Annotated[str, typer.Argument(help="Version (default: current)")] = "",
 ) -> None:
-    """A version's manifest (features, schema hash, classes, window, metrics, gate)."""
+    """A version's manifest (features, schema hash, classes, window, metrics, gate) and drift.
+
+    ``drift.reference`` summarises the training distribution the manifest stores;
+    ``drift.live`` is the workers' latest PSI per feature for this version, read
+    from Redis, or says why it is not available.
+    """
+    import time
+
+    from model.drift import summary
     from model.registry import current_version, read_manifest
+    from stream.drift import merge_reports, report_max_age_s
+    from stream.store import StateStore
 
     settings = settings_or_exit()
     version = version or (current_version(settings.model_dir) or "")
     manifest = read_manifest(settings.model_dir / version)
     manifest.pop("normalisation", None)
+    ref = manifest.pop("drift_reference", None)
+    live: dict[str, Any]
+    max_age = report_max_age_s(settings.housekeeping_interval_s)
+    if ref is None:
+        live = {
+            "available": False,
+            "reason": "the manifest has no drift reference (trained before drift monitoring); "
+            "a model trained by this code has one",
+        }
+    else:
+
+        async def reports() -> list[dict[str, Any]]:
+            store = StateStore.from_settings(settings)
+            try:
+                return await store.drift_reports()
+            finally:
+                await store.close()
+
+        try:
+            merged = merge_reports(
+                ref, asyncio.run(reports()), version, now=time.time(), max_age_s=max_age
+            )
+        except Exception as exc:  # Redis unreachable, or its reports unreadable
+            live = {"available": False, "reason": f"Redis: {type(exc).__name__}: {exc}"}
+        else:
+            live = (
+                {"available": True, **merged}
+                if merged is not None
+                else {
+                    "available": False,
+                    "reason": f"no worker has reported drift for {version} in the last "
+                    f"{max_age} s (is it serving, with SEGMENTER_DRIFT_WINDOW_ROWS > 0?)",
+                }
+            )
+    manifest["drift"] = {"reference": summary(ref) if ref is not None else None, "live": live}
     sys.stdout.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 

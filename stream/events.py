@@ -47,6 +47,9 @@ class Reason(StrEnum):
     TIMESTAMP_RANGE = "timestamp_range"
     UNKNOWN_TOPIC = "unknown_topic"
     TOO_LATE = "too_late"
+    #: Decoded, but processing it failed the same way every time it was tried
+    #: (SEGMENTER_MAX_BATCH_FAILURES): set aside so that the partition goes on.
+    PROCESSING_FAILED = "processing_failed"
 
 
 def _to_epoch_ms(value: object) -> int:
@@ -175,9 +178,21 @@ def decode(
         return Rejected(Reason.INVALID_JSON, str(exc)[:200])
     # Keys route users to partitions, and partition ownership is what keeps
     # one user's events in order on one worker: a mismatched key breaks that.
-    if key is None or key.decode("utf-8", "replace") != event.user_id:
-        shown = None if key is None else key[:64].decode("utf-8", "replace")
-        return Rejected(Reason.KEY_MISMATCH, f"key {shown!r} differs from user_id")
+    # Compared as bytes: a lossy decode of the key (errors="replace") would let a
+    # key that is not UTF-8 pass for an id holding U+FFFD. The detail quotes
+    # neither the key nor the id: it is logged and sent as the x-dlq-detail
+    # header, and ids are personal data (the DLQ record keeps the original key).
+    if key is None:
+        return Rejected(Reason.KEY_MISMATCH, "record has no key; it must be the user_id")
+    try:
+        expected = event.user_id.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (a JSON escape): no key can match it
+        return Rejected(Reason.KEY_MISMATCH, "user_id is not valid Unicode; no key can match it")
+    if key != expected:
+        return Rejected(
+            Reason.KEY_MISMATCH,
+            f"record key ({len(key)} bytes) differs from the UTF-8 user_id ({len(expected)} bytes)",
+        )
     if event.timestamp < MIN_TIMESTAMP_MS:
         return Rejected(Reason.TIMESTAMP_RANGE, f"timestamp {event.timestamp} is before 2000-01-01")
     if event.timestamp > now_ms + limits.max_future_ms:

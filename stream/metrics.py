@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 from prometheus_client import (
+    REGISTRY,
     Counter,
     Gauge,
     Histogram,
     disable_created_metrics,
     start_http_server,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # *_created series double the series count and no dashboard or alert uses them.
 disable_created_metrics()
 
 EVENTS = Counter(
     "segmenter_events_total",
-    "Input events by outcome: applied, duplicate or dead_lettered",
+    "Input events by outcome: applied, duplicate, erased (from before the user's erasure) "
+    "or dead_lettered",
     ["topic", "event_type", "outcome"],
 )
 DEAD_LETTERS = Counter(
     "segmenter_dead_letters_total", "Records sent to the DLQ, by reason", ["topic", "reason"]
+)
+POISONED_BATCHES = Counter(
+    "segmenter_poisoned_batches_total",
+    "Batches that failed the same way SEGMENTER_MAX_BATCH_FAILURES times and were split "
+    "to find and dead-letter the record at fault, by step",
+    ["step"],
 )
 EVENT_TO_PUBLISH = Histogram(
     "segmenter_event_to_publish_seconds",
@@ -98,6 +110,49 @@ RETRAIN_RUNS = Counter(
     "Retrain runs by outcome: promoted, candidate (kept out by the gate), failed, skipped",
     ["outcome"],
 )
+
+
+class DriftGauges(Collector):
+    """Input drift of the serving model, as of the worker's last drift snapshot.
+
+    Two gauges (``segmenter_feature_drift_psi{feature}`` and
+    ``segmenter_inputs_out_of_range_ratio``) with no samples at all while the
+    serving model has no drift reference or nothing has been scored yet: a 0
+    would read as "no drift" when nothing was measured.
+    """
+
+    def __init__(self) -> None:
+        # One tuple, swapped whole: a scrape sees one snapshot, never half of two.
+        self._latest: tuple[dict[str, float], float] | None = None
+
+    def set(self, psi: Mapping[str, float], out_of_range_ratio: float) -> None:
+        self._latest = (dict(psi), out_of_range_ratio)
+
+    def clear(self) -> None:
+        self._latest = None
+
+    def collect(self) -> Iterator[Metric]:
+        latest = self._latest
+        psi = GaugeMetricFamily(
+            "segmenter_feature_drift_psi",
+            "Population stability index of each feature over the drift window against the "
+            "serving model's training distribution (0.25: significant shift)",
+            labels=["feature"],
+        )
+        ratio = GaugeMetricFamily(
+            "segmenter_inputs_out_of_range_ratio",
+            "Share of rows in the drift window with a feature outside the training range",
+        )
+        if latest is not None:
+            for feature, value in latest[0].items():
+                psi.add_metric([feature], value)
+            ratio.add_metric([], latest[1])
+        yield psi
+        yield ratio
+
+
+DRIFT = DriftGauges()
+REGISTRY.register(DRIFT)
 
 
 def init_series() -> None:

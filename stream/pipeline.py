@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
+import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -34,6 +36,7 @@ from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 import orjson
+from confluent_kafka import KafkaError, KafkaException
 from redis.exceptions import RedisError
 
 from model.explain import top_reasons
@@ -41,7 +44,8 @@ from model.features import N_FEATURES, raw_row, transform
 from model.registry import LoadedModel
 from model.segments import Hysteresis, clear_leaders, decide
 from stream import metrics
-from stream.events import DecodeLimits, Event, OrderEvent, Reason, Rejected, decode, iso
+from stream.dedup import DEFAULT_CLICK_WINDOW_MS, SeenEvents, admit
+from stream.events import DecodeLimits, Event, Reason, Rejected, decode, iso
 from stream.fold import UserState, apply
 from stream.health import Health
 from stream.playbook import Playbook
@@ -54,7 +58,6 @@ from stream.store import (
     StoreMismatch,
     UserRecord,
     UserWrite,
-    event_digest,
 )
 
 log = logging.getLogger(__name__)
@@ -106,7 +109,9 @@ class PipelineConfig:
     dlq_topic: str = "segmenter-dlq"
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     hysteresis: Hysteresis = field(default_factory=Hysteresis)
-    dedup_window: int = 8
+    #: Clicks re-sent within this much of their user's event time are dropped
+    #: (orders by order id, always: stream.dedup). 0 = by offset only.
+    click_dedup_ms: int = DEFAULT_CLICK_WINDOW_MS
     #: Events older than stream time minus this are dead-lettered: their user
     #: may already have been expired by retention, and would come back wrong.
     max_lateness_ms: int = 400 * 86_400_000
@@ -125,19 +130,28 @@ class PipelineConfig:
     pseudonymize_key: bytes | None = None
     retry_initial_s: float = 0.1
     retry_max_s: float = 5.0
+    #: Attempts a batch may fail the same way before its records are tried
+    #: apart and the one that fails is dead-lettered (transient outages of
+    #: Redis or the broker never count: those are waited out).
+    max_batch_failures: int = 5
+    #: Bytes of an over-large record's key and value kept in the DLQ.
+    dlq_head_bytes: int = 1024
 
 
-def _seen(rec: UserRecord, tp: str, offset: int, digest: bytes) -> bool:
-    """Whether ``rec`` already holds this event (by offset mark or event-id digest).
+def _redelivered(rec: UserRecord, tp: str, offset: int) -> bool:
+    """Whether ``rec`` already holds this very record (at or below its partition's mark)."""
+    return offset <= rec.offsets.get(tp, -1)
 
-    Both rings are searched: an event id names one event, whichever topic it
-    came on, and a record written by codec 2 keeps both topics in ``recent``.
-    """
-    return offset <= rec.offsets.get(tp, -1) or digest in rec.recent or digest in rec.recent_orders
+
+def _known(rec: UserRecord, tp: str, offset: int, event: Event, click_window_ms: int) -> bool:
+    """Whether ``rec`` already counts ``event``, as a redelivery or a re-send; changes nothing."""
+    return _redelivered(rec, tp, offset) or not admit(
+        rec.seen.copy(), event, rec.state.last_seen, click_window_ms
+    )
 
 
 def dlq_headers(record: RawRecord, rejected: Rejected) -> list[tuple[str, bytes]]:
-    """The DLQ envelope: original key/value untouched, the why and the where in headers."""
+    """The DLQ envelope's headers: the why and the where."""
     return [
         ("x-dlq-reason", rejected.reason.value.encode()),
         ("x-dlq-detail", rejected.detail.encode("utf-8", "replace")[:1024]),
@@ -145,6 +159,68 @@ def dlq_headers(record: RawRecord, rejected: Rejected) -> list[tuple[str, bytes]
         ("x-source-partition", str(record.partition).encode()),
         ("x-source-offset", str(record.offset).encode()),
     ]
+
+
+def dlq_record(
+    topic: str, record: RawRecord, rejected: Rejected, whole_up_to: int, head: int
+) -> Outgoing:
+    """A dead letter whose size is bounded, so that dead-lettering cannot fail on size.
+
+    A key or value up to ``whole_up_to`` bytes is kept untouched (every record
+    the decoder accepts in size). A larger one keeps its first ``head`` bytes,
+    and headers give its size and SHA-256: enough to find and compare the
+    original at its source, which the ``x-source-*`` headers name.
+    """
+    headers = dlq_headers(record, rejected)
+    parts: list[bytes | None] = []
+    for name, data in (("key", record.key), ("value", record.value)):
+        if data is not None and len(data) > whole_up_to:
+            headers += [
+                (f"x-dlq-{name}-size", str(len(data)).encode()),
+                (f"x-dlq-{name}-sha256", hashlib.sha256(data).hexdigest().encode()),
+                (f"x-dlq-{name}-truncated", str(head).encode()),
+            ]
+            data = data[:head]
+        parts.append(data)
+    return Outgoing(topic, parts[0], parts[1], headers)
+
+
+class Poisoned(Exception):
+    """A batch failed the same way ``max_batch_failures`` times: not an outage."""
+
+    def __init__(self, what: str, signature: str) -> None:
+        super().__init__(f"{what} failed the same way repeatedly: {signature}")
+        self.signature = signature
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is an outage to wait out rather than a fault of the batch.
+
+    Redis errors, and broker errors librdkafka calls retriable (or a timeout,
+    a transport failure, no broker up), are outages: no record is to blame,
+    and dead-lettering during one would throw good events away.
+    """
+    if isinstance(exc, RedisError | ConnectionError | TimeoutError):
+        return True
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        err: KafkaError = exc.args[0]
+        return bool(err.retriable()) or err.code() in _TRANSIENT_KAFKA
+    return False
+
+
+_TRANSIENT_KAFKA = frozenset(
+    {
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._RESOLVE,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NOT_ENOUGH_REPLICAS,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+    }
+)
 
 
 class BatchProcessor:
@@ -159,6 +235,7 @@ class BatchProcessor:
         should_stop: Callable[[], bool] = lambda: False,
         health: Health | None = None,
         on_fatal: Callable[[BaseException], Awaitable[None]] | None = None,
+        observe_inputs: Callable[[LoadedModel, np.ndarray, list[int]], None] | None = None,
     ) -> None:
         self.store = store
         self.sink = sink
@@ -167,6 +244,9 @@ class BatchProcessor:
         self._clock_ms = clock_ms
         self._should_stop = should_stop
         self._on_fatal = on_fatal
+        #: Gets each committed event batch's model inputs, and which of their
+        #: rows are re-scores rather than arriving events (drift).
+        self._observe_inputs = observe_inputs
         # Time-driven steps after a user's last activity: the re-scores, then
         # (last) retention erasure. Computed once: _next_due runs per event.
         retention = config.retention_ms
@@ -175,6 +255,8 @@ class BatchProcessor:
             offsets = [o for o in offsets if o < retention] + [retention]
         self._step_offsets = tuple(offsets)
         self._fatal: BaseException | None = None
+        #: Records that failed on their own: dead-lettered on their next try.
+        self._poisoned: dict[tuple[str, int, int], Rejected] = {}
         self._health = health
         #: Stream time as of the last batch this processor committed (0 = not yet known).
         self.stream_time = 0
@@ -193,6 +275,10 @@ class BatchProcessor:
         good: list[tuple[RawRecord, Event]] = []
         bad: list[tuple[RawRecord, Rejected]] = []
         for rec in records:
+            poisoned = self._poisoned.pop((rec.topic, rec.partition, rec.offset), None)
+            if poisoned is not None:
+                bad.append((rec, poisoned))
+                continue
             kind = self._kinds.get(rec.topic)
             if kind is None:
                 bad.append((rec, Rejected(Reason.UNKNOWN_TOPIC, f"no decoder for {rec.topic}")))
@@ -209,11 +295,9 @@ class BatchProcessor:
     async def _dead_letter(self, bad: list[tuple[RawRecord, Rejected]]) -> None:
         """Send to the DLQ and wait until the broker has them (counted by the caller)."""
         if bad:
+            whole, head = self.cfg.limits.max_bytes, self.cfg.dlq_head_bytes
             await self.sink.publish(
-                [
-                    Outgoing(self.cfg.dlq_topic, rec.key, rec.value, dlq_headers(rec, why))
-                    for rec, why in bad
-                ]
+                [dlq_record(self.cfg.dlq_topic, rec, why, whole, head) for rec, why in bad]
             )
 
     @staticmethod
@@ -233,10 +317,40 @@ class BatchProcessor:
     # -- steps 2-5 ---------------------------------------------------------
 
     async def process(self, records: Sequence[RawRecord]) -> BatchResult:
+        """Apply ``records``; returns once they are committed (or dead-lettered).
+
+        A batch that fails the same way ``max_batch_failures`` times is split
+        in halves, each applied on its own, down to the record that fails: it
+        is dead-lettered (``processing_failed``) and the rest go on. Partition
+        order is kept: the halves are applied in order.
+        """
+        try:
+            return await self._process(records)
+        except Poisoned as exc:
+            if len(records) == 1:
+                rec = records[0]
+                why = f"failed {self.cfg.max_batch_failures} times: {exc.signature}"
+                log.error("dead-lettering %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, why)
+                self._poisoned[(rec.topic, rec.partition, rec.offset)] = Rejected(
+                    Reason.PROCESSING_FAILED, why
+                )
+                return await self._process(records)
+            mid = len(records) // 2
+            log.warning(
+                "a batch of %d records failed the same way %d times (%s): applying it in halves",
+                len(records),
+                self.cfg.max_batch_failures,
+                exc.signature,
+            )
+            first = await self.process(records[:mid])
+            second = await self.process(records[mid:])
+            return _merged(first, second)
+
+    async def _process(self, records: Sequence[RawRecord]) -> BatchResult:
         started = time.perf_counter()
         good, bad = self._decode(records)
         if bad:  # at least once, like everything this publishes
-            await self._retrying(lambda: self._dead_letter(bad), "dead_letter")
+            await self._retrying(lambda: self._dead_letter(bad), "dead_letter", poison=True)
             self._count_dead_letters(bad)
         # Every record of the batch is accounted for once this batch commits,
         # dead-lettered ones included: their partition offsets advance too.
@@ -249,7 +363,7 @@ class BatchProcessor:
                 highest[key] = rec.offset
         partition_offsets = {f"{t}:{p}": off for (t, p), off in highest.items()}
         result, attempt = await self._retrying(
-            lambda: self._fold_score_publish_commit(good, partition_offsets), "batch"
+            lambda: self._fold_score_publish_commit(good, partition_offsets), "batch", poison=True
         )
         result.records = len(records)
         result.dead_lettered += len(bad)
@@ -282,7 +396,9 @@ class BatchProcessor:
             if (
                 bound
                 and event.timestamp <= before - bound
-                and not _seen(loaded[event.user_id], tp, raw.offset, event_digest(event.event_id))
+                and not _known(
+                    loaded[event.user_id], tp, raw.offset, event, self.cfg.click_dedup_ms
+                )
             ):
                 # Judged against the partition's own clock, in partition order,
                 # so a replay judges it the same way. Past the bound, its user
@@ -301,30 +417,32 @@ class BatchProcessor:
 
         timelines: dict[str, Timeline] = {}
         rows: list[tuple[float, ...]] = []  # raw features, one per step; transformed at once
+        swept: list[int] = []  # those of the rows that are inactivity re-scores
         counted: Counter[tuple[str, str, str]] = Counter()  # (topic, event_type, outcome)
         latest: dict[str, int] = {}
         batch_time = 0
-        window = self.cfg.dedup_window
+        window = self.cfg.click_dedup_ms
         for uid, items in by_user.items():
             rec = loaded[uid]
             tl = Timeline(rec, rec.segment, rec.partition, rec.due)
             for raw, tp, event, before in items:
-                digest = event_digest(event.event_id)
-                if _seen(rec, tp, raw.offset, digest):
+                if event.timestamp <= rec.erased_at:
+                    # From before the user's erasure (a replay, a rewound
+                    # group): not theirs to count any more.
+                    counted[raw.topic, event.event_type, "erased"] += 1
+                    continue
+                # Offsets first: a redelivered record is skipped whatever its
+                # age; then the rule training applies too (stream.dedup).
+                if _redelivered(rec, tp, raw.offset) or not admit(
+                    rec.seen, event, rec.state.last_seen, window
+                ):
                     result.duplicates += 1
                     counted[raw.topic, event.event_type, "duplicate"] += 1
                     continue
-                self._catch_up(tl, max(before, event.timestamp - 1), rows)
+                self._catch_up(tl, max(before, event.timestamp - 1), rows, swept)
                 apply(rec.state, event)
                 rec.partition = raw.partition
                 rec.offsets[tp] = raw.offset
-                if window:
-                    # One ring per topic: a re-send arrives on its original's
-                    # partition, after at most a few of that partition's
-                    # events, however many the other topic delivered between.
-                    ring = rec.recent_orders if isinstance(event, OrderEvent) else rec.recent
-                    ring.append(digest)
-                    del ring[:-window]
                 # Scored after every event, as of the user's own latest event
                 # (never earlier than a previous scoring): then the changes do
                 # not depend on how the stream was cut into batches, and a
@@ -345,7 +463,7 @@ class BatchProcessor:
         await self._bind_classes()  # before anything of this batch is published
         await self._dead_letter(late)  # before the commit, like the changes
         messages = await self._score_publish_commit(
-            timelines, rows, partition_offsets, stream_time, partition_times
+            timelines, rows, partition_offsets, stream_time, partition_times, swept
         )
         self._count_dead_letters(late)
         result.dead_lettered = len(late)
@@ -370,12 +488,19 @@ class BatchProcessor:
                 return last_seen + offset
         return 0
 
-    def _catch_up(self, tl: Timeline, until: int, rows: list[tuple[float, ...]]) -> None:
+    def _catch_up(
+        self,
+        tl: Timeline,
+        until: int,
+        rows: list[tuple[float, ...]],
+        swept: list[int] | None = None,
+    ) -> None:
         """Take every time-driven step of ``tl``'s user due at or before ``until``.
 
         The live sweep and the batch path both come through here, so whether a
         step is taken by the sweep or just before the user's next event, it
-        happens at the same event time and with the same state.
+        happens at the same event time and with the same state. ``swept``
+        collects the rows it adds.
         """
         rec = tl.record
         while rec.due and rec.due <= until and rec.state.events:
@@ -386,11 +511,13 @@ class BatchProcessor:
                 # which publishes the tombstone; the revision stays for the
                 # commit's concurrency check.
                 tl.steps.append(Step(at, "retention", -1))
-                rec.state, rec.offsets, rec.recent, rec.recent_orders = UserState(), {}, [], []
+                rec.state, rec.offsets, rec.seen = UserState(), {}, SeenEvents()
                 rec.scored_at = rec.due = 0
                 return
             rows.append(raw_row(rec.state, at))
             tl.steps.append(Step(at, "inactivity", len(rows) - 1))
+            if swept is not None:
+                swept.append(len(rows) - 1)
             rec.scored_at = at
             rec.due = self._next_due(rec.state.last_seen, at)
 
@@ -401,10 +528,15 @@ class BatchProcessor:
         partition_offsets: dict[str, int],
         stream_time: int,
         partition_times: dict[int, int],
+        swept: list[int] | None = None,
     ) -> list[tuple[str, dict[str, Any] | None]]:
         """Score every step in one forward pass, apply hysteresis in each user's
         order, publish the changes, commit. Shared by event batches and the
-        time-driven sweep, so both follow one rule. ``None`` = a tombstone."""
+        time-driven sweep, so both follow one rule. ``None`` = a tombstone.
+
+        An event batch passes ``swept``, the rows of its inactivity re-scores:
+        the others, one per arriving event, are what drift is measured on.
+        """
         model = self.model()
         messages: list[tuple[str, dict[str, Any] | None]] = []
         side: list[tuple[str, str, dict[str, Any]]] = []  # (topic, user, message)
@@ -551,6 +683,12 @@ class BatchProcessor:
                 metrics.SEGMENT_CHANGES.labels(m["previous_segment"] or "none", m["segment"]).inc()
         if expired:
             metrics.EXPIRED_USERS.inc(expired)
+        if swept is not None and self._observe_inputs is not None and rows:
+            # After the commit, so a re-run batch is not counted twice. Only the
+            # rows of arriving events: the training reference is made of those
+            # (model.drift.serving_rows), and a re-score's user is by
+            # definition one who has gone quiet.
+            self._observe_inputs(model, x, swept)
         return messages
 
     async def reevaluate(
@@ -607,14 +745,19 @@ class BatchProcessor:
             changes=[m for _, m in messages if m is not None],
         )
 
-    async def _retrying(self, run: Callable[[], Awaitable[_T]], what: str) -> tuple[_T, int]:
+    async def _retrying(
+        self, run: Callable[[], Awaitable[_T]], what: str, poison: bool = False
+    ) -> tuple[_T, int]:
         """Run ``run`` until it commits; return its result and the attempts it took.
 
-        Nothing escapes but cancellation: an exception out of the agent would
-        let Faust move past an unapplied batch, whose events dedup would then
-        skip. A refused commit re-runs at once; anything else backs off.
+        Nothing escapes but cancellation, and (with ``poison``) :class:`Poisoned`
+        once a non-transient error has recurred ``max_batch_failures`` times in
+        a row: an exception out of the agent would let Faust move past an
+        unapplied batch, whose events dedup would then skip. A refused commit
+        re-runs at once; anything else backs off, with jitter.
         """
         attempt = 0
+        same, signature = 0, ""
         while True:
             attempt += 1
             try:
@@ -651,6 +794,12 @@ class BatchProcessor:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a failed publish, say
+                if poison and not transient(exc):
+                    now = f"{type(exc).__name__}: {str(exc)[:300]}"
+                    same, signature = (same + 1, now) if now == signature else (1, now)
+                    if same >= self.cfg.max_batch_failures:
+                        metrics.POISONED_BATCHES.labels(what).inc()
+                        raise Poisoned(what, signature) from exc
                 log.exception("%s failed; retrying it", what)
                 await self._backoff(attempt, exc)
 
@@ -660,13 +809,17 @@ class BatchProcessor:
             await self.store.bind_classes(classes)
 
     async def _tombstone(self, users: Sequence[str]) -> None:
-        topic = self.cfg.segments_topic
-        await self.sink.publish([Outgoing(topic, u.encode(), None) for u in users])
+        topics = output_topics(
+            self.cfg.segments_topic, self.cfg.segment_topic_template, self.model().classes
+        )
+        await self.sink.publish(tombstones(users, topics))
 
     async def _backoff(self, attempt: int, exc: Exception) -> None:
         if self._should_stop() or self._fatal is not None:
             raise asyncio.CancelledError(f"stopping with the batch unapplied: {exc}")
-        delay = min(self.cfg.retry_max_s, self.cfg.retry_initial_s * 2 ** (attempt - 1))
+        # Equal jitter: workers that failed together do not retry together.
+        ceiling = min(self.cfg.retry_max_s, self.cfg.retry_initial_s * 2 ** (attempt - 1))
+        delay = ceiling * random.uniform(0.5, 1.0)
         log.warning(
             "%s: %s; batch not applied, retry %d in %.1fs",
             type(exc).__name__,
@@ -675,6 +828,34 @@ class BatchProcessor:
             delay,
         )
         await asyncio.sleep(delay)
+
+
+def output_topics(
+    segments_topic: str, segment_topic_template: str | None, classes: Iterable[str]
+) -> list[str]:
+    """Every topic the worker publishes a user's data to (the DLQ aside)."""
+    out = [segments_topic]
+    if segment_topic_template:
+        out += [segment_topic_template.format(segment=c) for c in classes]
+    return out
+
+
+def tombstones(users: Iterable[str], topics: Sequence[str]) -> list[Outgoing]:
+    """A tombstone (null value) per user and topic: compaction then drops what
+    the user's key held there, and consumers that materialise a topic drop them."""
+    return [Outgoing(t, u.encode(), None) for u in users for t in topics]
+
+
+def _merged(a: BatchResult, b: BatchResult) -> BatchResult:
+    return BatchResult(
+        records=a.records + b.records,
+        applied=a.applied + b.applied,
+        duplicates=a.duplicates + b.duplicates,
+        dead_lettered=a.dead_lettered + b.dead_lettered,
+        changes=a.changes + b.changes,
+        users=a.users + b.users,
+        attempts=a.attempts + b.attempts,
+    )
 
 
 def exited_event(

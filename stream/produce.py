@@ -14,11 +14,14 @@ import orjson
 from confluent_kafka import KafkaException, Producer
 
 from stream.generate import GeneratedEvent
-from stream.sinks import produce_waiting
+from stream.sinks import new_producer, produce_waiting
 
 
 def make_producer(kafka_config: dict[str, Any], **overrides: Any) -> Producer:
-    """A producer from ``Settings.kafka_client_config()`` (servers and security)."""
+    """A producer from ``Settings.kafka_client_config()`` (servers and security).
+
+    Partitioned like Java clients (:func:`stream.sinks.new_producer`).
+    """
     conf = {
         **kafka_config,
         "enable.idempotence": True,
@@ -28,7 +31,7 @@ def make_producer(kafka_config: dict[str, Any], **overrides: Any) -> Producer:
         "compression.type": "none",
         **overrides,
     }
-    return Producer(conf)
+    return new_producer(conf)
 
 
 def produce(

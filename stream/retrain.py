@@ -11,10 +11,13 @@ folded, so a user's features at a cutoff (tenure, total spend, order count,
 cutting the history first would give long-standing customers the features of
 new ones.
 
-Gate: the candidate and the serving model are scored on the *same* validation
-window (the candidate's, built from the latest data). The candidate becomes
-current only if its macro-F1 is at least the serving model's minus the
-tolerance. Workers pick the new ``current`` up without a restart.
+Gate (model/gate.py): the candidate, the serving model and the baselines are
+scored on the *same* rows, the candidate's validation window from the latest
+data, with one primary metric (high_value F1). A serving model trained on
+another population (the bootstrap, synthetic data) is scored like a baseline;
+one trained on the same topics may lead by the tolerance. The candidate must
+also pass the directional checks and the archetypes. Workers pick the new
+``current`` up without a restart.
 """
 
 from __future__ import annotations

@@ -1,23 +1,67 @@
 """Typed settings from the environment (prefix ``SEGMENTER_``), validated at start-up.
 
-A wrong value fails here, before any connection is made, with a message that
-names the variable and says what it expects (see :func:`load_settings`).
+A wrong value fails here, before any connection is made, with one line per
+problem that names the variable and says what it expects (see
+:func:`load_settings`). No secret is ever part of that text: secret settings
+(:data:`SECRET_FIELDS`) and URL credentials are never echoed.
+
+Each secret can also come from a file (``SEGMENTER_<NAME>_FILE``, the Docker and
+Kubernetes secrets convention): its content, less trailing newlines, is the value.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import orjson
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
+from stream.redaction import Redactor, read_secret_file, redact_urls, url_passwords
+from stream.redaction import redact_url as redact
+
 ENV_PREFIX = "SEGMENTER_"
+#: Settings whose values are secrets: never shown in errors, logs or `segmenter settings`.
+SECRET_FIELDS = frozenset(
+    {"kafka_sasl_password", "redis_password", "pseudonymize_key", "api_token"}
+)
+#: Settings that may carry credentials in their userinfo (scheme://user:pass@host).
+URL_FIELDS = frozenset({"kafka_url", "redis_url"})
+#: Settings that may be given as a file instead (SEGMENTER_<NAME>_FILE).
+FILE_FIELDS = (
+    "kafka_sasl_password",
+    "redis_url",
+    "redis_password",
+    "pseudonymize_key",
+    "api_token",
+)
+MIN_API_TOKEN_LEN = 16
+
+
+def _file_description(name: str) -> str:
+    return (
+        f"File whose content is {ENV_PREFIX}{name.upper()} (Docker/Kubernetes secret); "
+        "set one or the other"
+    )
+
+
+class SettingsProblems(ValueError):
+    """Several problems found by one validator, each a line naming its variable.
+
+    Raised from model validators, whose errors pydantic reports against the
+    whole input (every setting, secrets included): :func:`describe_errors`
+    prints these lines and never that input.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 class Settings(BaseSettings):
@@ -31,11 +75,16 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
+    kafka_sasl_password_file: Path | None = Field(
+        None, description=_file_description("kafka_sasl_password")
+    )
     kafka_ssl_cafile: Path | None = Field(None, description="CA bundle for the brokers' TLS")
     kafka_ssl_certfile: Path | None = Field(None, description="Client certificate (mutual TLS)")
     kafka_ssl_keyfile: Path | None = None
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="redis:// or rediss:// (TLS)")
+    redis_url_file: Path | None = Field(None, description=_file_description("redis_url"))
     redis_password: SecretStr | None = Field(None, description="Redis AUTH password")
+    redis_password_file: Path | None = Field(None, description=_file_description("redis_password"))
     redis_ssl_ca_certs: Path | None = Field(None, description="CA bundle for rediss://")
     redis_prefix: str = Field("seg", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 
@@ -106,11 +155,33 @@ class Settings(BaseSettings):
     # --- input guards
     max_event_bytes: int = Field(64 * 1024, ge=256)
     max_future_s: float = Field(86_400.0, ge=0)
-    dedup_window: int = Field(
-        8,
+    click_dedup_hours: float = Field(
+        24.0,
         ge=0,
-        le=255,
-        description="Recent event_ids kept per user and input topic (against producer retries)",
+        le=24 * 30,
+        description="Clicks re-sent with the same event_id within this many hours of the "
+        "user's latest event time are dropped (orders are deduplicated by order id for as "
+        "long as the user is kept); 0 = by offset only",
+    )
+    max_batch_failures: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="Attempts a batch may fail the same way (not a Redis or broker outage) "
+        "before its records are dead-lettered one by one and the worker goes on",
+    )
+    dlq_value_head_bytes: int = Field(
+        1024,
+        ge=0,
+        le=64 * 1024,
+        description="Bytes of an over-large record's value kept in the DLQ (with its size "
+        "and SHA-256); smaller records are kept whole",
+    )
+    forget_denylist_days: float = Field(
+        400.0,
+        ge=0,
+        description="How long an erased user's hashed id blocks their events from coming "
+        "back (a replay, a rewound group); match the input topics' retention. 0 = off",
     )
     retention_days: float = Field(
         400.0,
@@ -119,6 +190,9 @@ class Settings(BaseSettings):
     )
     pseudonymize_key: SecretStr | None = Field(
         None, description="HMAC key: when set, user ids are pseudonymised on ingest"
+    )
+    pseudonymize_key_file: Path | None = Field(
+        None, description=_file_description("pseudonymize_key")
     )
 
     # --- model and segments
@@ -134,11 +208,39 @@ class Settings(BaseSettings):
     segment_topics: bool = Field(False, description="Also publish segments.<segment> events")
     segment_topic_template: str = Field("segments.{segment}", pattern=r"\{segment\}")
     playbook_path: Path | None = Field(None, description="YAML playbook (default: bundled)")
+    drift_window_rows: int = Field(
+        10_000,
+        ge=0,
+        le=200_000,
+        description="Rows scored on arriving events that input drift (PSI against the model's "
+        "training distribution) is measured over, per worker; 0 turns drift metrics off. "
+        "Memory: 8 bytes per feature and row",
+    )
 
     # --- operations
     metrics_host: str = Field("127.0.0.1", description="Bind address; 0.0.0.0 in containers")
     metrics_port: int = Field(
         9108, ge=0, le=65535, description="/metrics, /healthz, /readyz; 0 turns them off"
+    )
+    api_token: SecretStr | None = Field(
+        None,
+        description="Bearer token the read API (/users, /segments) requires, at least "
+        f"{MIN_API_TOKEN_LEN} printable ASCII characters; unset or empty = no token asked "
+        "(a warning at start-up unless METRICS_HOST is loopback)",
+    )
+    api_token_file: Path | None = Field(None, description=_file_description("api_token"))
+    api_rate_per_s: float = Field(
+        50.0,
+        ge=0,
+        le=1_000_000,
+        description="Read API requests per second per client address (token bucket); "
+        "over it: 429 with Retry-After. 0 = no limit",
+    )
+    api_burst: int = Field(
+        100,
+        ge=0,
+        le=1_000_000,
+        description="Requests a client may make at once before the rate applies; 0 = no limit",
     )
     housekeeping_interval_s: float = Field(
         5.0, gt=0, le=300, description="Redis health, populations, lag, model check"
@@ -146,16 +248,56 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var/faust")
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: Any) -> Any:
+        """SEGMENTER_<NAME>_FILE -> SEGMENTER_<NAME>, before any field is validated.
+
+        Here rather than in a settings source so that keyword overrides (tests,
+        `segmenter bench`) get the same rules as the environment.
+        """
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        problems: list[str] = []
+        for name in FILE_FIELDS:
+            var = f"{ENV_PREFIX}{name.upper()}"
+            path = data.get(f"{name}_file")
+            if path is None or str(path) == "":
+                continue
+            # An empty value counts as unset: compose files often write VAR=${VAR:-}.
+            given = data.get(name)
+            if given is not None and str(_plain(given)) != "":
+                problems.append(f"{var} and {var}_FILE are both set: keep one of them")
+                continue
+            try:
+                data[name] = read_secret_file(Path(path))
+            except ValueError as exc:
+                problems.append(f"{var}_FILE={path}: {exc}")
+        if problems:
+            raise SettingsProblems(problems)
+        return data
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: Any) -> Any:
+        # Kubernetes and compose files set a variable to "" to mean "not given".
+        return None if _plain(value) == "" else value
+
     @field_validator("kafka_url")
     @classmethod
     def _kafka_url(cls, value: str) -> str:
-        for part in value.split(";"):
-            parts = urlsplit(part if "://" in part else f"kafka://{part}")
-            if parts.scheme != "kafka" or not parts.hostname or parts.port is None:
-                raise ValueError(
-                    f"{part!r} is not a broker address; expected kafka://host:port "
-                    "(several separated by ';')"
-                )
+        brokers = value.split(";")
+        for part in brokers:
+            url = part if "://" in part else f"kafka://{part}"
+            parts = urlsplit(url)
+            try:
+                port = parts.port
+            except ValueError:  # not a number, or out of range
+                port = None
+            if parts.scheme != "kafka" or not parts.hostname or port is None:
+                which = f"{redact(url)!r} is not a broker address; " if len(brokers) > 1 else ""
+                raise ValueError(f"{which}expected kafka://host:port (several separated by ';')")
         return value
 
     @field_validator("redis_url")
@@ -163,15 +305,18 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
-            raise ValueError(f"expected redis://host:port/db or rediss://…, got {redact(value)!r}")
+            raise ValueError("expected redis://host:port/db, rediss://… (TLS) or unix://path")
         return value
 
     @model_validator(mode="after")
     def _security(self) -> Settings:
+        # Every problem at once, one line each: a deployer fixes them in one go.
+        # No message quotes a secret's value: only its length or shape.
+        problems: list[str] = []
         if self.kafka_security_protocol.startswith("SASL_") and not (
             self.kafka_sasl_username and self.kafka_sasl_password
         ):
-            raise ValueError(
+            problems.append(
                 f"SEGMENTER_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
                 "SEGMENTER_KAFKA_SASL_USERNAME and SEGMENTER_KAFKA_SASL_PASSWORD"
             )
@@ -183,22 +328,45 @@ class Settings(BaseSettings):
         ):
             path = getattr(self, name)
             if path is not None and not path.is_file():
-                raise ValueError(f"SEGMENTER_{name.upper()}={path} is not a readable file")
+                problems.append(f"SEGMENTER_{name.upper()}={path} is not a readable file")
         if list(self.reevaluate_days) != sorted(set(self.reevaluate_days)) or any(
             not (0 < d < 100_000)
             for d in self.reevaluate_days  # also refuses NaN and Infinity
         ):
-            raise ValueError(
+            problems.append(
                 "SEGMENTER_REEVALUATE_DAYS must be increasing positive days, e.g. [30,60]"
             )
         if self.stream_buffer_maxsize < self.batch_max:
-            raise ValueError(
+            problems.append(
                 f"SEGMENTER_STREAM_BUFFER_MAXSIZE={self.stream_buffer_maxsize} must be at least "
                 f"SEGMENTER_BATCH_MAX={self.batch_max}, or batches could never fill"
             )
         if self.pseudonymize_key is not None and len(self.pseudonymize_key.get_secret_value()) < 16:
-            raise ValueError("SEGMENTER_PSEUDONYMIZE_KEY must be at least 16 characters")
+            problems.append(
+                "SEGMENTER_PSEUDONYMIZE_KEY must be at least 16 characters (it has "
+                f"{len(self.pseudonymize_key.get_secret_value())})"
+            )
+        if self.api_token is not None:
+            token = self.api_token.get_secret_value()
+            if len(token) < MIN_API_TOKEN_LEN or not re.fullmatch(r"[\x21-\x7e]+", token):
+                # It travels in an HTTP header: visible ASCII, no spaces.
+                problems.append(
+                    f"SEGMENTER_API_TOKEN must be at least {MIN_API_TOKEN_LEN} printable ASCII "
+                    f"characters without spaces (it has {len(token)} characters); e.g. "
+                    "`openssl rand -hex 32`"
+                )
+        if problems:
+            raise SettingsProblems(problems)
         return self
+
+    @field_validator("drift_window_rows")
+    @classmethod
+    def _drift_window(cls, value: int) -> int:
+        if 0 < value < 100:
+            raise ValueError(
+                "a drift window under 100 rows measures noise: use 100 or more, or 0 for off"
+            )
+        return value
 
     @field_validator("segment_topic_template")
     @classmethod
@@ -229,8 +397,18 @@ class Settings(BaseSettings):
             self.topic_models,
         ]
         if len(set(topics)) != len(topics):
-            raise ValueError(f"topic names must be distinct, got {topics}")
+            raise SettingsProblems(
+                [f"SEGMENTER_TOPIC_* names must be distinct, got {', '.join(topics)}"]
+            )
         return self
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # repr() and str() (an exception, a debug line) show URLs without their
+        # credentials; SecretStr fields mask themselves.
+        for name, value in super().__repr_args__():
+            if name in URL_FIELDS and isinstance(value, str):
+                value = redact_urls(value)
+            yield name, value
 
     @property
     def bootstrap_servers(self) -> str:
@@ -287,8 +465,13 @@ class Settings(BaseSettings):
         """This process's environment with ``SEGMENTER_*`` replaced by these settings:
         what a child process (a worker, a benchmark phase) needs to load them back."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-        for name, value in self.model_dump().items():
+        dumped = self.model_dump()
+        for name, value in dumped.items():
             if value is None:
+                continue
+            if name in FILE_FIELDS and dumped.get(f"{name}_file") is not None:
+                # The child reads the same file: the secret stays out of its
+                # environment (/proc/<pid>/environ), and X with X_FILE is an error.
                 continue
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
@@ -304,37 +487,95 @@ class Settings(BaseSettings):
             if isinstance(value, SecretStr):
                 out[name] = "**********" if value.get_secret_value() else ""
             elif name.endswith("_url") and isinstance(value, str):
-                out[name] = redact(value)
+                out[name] = redact_urls(value)
             else:
                 out[name] = str(value) if isinstance(value, Path) else value
         return out
 
+    def secret_values(self) -> list[str]:
+        """Every secret these settings hold, as text that might show up in a log line."""
+        out = [
+            secret.get_secret_value()
+            for secret in (getattr(self, name) for name in sorted(SECRET_FIELDS))
+            if secret is not None
+        ]
+        for name in sorted(URL_FIELDS):
+            out += url_passwords(getattr(self, name))
+        return [s for s in out if s]
 
-def redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+    def redactor(self) -> Redactor:
+        """Masks these settings' secrets and any URL credentials (logs, messages)."""
+        return Redactor(self.secret_values())
+
+
+def _plain(value: Any) -> Any:
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
 
 
 class SettingsError(SystemExit):
     """Raised (as a clean exit) when the environment holds a wrong setting."""
 
 
+HINT = "Fix the variable(s) above; `segmenter settings` lists every setting."
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _shown(field: str, value: Any) -> str:
+    """' (got ...)' for a wrong value that may be shown; nothing for a secret."""
+    if field in SECRET_FIELDS or isinstance(value, dict | SecretStr):
+        return ""
+    if field in URL_FIELDS and isinstance(value, str):
+        value = redact_urls(value)
+    text = repr(value)
+    return f" (got {text[:77] + '...' if len(text) > 80 else text})"
+
+
+def _secrets_in(exc: ValidationError) -> list[str]:
+    """Secret values a validation error carries (as inputs), to mask from its text.
+
+    A safety net under the rules of :func:`describe_errors`: a validator's own
+    message could quote a value it should not have.
+    """
+    found: list[str] = []
+    for err in exc.errors(include_url=False):
+        value = err.get("input")
+        pairs: list[tuple[Any, Any]] = []
+        if isinstance(value, dict):
+            pairs = list(value.items())
+        elif err["loc"]:
+            pairs = [(err["loc"][0], value)]
+        for name, each in pairs:
+            plain = _plain(each)
+            if name in SECRET_FIELDS and isinstance(plain, str):
+                found.append(plain)
+            elif name in URL_FIELDS:
+                found += url_passwords(plain)
+    return found
+
+
 def describe_errors(exc: ValidationError) -> str:
+    """One line per problem, each naming the variable to fix; no secret in any of them."""
     lines = ["Invalid configuration:"]
     for err in exc.errors(include_url=False):
-        field = ".".join(str(p) for p in err["loc"])
-        var = f"{ENV_PREFIX}{field.upper()}" if field else "(settings)"
-        shown = err.get("input")
-        if field and "password" in field:
-            shown = "**********"
-        lines.append(f"  {var}: {err['msg']} (got {shown!r})")
-    lines.append("Fix the variable(s) above; `segmenter --help` lists every setting.")
-    return "\n".join(lines)
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, SettingsProblems):
+            lines += [f"  {_one_line(p)}" for p in cause.problems]
+            continue
+        msg = _one_line(str(err["msg"]).removeprefix("Value error, "))
+        loc = err["loc"]
+        if not loc:
+            # A whole-model error: its input is every setting, secrets included.
+            lines.append(f"  {msg}")
+            continue
+        field = str(loc[0])
+        var = f"{ENV_PREFIX}{field.upper()}" + "".join(f"[{p}]" for p in loc[1:])
+        lines.append(f"  {var}: {msg}{_shown(field, err.get('input'))}")
+    lines.append(HINT)
+    redactor = Redactor(_secrets_in(exc))
+    return "\n".join(redactor(line) for line in lines)
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -343,7 +584,10 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         raise SettingsError(describe_errors(exc)) from None
     except PydanticSettingsError as exc:  # a list/dict setting that is not JSON
+        # Its text names the field and the source, never the value.
+        found = re.search(r'field "(\w+)"', str(exc))
+        var = f"{ENV_PREFIX}{found.group(1).upper()}" if found else "A list setting"
         raise SettingsError(
-            f"Invalid configuration: {exc}. List settings are JSON, e.g. "
-            f'{ENV_PREFIX}REEVALUATE_DAYS="[30, 60, 90]"'
+            f"Invalid configuration:\n  {var}: not valid JSON; list settings are JSON, e.g. "
+            f'{ENV_PREFIX}REEVALUATE_DAYS="[30, 60, 90]"\n{HINT}'
         ) from None

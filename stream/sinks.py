@@ -4,16 +4,45 @@ Delivery: ``publish`` (many records) and ``send`` (one) resolve when the
 broker acknowledged (acks=all, idempotent producer), or fail with the
 delivery error. The worker publishes through it, and so do the tools that
 publish outside a worker (tests, `segmenter forget`).
+
+Partitioning: every confluent-kafka producer of the project is made by
+:func:`new_producer`, which partitions by murmur2 of the key, as Java clients do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaException, Producer
+
+#: librdkafka's Java-compatible partitioner: ``toPositive(murmur2(key)) % partitions``,
+#: as Java's DefaultPartitioner (and aiokafka's, which Faust uses); null keys go
+#: to a random partition. librdkafka's default (``consistent_random``, CRC32)
+#: would put a key on another partition than a Java producer does: a user's
+#: events from Java producers and from ours would not be co-partitioned, and one
+#: key's records from different clients would sit on partitions that compaction
+#: (and a `forget` tombstone) cannot reach across.
+PARTITIONER = "murmur2_random"
+
+
+def producer_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with the project's partitioner; refuses another one.
+
+    A contract rather than a default: keyed topics are shared with other
+    clients, so no caller may quietly pick a different placement.
+    """
+    given = config.get("partitioner", PARTITIONER)
+    if given != PARTITIONER:
+        raise ValueError(f"partitioner={given!r}: producers must use {PARTITIONER!r}")
+    return {**config, "partitioner": PARTITIONER}
+
+
+def new_producer(config: Mapping[str, Any]) -> Producer:
+    """The one place the project makes a confluent-kafka ``Producer``."""
+    return Producer(producer_config(config))
 
 
 def produce_waiting(
@@ -63,7 +92,7 @@ class ConfluentSink:
             "linger.ms": 2,
             **overrides,
         }
-        self._producer = Producer(self._config)
+        self._producer = new_producer(self._config)
         #: Set when a delivery failed with a fatal error: an idempotent
         #: producer is then unusable for good, so the next publish replaces it.
         self._broken = False
@@ -91,7 +120,7 @@ class ConfluentSink:
         if self._broken:
             # Whatever the old one still held failed with it; the caller
             # re-runs its batch, so nothing is lost by starting afresh.
-            self._producer = Producer(self._config)
+            self._producer = new_producer(self._config)
             self._broken = False
         pending = [len(records)]
         errors: list[Any] = []

@@ -1,11 +1,12 @@
 """Per-user state in Redis: one pipelined read and one atomic write per batch.
 
-Delivery guarantee: **effectively once** for state. Each user record carries
-the last applied offset of every partition it has been fed from and a bounded
-ring of recent event-id digests; the batch commit is a single Lua script, so
+Delivery guarantee: **exactly once** for state. Each user record carries
+the last applied offset of every partition it has been fed from (against a
+redelivered record) and the user's deduplication memory (``stream.dedup``:
+against an event re-sent as a new record); the batch commit is a single Lua script, so
 the state, those marks, the per-partition offsets, the schedule, the segment
 populations and stream time move together or not at all. A redelivered event
-is recognised and skipped.
+or re-sent event is recognised and skipped.
 
 Concurrent writers (two workers owning the same user for a moment during a
 rebalance) are caught by a per-record revision: the script refuses the whole
@@ -30,6 +31,11 @@ in its compact listpack encoding. Key layout (``P`` = prefix):
 * ``P:ptime``              hash partition number -> largest event time applied from it
 * ``P:offsets``            hash ``topic:partition`` -> last applied offset
 * ``P:stream_time``        the largest event time applied (epoch ms)
+* ``P:drift``              hash worker -> its latest input-drift report (JSON; for
+                           ``segmenter models show``), expiring when no worker writes
+* ``P:erased``             sorted set: digest of an erased user id -> when it was erased
+                           (epoch ms). The worker drops that user's events from before
+                           then, so a replay or a rewound group cannot bring them back
 """
 
 from __future__ import annotations
@@ -46,13 +52,17 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from stream import dedup
+from stream.dedup import SeenEvents
 from stream.fold import HALF_LIVES, UserState
 from stream.redis_client import client_from_url
 from stream.settings import Settings
 
-CODEC_VERSION = 3
-#: Older codecs this code still reads (2: one ring of event digests for both topics).
-_READABLE_CODECS = (2, CODEC_VERSION)
+CODEC_VERSION = 4
+#: Older codecs this code still reads. 2 and 3 kept rings of recent event-id
+#: digests, which cannot be turned into order-id digests: their users start
+#: codec 4 with an empty deduplication memory (offset marks still hold).
+_READABLE_CODECS = (2, 3, CODEC_VERSION)
 _DECAYED = tuple(HALF_LIVES)
 DAY_MS = 86_400_000
 MEMBER_SHARDS = 256
@@ -71,12 +81,8 @@ class UserRecord:
     model_version: str | None = None
     #: ``topic:partition`` -> last applied offset, for this user's events.
     offsets: dict[str, int] = field(default_factory=dict)
-    #: Digests of the most recent clickstream event_ids, newest last (bounded).
-    recent: list[bytes] = field(default_factory=list)
-    #: The same for orders. One ring per input topic: the topics are read at
-    #: different paces, so a burst of one user's orders must not push their
-    #: clicks out of reach of a producer's re-send (and the other way round).
-    recent_orders: list[bytes] = field(default_factory=list)
+    #: The events already counted, against re-sends (``stream.dedup``).
+    seen: SeenEvents = field(default_factory=SeenEvents)
     #: Event time as of which the user was last scored: scoring never goes back
     #: in time, even for a late event (their state is then valued at this time).
     scored_at: int = 0
@@ -86,15 +92,14 @@ class UserRecord:
     partition: int = -1
     #: Storage revision for optimistic concurrency; 0 = not stored yet.
     rev: int = 0
+    #: When the user was last erased on request (epoch ms; 0 = never, within
+    #: the erasure list's keep time). Their events from before it are dropped.
+    #: Stored only for a user who came back after erasure (8 bytes then).
+    erased_at: int = 0
 
     @property
     def exists(self) -> bool:
         return self.rev > 0
-
-
-def event_digest(event_id: str) -> bytes:
-    """Six bytes of BLAKE2b: enough to tell a user's recent events apart, small in Redis."""
-    return hashlib.blake2b(event_id.encode(), digest_size=6).digest()
 
 
 # Fixed part: rev, codec | first_seen, last_seen, last_order_at (-1 = none),
@@ -104,6 +109,7 @@ def event_digest(event_id: str) -> bytes:
 _FIXED = struct.Struct(f"<IB qqqIIIddIIIIQ{len(_DECAYED)}d IqqhB")
 _U32 = struct.Struct("<I")
 _OFFSET = struct.Struct("<Hq")
+_ERASED = struct.Struct("<q")
 _PROB_SCALE = 10_000  # probabilities are kept to 4 decimals, as published
 
 
@@ -152,10 +158,9 @@ def encode_record(rec: UserRecord, rev: int | None = None) -> bytes:
     for tp, off in rec.offsets.items():
         topic, _, part = tp.rpartition(":")
         parts += [_short(topic), _OFFSET.pack(int(part), off)]
-    parts.append(bytes([len(rec.recent)]))
-    parts += rec.recent
-    parts.append(bytes([len(rec.recent_orders)]))
-    parts += rec.recent_orders
+    parts.append(dedup.encode(rec.seen))
+    if rec.erased_at:
+        parts.append(_ERASED.pack(rec.erased_at))
     return b"".join(parts)
 
 
@@ -224,15 +229,11 @@ def decode_record(data: bytes, classes: Sequence[str] | None) -> UserRecord:
         part, off = _OFFSET.unpack_from(data, pos)
         pos += _OFFSET.size
         offsets[f"{topic}:{part}"] = off
-    n = data[pos]
-    recent = [data[pos + 1 + 6 * i : pos + 7 + 6 * i] for i in range(n)]
-    recent_orders: list[bytes] = []
-    if fixed[1] >= 3:
-        pos += 1 + 6 * n
-        n = data[pos]
-        recent_orders = [data[pos + 1 + 6 * i : pos + 7 + 6 * i] for i in range(n)]
-    # A codec 2 ring held both topics: it stays in `recent` and is still
-    # matched (_seen checks both rings), and ages out as clicks arrive.
+    seen, erased_at = SeenEvents(), 0
+    if fixed[1] >= 4:
+        seen, pos = dedup.decode(data, pos)
+        if len(data) >= pos + _ERASED.size:
+            (erased_at,) = _ERASED.unpack_from(data, pos)
     return UserRecord(
         state=s,
         segment=segment,
@@ -240,12 +241,12 @@ def decode_record(data: bytes, classes: Sequence[str] | None) -> UserRecord:
         version=version,
         model_version=model_version,
         offsets=offsets,
-        recent=recent,
-        recent_orders=recent_orders,
+        seen=seen,
         scored_at=scored_at,
         due=due,
         partition=partition,
         rev=fixed[0],
+        erased_at=erased_at,
     )
 
 
@@ -257,12 +258,18 @@ def member_shard(user_id: str) -> int:
     return zlib.crc32(user_id.encode()) % MEMBER_SHARDS
 
 
-# A batch's read. KEYS: stream_time, ptime. ARGV: (bucket key, user id) per
-# user. Reply: stream time (or nil), the flat HGETALL of ptime, then each
-# user's record (nil if none) in ARGV order.
+# A batch's read. KEYS: stream_time, ptime, erased. ARGV: (bucket key, user
+# id, erased digest) per user. Reply: stream time (or nil), the flat HGETALL of
+# ptime, the erasure times (one per user without a record, nil if never
+# erased, in ARGV order), then each user's record (nil if none) in ARGV order.
+# Only a user without a record can have been erased: the others cost nothing.
 _LOAD_LUA = """
-local out = {redis.call('GET', KEYS[1]) or false, redis.call('HGETALL', KEYS[2])}
-for i = 1, #ARGV, 2 do out[#out + 1] = redis.call('HGET', ARGV[i], ARGV[i + 1]) end
+local out = {redis.call('GET', KEYS[1]) or false, redis.call('HGETALL', KEYS[2]), {}}
+for i = 1, #ARGV, 3 do
+  local rec = redis.call('HGET', ARGV[i], ARGV[i + 1])
+  out[#out + 1] = rec
+  if not rec then table.insert(out[3], redis.call('ZSCORE', KEYS[3], ARGV[i + 2]) or '') end
+end
 return out
 """
 
@@ -409,6 +416,11 @@ class UserWrite(NamedTuple):
     erase: bool = False
 
 
+def erased_digest(user_id: str) -> bytes:
+    """What the erasure list keeps of a user id: a digest, not the id itself."""
+    return hashlib.blake2b(user_id.encode(), digest_size=16, person=b"segmenter-erased").digest()
+
+
 class StateStore:
     """Redis adapter. Each method is one round trip (a process's first read also
     fetches the stored classes, in one more for ``load``); errors surface as
@@ -428,6 +440,8 @@ class StateStore:
         self.k_forgotten = f"{prefix}:forgotten_total"
         self.k_offsets = f"{prefix}:offsets"
         self.k_stream_time = f"{prefix}:stream_time"
+        self.k_drift = f"{prefix}:drift"
+        self.k_erased = f"{prefix}:erased"
         self._classes: tuple[str, ...] | None = None
 
     @classmethod
@@ -510,7 +524,11 @@ class StateStore:
     ) -> tuple[dict[str, UserRecord], int, dict[int, int]]:
         """Records for ``user_ids`` (new ones for unknown users), stored stream time,
         and each partition number's stream time, in one round trip (two on a
-        process's first read, which also fetches the stored classes)."""
+        process's first read, which also fetches the stored classes).
+
+        A user erased within the erasure list's keep time comes back as a new
+        record with ``erased_at`` set: their events from before it are not theirs
+        to count any more."""
         if self._classes is None:
             await self._fetch_classes()
         # One script call with one flat reply, not a pipeline of reads:
@@ -519,15 +537,19 @@ class StateStore:
         # either: a pipeline with a script first asks SCRIPT EXISTS, a second
         # round trip; a bare call sends EVALSHA and loads the script only if
         # Redis answers NOSCRIPT.
-        args: list[str] = []
+        args: list[str | bytes] = []
         for uid in user_ids:
-            args += (self.bucket_key(uid), uid)
-        stream_time, ptimes, *datas = await self._load(
-            keys=[self.k_stream_time, self.k_ptime], args=args
+            args += (self.bucket_key(uid), uid, erased_digest(uid))
+        stream_time, ptimes, erased, *datas = await self._load(
+            keys=[self.k_stream_time, self.k_ptime, self.k_erased], args=args
         )
         out: dict[str, UserRecord] = {}
+        erased_at = iter(erased)
         for uid, data in zip(user_ids, datas, strict=True):
-            out[uid] = UserRecord() if data is None else self._decode(data)
+            if data is None:
+                out[uid] = UserRecord(erased_at=int(float(next(erased_at) or 0)))
+            else:
+                out[uid] = self._decode(data)
         it = iter(ptimes)
         partition_times = {int(k): int(v) for k, v in zip(it, it, strict=True)}
         return out, int(stream_time or 0), partition_times
@@ -609,8 +631,20 @@ class StateStore:
                 gone,
             )
 
-    async def forget(self, user_id: str) -> bool:
-        """Erase one user (right to erasure). True if there was state to erase."""
+    async def forget(self, user_id: str, now_ms: int = 0, keep_ms: int = 0) -> bool:
+        """Erase one user (right to erasure). True if there was state to erase.
+
+        With ``keep_ms`` > 0 the user's id digest is kept that long in the
+        erasure list, with ``now_ms``: the worker then drops the user's events
+        from before the erasure (a replay, a rewound group) instead of
+        rebuilding them from those. Entries past their keep time are pruned here.
+        """
+        if keep_ms > 0:
+            # First: from here on no batch can re-create the user from old events.
+            async with self._r.pipeline(transaction=False) as pipe:
+                pipe.zadd(self.k_erased, {erased_digest(user_id): now_ms})
+                pipe.zremrangebyscore(self.k_erased, "-inf", now_ms - keep_ms)
+                await pipe.execute()
         while True:
             rec = await self.get(user_id)
             if rec is None:
@@ -719,11 +753,26 @@ class StateStore:
 
     async def segment_counts(self) -> dict[str, int]:
         raw = await self._r.hgetall(self.k_counts)
-        return {k.decode(): int(v) for k, v in raw.items()}
+        # A segment everyone has left keeps a 0 field, or none if nobody entered
+        # it between two commits: both mean no members, so neither is listed.
+        return {k.decode(): int(v) for k, v in raw.items() if int(v)}
 
     async def partition_offsets(self) -> dict[str, int]:
         raw = await self._r.hgetall(self.k_offsets)
         return {k.decode(): int(v) for k, v in raw.items()}
+
+    async def put_drift(self, worker: str, report: dict[str, Any], ttl_s: int) -> None:
+        """Store one worker's latest drift report (one round trip, off the batch path)."""
+        async with self._r.pipeline(transaction=False) as pipe:
+            pipe.hset(self.k_drift, worker, orjson.dumps(report))
+            # Reports of workers long gone go with the key once nobody writes.
+            pipe.expire(self.k_drift, ttl_s)
+            await pipe.execute()
+
+    async def drift_reports(self) -> list[dict[str, Any]]:
+        """Every worker's latest drift report (readers judge freshness by ``at``)."""
+        raw = await self._r.hgetall(self.k_drift)
+        return [orjson.loads(v) for v in raw.values()]
 
     async def scan_users(self, count: int = 1000) -> list[str]:
         """Every user id under this prefix (for tests, export and audits; not the hot path)."""
@@ -762,5 +811,5 @@ __all__ = [
     "UserWrite",
     "decode_record",
     "encode_record",
-    "event_digest",
+    "erased_digest",
 ]

@@ -11,6 +11,22 @@ from stream.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
+#: Upper bound on how long a record of a compacted topic stays uncompacted (7 days).
+#: Why: a `forget` tombstone must actually remove the user's older values (GDPR
+#: erasure) within a bounded time. Without this bound Kafka compacts a partition
+#: only once its dirty ratio reaches min.cleanable.dirty.ratio (50%), which a
+#: quiet topic may never reach, and never touches the active segment; with it,
+#: the broker rolls and cleans the log once its oldest dirty record is this old
+#: (KIP-354, Kafka 2.3+). The tombstone itself then stays delete.retention.ms.
+#: Set at creation only: ensure_topics leaves existing topics' configs alone.
+MAX_COMPACTION_LAG_MS = 7 * 24 * 60 * 60 * 1000
+
+#: The config of every compacted topic the service creates.
+COMPACTED: dict[str, str] = {
+    "cleanup.policy": "compact",
+    "max.compaction.lag.ms": str(MAX_COMPACTION_LAG_MS),
+}
+
 
 def topic_specs(settings: Settings) -> list[NewTopic]:
     p = settings.topic_partitions
@@ -19,10 +35,10 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         NewTopic(settings.topic_orders, p, 1),
         # Compacted: a subscriber that starts late reads the latest segment
         # per user, and `forget` tombstones erase a user for good.
-        NewTopic(settings.topic_segments, p, 1, config={"cleanup.policy": "compact"}),
+        NewTopic(settings.topic_segments, p, 1, config=dict(COMPACTED)),
         NewTopic(settings.topic_dlq, 1, 1),
         # Promotions, key "current": compacted, so the latest announcement stays.
-        NewTopic(settings.topic_models, 1, 1, config={"cleanup.policy": "compact"}),
+        NewTopic(settings.topic_models, 1, 1, config=dict(COMPACTED)),
     ]
 
 

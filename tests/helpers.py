@@ -7,21 +7,31 @@ import time
 from typing import Any
 
 import orjson
-from confluent_kafka import Producer
 
 from model.registry import load_current
 from stream.app import pipeline_config
 from stream.pipeline import BatchProcessor, BatchResult
 from stream.records import RawRecord
 from stream.settings import Settings
-from stream.sinks import ConfluentSink
+from stream.sinks import ConfluentSink, new_producer
 from stream.store import StateStore, encode_record
 from tests.conftest import WorkerProcess
 
 
-def produce(settings: Settings, items: list[tuple[str, bytes | None, bytes]]) -> dict[str, int]:
-    """Produce (topic, key, value); return the last offset per topic:partition."""
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "acks": "all"})
+def produce(
+    settings: Settings,
+    items: list[tuple[str, bytes | None, bytes]],
+    **config: Any,
+) -> dict[str, int]:
+    """Produce (topic, key, value); return the last offset per topic:partition.
+
+    ``config``: more librdkafka settings, with dots as underscores.
+    """
+    # Through the project's producer factory: keys land where Java clients put them.
+    producer = new_producer(
+        {"bootstrap.servers": settings.bootstrap_servers, "acks": "all"}
+        | {k.replace("_", "."): v for k, v in config.items()}
+    )
     ends: dict[str, int] = {}
     errors: list[Any] = []
 

@@ -80,8 +80,32 @@ def test_dashboard_shows_what_sres_need() -> None:
         "Dead letters by reason",
         "Model version serving",
         "Retrain history",
+        "Input drift (PSI per feature)",
+        "Inputs outside the training range",
     ):
         assert wanted in titles
+
+
+def test_drift_panel_draws_the_significant_shift_line() -> None:
+    panels = {p["title"]: p for p in json.loads(DASHBOARD.read_text())["panels"]}
+    drift = panels["Input drift (PSI per feature)"]
+    steps = drift["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [s["value"] for s in steps] == [None, 0.25]
+    assert drift["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] == "line"
+    assert "segmenter_feature_drift_psi" in drift["targets"][0]["expr"]
+    assert "{{feature}}" in drift["targets"][0]["legendFormat"]
+    ratio = panels["Inputs outside the training range"]
+    assert "segmenter_inputs_out_of_range_ratio" in ratio["targets"][0]["expr"]
+
+
+def test_drift_alert_fires_per_feature_over_the_line_after_half_an_hour() -> None:
+    rules = yaml.safe_load((PROM / "alerts.yml").read_text())
+    (rule,) = [
+        r for g in rules["groups"] for r in g["rules"] if r["alert"] == "SegmenterFeatureDrift"
+    ]
+    assert rule["for"] == "30m" and "by (feature)" in rule["expr"]
+    assert "segmenter_feature_drift_psi" in rule["expr"] and "> 0.25" in rule["expr"]
+    assert "retrain" in rule["annotations"]["description"]
 
 
 def test_every_alert_has_a_unit_test_and_a_runbook() -> None:

@@ -8,6 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass, fields
 from typing import Any
 
+from model.dataset import drop_duplicate_events
 from model.sources import decode_records
 from stream.fold import UserState, fold_all
 from stream.settings import Settings
@@ -74,12 +75,17 @@ def account(
     sent: list[tuple[str, bytes | None, bytes]],
     published: list[dict[str, Any]],
 ) -> Ledger:
-    """Compare Redis with the offline fold of everything sent, user by user, exactly."""
+    """Compare Redis with the offline fold of everything sent, user by user, exactly.
+
+    Re-sent events (a producer's retries) count once: the offline side drops
+    them by the rule training uses (stream.dedup), in send order.
+    """
     decoded = decode_records(
         sent, clickstream_topic=settings.topic_clickstream, orders_topic=settings.topic_orders
     )
+    distinct = drop_duplicate_events(decoded.events)
     by_user: dict[str, list[Any]] = defaultdict(list)
-    for event in decoded.events:  # send order = partition order for each user
+    for event in distinct:  # send order = partition order for each user
         by_user[event.user_id].append(event)
     records = asyncio.run(_records(settings, sorted(by_user)))
     latest: dict[str, dict[str, Any]] = {}
@@ -115,7 +121,7 @@ def account(
         if rec is not None and latest.get(user, {}).get("segment") != rec.segment:
             unpublished.append(user)
     return Ledger(
-        sent=len(decoded.events),
+        sent=len(distinct),
         applied=applied,
         duplicates=duplicates,
         lost=lost,

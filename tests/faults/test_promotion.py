@@ -56,7 +56,7 @@ def test_worker_switches_model_mid_stream_on_announcement_without_loss(
         "models", "promote", "v2-promoted", "--reason", "test", env=settings_env(settings)
     )
     assert out.returncode == 0, out.stderr
-    while "model switched from bootstrap-v1 to v2-promoted" not in worker.log():
+    while "model switched from bootstrap-v2 to v2-promoted" not in worker.log():
         assert time.monotonic() - promoted_at < 20, worker.log()[-2000:]
         time.sleep(0.1)
 
@@ -69,7 +69,7 @@ def test_worker_switches_model_mid_stream_on_announcement_without_loss(
     for m in changes.messages:
         by_partition.setdefault(m.partition(), []).append(orjson.loads(m.value())["model_version"])
     seen = {v for vs in by_partition.values() for v in vs}
-    assert seen == {"bootstrap-v1", "v2-promoted"}
+    assert seen == {"bootstrap-v2", "v2-promoted"}
     # Once switched, never back: in each partition (publish order), v2 follows v1 only.
     for versions in by_partition.values():
         if "v2-promoted" in versions:
@@ -116,7 +116,7 @@ def test_restart_while_a_promotion_is_in_flight(
     by_partition: dict[int, list[str]] = {}
     for m in changes.messages:
         by_partition.setdefault(m.partition(), []).append(orjson.loads(m.value())["model_version"])
-    assert {v for vs in by_partition.values() for v in vs} == {"bootstrap-v1", "v2-in-flight"}
+    assert {v for vs in by_partition.values() for v in vs} == {"bootstrap-v2", "v2-in-flight"}
     for versions in by_partition.values():  # the successor publishes v2 only
         if "v2-in-flight" in versions:
             assert set(versions[versions.index("v2-in-flight") :]) == {"v2-in-flight"}

@@ -4,12 +4,14 @@ through a real worker. Nothing raises, nothing is dropped: applied or dead-lette
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +25,7 @@ from stream.sinks import ConfluentSink
 from stream.store import StateStore
 from tests.conftest import TopicReader, WorkerProcess
 from tests.factories import DAY, T0, click, order
-from tests.helpers import produce, wait_applied
+from tests.helpers import feed, produce, raw_records, wait_applied
 
 pytestmark = pytest.mark.integration
 
@@ -182,6 +184,105 @@ def test_worker_survives_a_hostile_corpus_and_dead_letters_each_bad_record(
     wait_applied(settings, produce(settings, good + bad), worker)
     dlq = reader_factory(settings.topic_dlq).wait_for(lambda m: len(m) >= len(bad))
     assert len(dlq) == len(bad)
-    assert sorted(m.value() for m in dlq) == sorted(v for _, _, v in bad)
+    # Byte for byte, but for a value over the size limit: its first KiB and its hash.
+    limit = settings.max_event_bytes
+    assert sorted(m.value() for m in dlq) == sorted(
+        v if len(v) <= limit else v[:1024] for _, _, v in bad
+    )
+    (big,) = [m for m in dlq if dict(m.headers()).get("x-dlq-value-sha256")]
+    (original,) = [v for _, _, v in bad if len(v) > limit]
+    assert (
+        dict(big.headers())["x-dlq-value-sha256"] == hashlib.sha256(original).hexdigest().encode()
+    )
     assert all(dict(m.headers()).get("x-dlq-reason") for m in dlq)
     assert worker.proc.poll() is None and "Traceback" not in worker.log()
+
+
+def test_a_1_2_mb_record_is_dead_lettered_bounded_and_the_orders_after_it_are_segmented(
+    settings_factory: Callable[..., Settings],
+    worker_factory: Callable[[Settings], WorkerProcess],
+    reader_factory: Callable[[str], TopicReader],
+) -> None:
+    settings = settings_factory()
+    o = settings.topic_orders
+    huge = orjson.dumps(order("big", T0) | {"pad": "x" * 1_200_000})
+    # One partition's worth: every order goes to the same key as the huge one,
+    # so they queue behind it on its partition.
+    after = [(o, b"big", orjson.dumps(order("big", T0 + i * DAY, total=50.0))) for i in range(20)]
+    worker = worker_factory(settings)
+    worker.wait_ready()
+    ends = produce(settings, [(o, b"big", huge), *after], message_max_bytes=2_000_000)
+    wait_applied(settings, ends, worker)
+    (dead,) = reader_factory(settings.topic_dlq).wait_for(lambda m: len(m) >= 1)
+    headers = dict(dead.headers())
+    assert headers["x-dlq-reason"] == b"too_large"
+    assert headers["x-dlq-value-size"] == str(len(huge)).encode()
+    assert headers["x-dlq-value-sha256"] == hashlib.sha256(huge).hexdigest().encode()
+    assert dead.value() == huge[:1024]
+    changes = reader_factory(settings.topic_segments).wait_for(
+        lambda m: any(json.loads(x.value())["user_id"] == "big" for x in m)
+    )
+    assert changes
+    rec = asyncio.run(_stored(settings, "big"))
+    assert rec is not None and rec.state.order_count == len(after)
+    assert worker.proc.poll() is None and "Traceback" not in worker.log()
+
+
+async def _stored(settings: Settings, user: str) -> Any:
+    store = StateStore.from_url(settings.redis_url, settings.redis_prefix)
+    try:
+        return await store.get(user)
+    finally:
+        await store.close()
+
+
+class _FailingSink:
+    """The real sink, but publishing fails for some records: always for a change of
+    user ``poison`` (a fault of that record), or the first ``outage`` times (an outage)."""
+
+    def __init__(self, settings: Settings, outage: int = 0) -> None:
+        self.real = ConfluentSink(settings.kafka_client_config())
+        self.segments = settings.topic_segments
+        self.outage = outage
+
+    def publish(self, records: Any) -> Any:
+        if self.outage > 0:
+            self.outage -= 1
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT, "broker went away"))
+        if any(r.topic == self.segments and r.key == b"poison" for r in records):
+            raise ValueError("cannot encode this change")
+        return self.real.publish(records)
+
+
+def test_a_batch_failing_the_same_way_k_times_dead_letters_the_record_at_fault(
+    settings_factory: Callable[..., Settings], reader_factory: Callable[[str], TopicReader]
+) -> None:
+    settings = settings_factory(max_batch_failures=3)
+    values = [order(f"u{i}", T0 + i, total=900.0) for i in range(30)]
+    values[13] = order("poison", T0 + 13, total=900.0)
+    sink = _FailingSink(settings)
+    try:
+        result = asyncio.run(feed(settings, raw_records(settings, values), sink=sink))
+    finally:
+        sink.real.close()
+    assert (result.applied, result.dead_lettered, result.records) == (29, 1, 30)
+    (dead,) = reader_factory(settings.topic_dlq).wait_for(lambda m: len(m) >= 1)
+    headers = dict(dead.headers())
+    assert headers["x-dlq-reason"] == b"processing_failed"
+    assert b"cannot encode this change" in headers["x-dlq-detail"]
+    assert headers["x-source-offset"] == b"13" and dead.value() == orjson.dumps(values[13])
+    stored = asyncio.run(_stored(settings, "u29"))
+    assert stored is not None and asyncio.run(_stored(settings, "poison")) is None
+
+
+def test_an_outage_is_waited_out_not_dead_lettered(
+    settings_factory: Callable[..., Settings], reader_factory: Callable[[str], TopicReader]
+) -> None:
+    settings = settings_factory(max_batch_failures=2)
+    values = [order(f"u{i}", T0 + i, total=900.0) for i in range(5)]
+    sink = _FailingSink(settings, outage=6)
+    try:
+        result = asyncio.run(feed(settings, raw_records(settings, values), sink=sink))
+    finally:
+        sink.real.close()
+    assert (result.applied, result.dead_lettered, result.attempts) == (5, 0, 7)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import orjson
 import pytest
 
+from model.registry import load_current
 from stream.app import faust_credentials
 from stream.events import iso
 from stream.pipeline import BatchResult
 from stream.settings import Settings, SettingsError, load_settings
-from stream.store import StateStore
+from stream.store import StateStore, UserRecord
+from stream.topics import ensure_segment_topics
 from tests.conftest import TopicReader, WorkerProcess, settings_env
 from tests.factories import DAY, T0, click, order
 from tests.helpers import as_items, produce, raw_records, wait_applied
@@ -58,11 +61,19 @@ async def dump_prefix(settings: Settings) -> bytes:
 
 
 @pytest.mark.integration
-def test_forget_erases_the_user_and_tombstones_the_compacted_topic(
-    settings_factory: Callable[..., Settings], reader_factory: Callable[[str], TopicReader]
+def test_forget_tombstones_every_output_topic_and_a_replay_does_not_bring_the_user_back(
+    settings_factory: Callable[..., Settings],
+    prefix: str,
+    reader_factory: Callable[[str], TopicReader],
 ) -> None:
-    settings = settings_factory()
-    asyncio.run(feed(settings, [click("erin", T0), order("erin", T0 + 1000), click("bob", T0)]))
+    settings = settings_factory(
+        segment_topics=True,
+        segment_topic_template=f"segments-{prefix}.{{segment}}",
+    )
+    classes = load_current(settings.model_dir).classes
+    per_segment = ensure_segment_topics(settings, classes)
+    history = [click("erin", T0), order("erin", T0 + 1000, total=900.0), click("bob", T0)]
+    asyncio.run(feed(settings, history))
     before = asyncio.run(counts(settings))
     out = segmenter("forget", "erin", env=settings_env(settings))
     assert out.returncode == 0, out.stderr
@@ -81,12 +92,45 @@ def test_forget_erases_the_user_and_tombstones_the_compacted_topic(
             await store.close()
 
     asyncio.run(check())
-    reader = reader_factory(settings.topic_segments)
-    msgs = reader.wait_for(lambda m: any(x.key() == b"erin" and x.value() is None for x in m))
-    erin = [m for m in msgs if m.key() == b"erin"]
-    assert erin[-1].value() is None and erin[0].value() is not None  # change, then tombstone
+    # A tombstone on every output topic, after whatever the user had there.
+    seen = {}
+    for topic in [settings.topic_segments, *per_segment]:
+        assert topic in out.stdout
+        msgs = reader_factory(topic).wait_for(
+            lambda m: any(x.key() == b"erin" and x.value() is None for x in m)
+        )
+        seen[topic] = [m for m in msgs if m.key() == b"erin"]
+        assert seen[topic][-1].value() is None, topic
+    # ... including the segment she had entered, where her entry is now covered.
+    entered = seen[per_segment[classes.index("high_value")]]
+    assert any(m.value() is not None for m in entered)
+
+    # A replay (a rewound group: the same records again) and a producer's
+    # re-send (new offsets) of everything before the erasure: erin stays gone.
+    replayed = asyncio.run(feed(settings, history))
+    resent = asyncio.run(feed(settings, history, start=10))
+    assert replayed.applied == resent.applied == 0
+    assert asyncio.run(stored(settings, "erin")) is None
+    assert b"erin" not in asyncio.run(dump_prefix(settings))  # only a digest is kept
+    # Erin's own new activity, after the erasure, starts her afresh.
+    now = int(time.time() * 1000)
+    back = asyncio.run(feed(settings, [order("erin", now, total=10.0), click("erin", T0 + 5)], 20))
+    assert back.applied == 1
+    rec = asyncio.run(stored(settings, "erin"))
+    assert rec is not None and rec.state.order_count == 1 and rec.state.events == 1
+
     again = segmenter("forget", "erin", env=settings_env(settings))
-    assert again.returncode == 0 and "no state was held" in again.stdout
+    assert again.returncode == 0 and "state deleted" in again.stdout
+    third = segmenter("forget", "erin", env=settings_env(settings))
+    assert third.returncode == 0 and "no state was held" in third.stdout
+
+
+async def stored(settings: Settings, user: str) -> UserRecord | None:
+    store = StateStore.from_settings(settings)
+    try:
+        return await store.get(user)
+    finally:
+        await store.close()
 
 
 @pytest.mark.integration

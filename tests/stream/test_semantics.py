@@ -45,9 +45,14 @@ def loyal_buyer(user: str, until_day: int = 60) -> list[dict[str, Any]]:
 
 
 def others_traffic(from_day: int, days: int) -> list[dict[str, Any]]:
+    # Stream time is kept per partition, so the traffic that moves it on must
+    # reach the inactive user's partition, up to the last day: 31 users, spread
+    # over every partition of the test topics whatever the producer's
+    # partitioner, and each of them is seen on the last day.
+    last = T0 + (from_day + days) * DAY
     return [
-        click(f"other-{d % 7}", T0 + (from_day + d) * DAY, "page_view") for d in range(days + 1)
-    ]
+        click(f"other-{d % 31}", T0 + (from_day + d) * DAY, "page_view") for d in range(days)
+    ] + [click(f"other-{u}", last, "page_view") for u in range(31)]
 
 
 async def sweep(proc: BatchProcessor) -> list[dict[str, Any]]:

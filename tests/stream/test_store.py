@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from stream.dedup import SeenEvents, encode
 from stream.fold import HALF_LIVES, UserState, fold_all
 from stream.redis_client import client_from_url
 from stream.store import (
@@ -48,7 +49,9 @@ def test_commit_then_load_round_trips_and_moves_counts_offsets_and_stream_time(
             moved = loaded["a"]
             moved.segment = "high_value"
             await store.commit([UserWrite("a", moved, "regular")], {"orders:0": 9}, T0 - 5)
-            assert await store.segment_counts() == {"regular": 0, "high_value": 1}
+            assert await store.segment_counts() == {
+                "high_value": 1
+            }  # empty segments are not listed
             assert await store.members("high_value") == ["a"]
             assert await store.members("regular") == []
             assert await store.partition_offsets() == {"orders:0": 9}
@@ -227,12 +230,12 @@ stamps = st.integers(min_value=0, max_value=2**62)
         st.integers(0, 2**62),
         max_size=3,
     ),
-    recent=st.lists(st.binary(min_size=6, max_size=6), max_size=8),
-    recent_orders=st.lists(st.binary(min_size=6, max_size=6), max_size=8),
+    orders=st.dictionaries(st.integers(0, 2**37 - 1), st.integers(1, 7), max_size=40),
+    clicks=st.sets(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)), max_size=40),
     partition=st.integers(-1, 32767),
 )
 def test_binary_record_round_trips(  # type: ignore[no-untyped-def]
-    state, segment, probs, version, offsets, recent, recent_orders, partition
+    state, segment, probs, version, offsets, orders, clicks, partition
 ) -> None:
     classes = ("high_value", "regular", "potential", "at_risk")
     rec = UserRecord(
@@ -242,8 +245,7 @@ def test_binary_record_round_trips(  # type: ignore[no-untyped-def]
         version=version,
         model_version="20261129T091233-abc",
         offsets={f"{t}:{p}": off for (t, p), off in offsets.items()},
-        recent=recent,
-        recent_orders=recent_orders,
+        seen=SeenEvents(orders, clicks),
         scored_at=state.last_seen,
         due=state.last_seen + 1,
         partition=partition,
@@ -251,11 +253,13 @@ def test_binary_record_round_trips(  # type: ignore[no-untyped-def]
     )
     assert decode_record(encode_record(rec), classes) == rec
     assert decode_record(encode_record(rec), None).probabilities is None
-    # What codec 2 wrote (one ring, no orders ring) still reads, its ring intact.
-    old = dataclasses.replace(rec, recent_orders=[])
-    v3 = encode_record(old)
-    v2 = v3[:4] + bytes([2]) + v3[5:-1]
-    assert decode_record(v2, classes) == old
+    # What codecs 2 and 3 wrote (rings of event-id digests after the offsets)
+    # still reads; the rings cannot become order digests, so memory starts empty.
+    head = encode_record(dataclasses.replace(rec, seen=SeenEvents()))[: -len(encode(SeenEvents()))]
+    rings = bytes([2]) + bytes(12) + bytes([1]) + bytes(6)
+    upgraded = dataclasses.replace(rec, seen=SeenEvents())
+    assert decode_record(head[:4] + bytes([3]) + head[5:] + rings, classes) == upgraded
+    assert decode_record(head[:4] + bytes([2]) + head[5:] + rings[:13], classes) == upgraded
 
 
 def test_load_takes_thousands_of_users_of_one_bucket(redis_url: str, prefix: str) -> None:
