@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from stream.events import Event, Rejected, decode
+from stream.events import DecodeLimits, Event, Rejected, decode
 
 
 @dataclass
@@ -27,6 +27,7 @@ def decode_records(
     clickstream_topic: str = "clickstream",
     orders_topic: str = "orders",
     until_ms: int | None = None,
+    limits: DecodeLimits | None = None,
 ) -> Decoded:
     kinds: dict[str, Literal["clickstream", "orders"]] = {
         clickstream_topic: "clickstream",
@@ -39,7 +40,7 @@ def decode_records(
         if kind is None:
             out.rejected["unknown_topic"] += 1
             continue
-        result = decode(kind, key, value, now_ms=now)
+        result = decode(kind, key, value, now_ms=now, limits=limits or DecodeLimits())
         if isinstance(result, Rejected):
             out.rejected[result.reason.value] += 1
         elif until_ms is None or result.timestamp <= until_ms:

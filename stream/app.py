@@ -24,7 +24,6 @@ from stream import consumer as batching
 from stream import metrics
 from stream.announce import AnnouncementListener
 from stream.drift import DriftTracker, report_max_age_s
-from stream.events import DecodeLimits
 from stream.health import Health
 from stream.http import serve as serve_http
 from stream.pipeline import BatchProcessor, PipelineConfig
@@ -94,9 +93,7 @@ def pipeline_config(settings: Settings, playbook: Playbook | None = None) -> Pip
         orders_topic=settings.topic_orders,
         segments_topic=settings.topic_segments,
         dlq_topic=settings.topic_dlq,
-        limits=DecodeLimits(
-            max_bytes=settings.max_event_bytes, max_future_ms=int(settings.max_future_s * 1000)
-        ),
+        limits=settings.decode_limits(),
         hysteresis=Hysteresis(margin=settings.hysteresis_margin, floor=settings.hysteresis_floor),
         click_dedup_ms=int(settings.click_dedup_hours * 3_600_000),
         max_batch_failures=settings.max_batch_failures,
@@ -158,6 +155,9 @@ def faust_credentials(settings: Settings) -> Any:
 
 
 def create_app(settings: Settings) -> faust.App:
+    # Faust creates its own folder, but not the parents: a fresh volume or an
+    # empty working directory must not stop the worker.
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.group_id,
         broker=settings.faust_broker,

@@ -12,6 +12,7 @@ the caller dead-letters the latter with the original bytes untouched.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -29,8 +30,8 @@ CLICK_TYPES = (
 )
 ORDER_TYPES = ("order_placed", "order_cancelled", "order_refunded")
 
-#: Timestamps before this are rejected: nothing in an e-commerce stream is
-#: older, and an epoch given in seconds instead of milliseconds lands here.
+#: The default floor (SEGMENTER_MIN_EVENT_TIME): an epoch given in seconds
+#: instead of milliseconds lands before it. Archives older than this can lower it.
 MIN_TIMESTAMP_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 #: Money above this is a unit error or an attack on the features, not a sale.
 MAX_MONEY = 10_000_000.0
@@ -78,6 +79,31 @@ def _to_epoch_ms(value: object) -> int:
             raise ValueError("ISO-8601 timestamp must carry a zone (e.g. Z or +02:00)")
         return int(parsed.timestamp() * 1000)
     raise ValueError("timestamp must be epoch milliseconds or an ISO-8601 string")
+
+
+_BARE_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def parse_instant(text: str) -> int:
+    """A time people type, in epoch ms: ``YYYY-MM-DD`` is midnight UTC that day;
+    anything longer is ISO-8601 and must carry its zone (``Z`` or ``+02:00``).
+
+    Raises ValueError with a message that says what to type instead.
+    """
+    text = text.strip()
+    if _BARE_DATE.match(text):
+        try:
+            day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a calendar date") from None
+        return int(day.timestamp() * 1000)
+    try:
+        return _to_epoch_ms(text)
+    except ValueError as exc:
+        raise ValueError(
+            f"{text!r}: {exc}; give a date (YYYY-MM-DD, midnight UTC) or ISO-8601 with a zone "
+            "(2024-03-01T12:00:00Z)"
+        ) from None
 
 
 EpochMs = Annotated[int, BeforeValidator(_to_epoch_ms)]
@@ -142,6 +168,8 @@ class DecodeLimits:
     #: How far past the wall clock an event may claim to be. Beyond this it
     #: would drag stream time (and every user's recency) into the future.
     max_future_ms: int = 24 * 3600 * 1000
+    #: Events before this are rejected (SEGMENTER_MIN_EVENT_TIME).
+    min_timestamp_ms: int = MIN_TIMESTAMP_MS
 
 
 def _schema_detail(exc: ValidationError) -> str:
@@ -193,8 +221,12 @@ def decode(
             Reason.KEY_MISMATCH,
             f"record key ({len(key)} bytes) differs from the UTF-8 user_id ({len(expected)} bytes)",
         )
-    if event.timestamp < MIN_TIMESTAMP_MS:
-        return Rejected(Reason.TIMESTAMP_RANGE, f"timestamp {event.timestamp} is before 2000-01-01")
+    if event.timestamp < limits.min_timestamp_ms:
+        return Rejected(
+            Reason.TIMESTAMP_RANGE,
+            f"timestamp {event.timestamp} is before {iso(limits.min_timestamp_ms)} "
+            "(SEGMENTER_MIN_EVENT_TIME)",
+        )
     if event.timestamp > now_ms + limits.max_future_ms:
         return Rejected(
             Reason.TIMESTAMP_RANGE,

@@ -1,24 +1,27 @@
-"""Export input-topic records to a file for data teams: JSON Lines or Parquet.
+"""Export topic records to files for data teams: JSON Lines or typed Parquet.
 
-The format follows the file's suffix:
+The format follows the output's suffix:
 
 * ``.jsonl``: one ``{"topic", "key", "value"}`` object a line, ``value`` as a JSON
   object. It is the format of ``segmenter generate`` and ``segmenter produce``,
   so an export can be produced back or trained on directly.
-* ``.parquet``: columns ``topic``, ``key`` (nullable), ``value`` (the record's
-  JSON text, as received) and ``timestamp_ms`` (the event's own time, int64), in
-  row groups of :data:`ROW_GROUP_ROWS` so memory stays bounded however long the
-  export.
+* ``.parquet``: a *directory* of Parquet files partitioned by the record's UTC
+  date (``date=YYYY-MM-DD/``), with typed columns: the record's top-level fields
+  flattened, plus ``topic``, ``partition``, ``offset``, ``key`` and
+  ``event_time_ms`` (see :mod:`stream.event_files`). Spark, DuckDB, pandas and
+  pyarrow read it as one table.
 
-Records are kept by their *own* ``timestamp`` (broker time is not event time,
-see ``stream/replay.py``). A record whose value is not a JSON object with a
-usable timestamp is counted as invalid and left out: the file is for training.
+Records stream from the broker to the file in batches of :data:`ROW_GROUP_ROWS`,
+so memory stays bounded however long the export. They are kept by their *own*
+time (``timestamp`` for input events, ``event_time`` for segment changes;
+broker time is not event time, see ``stream/replay.py``). A record whose value
+is not a JSON object with a usable time is counted as invalid and left out.
 
-The file appears under its name only once it is complete; a failed export
+The output appears under its name only once it is complete; a failed export
 leaves nothing behind that could be mistaken for a whole one.
 
 Redelivered records (one event_id twice) are exported as they are in the
-topic; training drops the repeats (``model.dataset.drop_duplicate_events``).
+topic; training drops the repeats (``stream.dedup``, the worker's own rule).
 
 For training, export without ``since``: features at a cutoff fold all of a
 user's earlier events, so a file cut at ``since`` gives users who were active
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +41,8 @@ from typing import IO, Any
 
 import orjson
 
+from stream.event_files import ParquetDatasetSink, Record
 from stream.events import _to_epoch_ms
-from stream.produce import read_jsonl
 
 ROW_GROUP_ROWS = 50_000
 PROGRESS_EVERY = 10_000
@@ -72,10 +76,13 @@ def _event_time(value: bytes | None) -> tuple[Any, int] | None:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(obj, dict) or "timestamp" not in obj:
+    if not isinstance(obj, dict):
+        return None
+    when = obj.get("timestamp", obj.get("event_time"))
+    if when is None:
         return None
     try:
-        ts = _to_epoch_ms(obj["timestamp"])
+        ts = _to_epoch_ms(when)
     except ValueError:
         return None
     if not -_INT64_MAX <= ts <= _INT64_MAX:
@@ -98,58 +105,6 @@ class _JsonlSink:
         pass
 
 
-class _ParquetSink:
-    def __init__(self, fh: IO[bytes]) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        self._pa = pa
-        self._schema = pa.schema(
-            [
-                pa.field("topic", pa.string(), nullable=False),
-                pa.field("key", pa.string(), nullable=True),
-                pa.field("value", pa.string(), nullable=False),
-                pa.field("timestamp_ms", pa.int64(), nullable=False),
-            ]
-        )
-        self._writer = pq.ParquetWriter(fh, self._schema)
-        self._cols: tuple[list[str], list[str | None], list[str], list[int]] = ([], [], [], [])
-
-    def add(self, topic: str, key: str | None, obj: Any, raw: bytes, ts: int) -> None:
-        topics, keys, values, times = self._cols
-        topics.append(topic)
-        keys.append(key)
-        # orjson has already checked the bytes are UTF-8, so this cannot fail.
-        values.append(raw.decode("utf-8"))
-        times.append(ts)
-        if len(topics) >= ROW_GROUP_ROWS:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._cols[0]:
-            return
-        table = self._pa.Table.from_arrays(
-            [
-                self._pa.array(col, type=f.type)
-                for col, f in zip(self._cols, self._schema, strict=True)
-            ],
-            schema=self._schema,
-        )
-        self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
-        for col in self._cols:
-            col.clear()
-
-    def close(self) -> None:
-        self._flush()
-        self._writer.close()
-
-    def abort(self) -> None:
-        # Close the writer while its file is still open; left to the garbage
-        # collector it would write a footer to a closed file and warn.
-        with contextlib.suppress(Exception):
-            self._writer.close()
-
-
 @dataclass(slots=True)
 class _Counts:
     written: int = 0
@@ -158,15 +113,16 @@ class _Counts:
 
 
 def _scan(
-    records: Iterable[tuple[str, bytes | None, bytes | None]],
+    records: Iterable[tuple[Any, ...]],
     counts: _Counts,
     since_ms: int | None,
     until_ms: int | None,
     on_progress: Callable[[int], None] | None,
-) -> Iterator[tuple[str, str | None, Any, bytes, int]]:
-    """The records to write, as ``(topic, key, parsed value, raw value, event time)``."""
+) -> Iterator[tuple[Any, ...]]:
+    """The records to write, as ``(topic, key, parsed value, raw value, event time,
+    partition, offset)``; the position is None for records read without one."""
     pending = 0
-    for topic, key, value in records:
+    for topic, key, value, *position in records:
         pending += 1
         if on_progress and pending >= PROGRESS_EVERY:
             on_progress(pending)
@@ -183,13 +139,24 @@ def _scan(
         # than failing the whole export on it.
         text_key = None if key is None else key.decode("utf-8", "replace")
         counts.written += 1
-        yield topic, text_key, obj, value, ts
+        partition, offset = position if position else (None, None)
+        yield topic, text_key, obj, value, ts, partition, offset
     if on_progress and pending:
         on_progress(pending)
 
 
+def check_target(out: Path) -> str:
+    """The export format of ``out``; raises ValueError (one line) when it cannot be written."""
+    fmt = _format_of(out)
+    if fmt == ".parquet" and out.exists():
+        raise ValueError(f"{out} already exists; remove it or choose another --out")
+    if out.is_dir():
+        raise ValueError(f"{out} is a directory")
+    return fmt
+
+
 def export_records(
-    records: Iterable[tuple[str, bytes | None, bytes | None]],
+    records: Iterable[tuple[Any, ...]],
     out: Path,
     *,
     since_ms: int | None,
@@ -198,40 +165,44 @@ def export_records(
 ) -> ExportResult:
     """Write the records whose event time is in ``[since_ms, until_ms]`` to ``out``.
 
-    ``on_progress`` receives counts of records *read* (written, out of range or
-    invalid alike), in steps, adding up to :attr:`ExportResult.seen`.
+    ``records`` are ``(topic, key, value)``, optionally followed by partition and
+    offset. ``on_progress`` receives counts of records *read* (written, out of
+    range or invalid alike), in steps, adding up to :attr:`ExportResult.seen`.
     """
-    fmt = _format_of(out)
+    fmt = check_target(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.part")
     counts = _Counts()
+    rows = _scan(records, counts, since_ms, until_ms, on_progress)
     try:
-        with tmp.open("wb") as fh:
-            sink = _JsonlSink(fh) if fmt == ".jsonl" else _ParquetSink(fh)
-            try:
-                for row in _scan(records, counts, since_ms, until_ms, on_progress):
-                    sink.add(*row)
-            except BaseException:
-                sink.abort()
-                raise
-            sink.close()
+        if fmt == ".jsonl":
+            with tmp.open("wb") as fh:
+                sink = _JsonlSink(fh)
+                for row in rows:
+                    sink.add(*row[:5])
+        else:
+            ParquetDatasetSink(tmp, ROW_GROUP_ROWS).write(rows)
+            tmp.mkdir(exist_ok=True)  # an export of nothing is still a (empty) dataset
         os.replace(tmp, out)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
     return ExportResult(
         written=counts.written, skipped_out_of_range=counts.out_of_range, invalid=counts.invalid
     )
 
 
 def read_export(path: Path) -> Iterator[tuple[str, bytes | None, bytes]]:
-    """``(topic, key, value)`` records of an export, in file order."""
-    if _format_of(path) == ".jsonl":
-        yield from read_jsonl(path)
-        return
-    import pyarrow.parquet as pq
+    """``(topic, key, value)`` records of an export, in file order (by date for Parquet)."""
+    from stream.event_files import Router, read_jsonl, read_parquet
 
-    with pq.ParquetFile(path) as pf:
-        for batch in pf.iter_batches(columns=["topic", "key", "value"]):
-            cols = batch.to_pydict()
-            for topic, key, value in zip(cols["topic"], cols["key"], cols["value"], strict=True):
-                yield topic, None if key is None else key.encode(), value.encode()
+    # Topics as exported: the identity routing keeps each record's own topic.
+    class _AsIs(Router):
+        def envelope(self, topic: str, key: bytes | None, value: bytes) -> Record:
+            return topic, key, value
+
+    reader = read_jsonl if _format_of(path) == ".jsonl" else read_parquet
+    yield from reader(path, _AsIs("clickstream", "orders"))

@@ -299,7 +299,7 @@ def _rees46_record(row_number: int, row: dict[str, str | None]) -> Record | str:
     return ("clickstream", user_id, click)
 
 
-FORMATS = ("jsonl", "parquet", "online-retail", "rees46")
+FORMATS = ("jsonl", "csv", "parquet", "online-retail", "rees46")
 
 
 def read_input(
@@ -307,22 +307,20 @@ def read_input(
 ) -> tuple[Iterator[tuple[str, bytes | None, bytes]], Counter[str]]:
     """Records of any supported file, with the input-topic names; plus rows skipped on import.
 
-    ``jsonl`` and ``parquet`` are files from `segmenter generate` / `segmenter export`;
-    their topic names are rewritten to the given ones by kind.
+    ``jsonl``, ``csv`` and ``parquet`` hold plain events or the records of
+    `segmenter generate` / `segmenter export` (:mod:`stream.event_files`); the
+    skipped counts fill in as the records are read.
     """
+    from stream.event_files import Router, read_csv, read_jsonl, read_parquet
+
     if fmt == "online-retail":
         result = import_online_retail(path)
     elif fmt == "rees46":
         result = import_rees46(path)
-    elif fmt in ("jsonl", "parquet"):
-        from stream.export import read_export
-
-        def renamed() -> Iterator[tuple[str, bytes | None, bytes]]:
-            for topic, key, value in read_export(path):
-                kind = "orders" if "order" in topic else "clickstream"
-                yield (orders_topic if kind == "orders" else clickstream_topic), key, value
-
-        return renamed(), Counter()
+    elif fmt in ("jsonl", "csv", "parquet"):
+        router = Router(clickstream_topic, orders_topic)
+        reader = {"jsonl": read_jsonl, "csv": read_csv, "parquet": read_parquet}[fmt]
+        return reader(path, router), router.skipped
     else:
         raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
     return records_for_topics(result, clickstream_topic, orders_topic), result.skipped

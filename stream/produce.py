@@ -77,25 +77,3 @@ def write_jsonl(path: Path, events: Iterable[GeneratedEvent]) -> int:
             fh.write(b"\n")
             n += 1
     return n
-
-
-def read_jsonl(path: Path) -> Iterator[tuple[str, bytes | None, bytes]]:
-    """Records of a file written by `segmenter generate` or `segmenter export`."""
-    with path.open("rb") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = orjson.loads(line)
-                topic = obj["topic"]
-                key = obj.get("key")
-                value = obj["value"]
-            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ValueError(
-                    f"{path}:{lineno}: not a {{topic, key, value}} line: {exc}"
-                ) from exc
-            yield (
-                topic,
-                None if key is None else str(key).encode(),
-                value.encode() if isinstance(value, str) else orjson.dumps(value),
-            )

@@ -24,15 +24,39 @@ def replay_topics(
     *,
     since_ms: int | None = None,
     on_progress: Callable[[int], None] | None = None,
-    timeout_s: float = 300.0,
+    idle_timeout_s: float = 60.0,
 ) -> Iterator[tuple[str, bytes | None, bytes | None]]:
-    """Yield ``(topic, key, value)`` of the records now in ``topics``.
+    """``(topic, key, value)`` of the records now in ``topics`` (see :func:`replay_records`)."""
+    for topic, key, value, _, _ in replay_records(
+        kafka_config,
+        topics,
+        since_ms=since_ms,
+        on_progress=on_progress,
+        idle_timeout_s=idle_timeout_s,
+    ):
+        yield topic, key, value
+
+
+def replay_records(
+    kafka_config: dict[str, Any],
+    topics: list[str],
+    *,
+    since_ms: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    idle_timeout_s: float = 60.0,
+) -> Iterator[tuple[str, bytes | None, bytes | None, int, int]]:
+    """Yield ``(topic, key, value, partition, offset)`` of the records now in ``topics``.
 
     With ``since_ms``, each partition starts at the offset the broker gives
     for that time (offsets-for-times) instead of offset 0. That is only a
     lower bound to skip what is surely too old: Tansu answers by append time
     and returns 0 for history, and a record's Kafka timestamp is not its event
     time, so callers still filter on each event's own timestamp.
+
+    Records are yielded as they arrive, so a caller that writes them out holds
+    none of them. The replay fails only when the broker has given nothing (no
+    record, no end of partition) for ``idle_timeout_s``: a long replay that
+    keeps moving is never cut short.
     """
     consumer = Consumer(
         {
@@ -61,11 +85,16 @@ def replay_topics(
         consumer.assign(parts)
         pending = {(p.topic, p.partition) for p in parts}
 
-        deadline = time.monotonic() + timeout_s
+        last_progress = time.monotonic()
         while pending:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"replay did not reach the end of {sorted(pending)}")
+            if time.monotonic() - last_progress > idle_timeout_s:
+                raise TimeoutError(
+                    f"replay: nothing from the broker for {idle_timeout_s:g} s; "
+                    f"not at the end of {sorted(pending)}"
+                )
             batch = consumer.consume(1000, timeout=0.5)
+            if batch:
+                last_progress = time.monotonic()
             n = 0
             for msg in batch:
                 err = msg.error()
@@ -75,7 +104,13 @@ def replay_topics(
                         continue
                     raise RuntimeError(f"replay failed: {err}")
                 n += 1
-                yield str(msg.topic()), msg.key(), msg.value()
+                yield (
+                    str(msg.topic()),
+                    msg.key(),
+                    msg.value(),
+                    msg.partition() or 0,
+                    msg.offset() or 0,
+                )
             if on_progress and n:
                 on_progress(n)
     finally:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,8 @@ class RetrainConfig:
     tolerance: float = 0.01
     lock_ttl_s: float = 3600.0
     train: TrainConfig = field(default_factory=TrainConfig)
+    #: Called with the number of records replayed since the last call.
+    on_progress: Callable[[int], None] | None = None
 
 
 @dataclass
@@ -81,10 +84,15 @@ def run_once(settings: Settings, cfg: RetrainConfig, client: Any) -> RunResult:
         # earlier event of the user. The topics' retention bounds how far back
         # that goes, as it bounds what the worker could have folded.
         decoded = decode_records(
-            replay_topics(settings.kafka_client_config(), list(settings.input_topics)),
+            replay_topics(
+                settings.kafka_client_config(),
+                list(settings.input_topics),
+                on_progress=cfg.on_progress,
+            ),
             clickstream_topic=settings.topic_clickstream,
             orders_topic=settings.topic_orders,
             until_ms=cfg.until_ms,
+            limits=settings.decode_limits(),
         )
         events = decoded.events
         if not events:

@@ -19,21 +19,36 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import orjson
+from platformdirs import user_data_path, user_state_path
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
+from stream.events import MIN_TIMESTAMP_MS, DecodeLimits, parse_instant
 from stream.redaction import Redactor, read_secret_file, redact_urls, url_passwords
 from stream.redaction import redact_url as redact
-
-ENV_PREFIX = "SEGMENTER_"
-#: Settings whose values are secrets: never shown in errors, logs or `segmenter settings`.
-SECRET_FIELDS = frozenset(
-    {"kafka_sasl_password", "redis_password", "pseudonymize_key", "api_token"}
+from stream.settings_errors import (
+    ENV_PREFIX,
+    HINT,
+    SECRET_FIELDS,
+    URL_FIELDS,
+    SettingsError,
+    SettingsProblems,
+    _plain,
+    describe_errors,
 )
-#: Settings that may carry credentials in their userinfo (scheme://user:pass@host).
-URL_FIELDS = frozenset({"kafka_url", "redis_url"})
-#: Settings that may be given as a file instead (SEGMENTER_<NAME>_FILE).
+
+__all__ = [
+    "ENV_PREFIX",
+    "SECRET_FIELDS",
+    "URL_FIELDS",
+    "Settings",
+    "SettingsError",
+    "SettingsProblems",
+    "describe_errors",
+    "load_settings",
+]
+
 FILE_FIELDS = (
     "kafka_sasl_password",
     "redis_url",
@@ -49,19 +64,6 @@ def _file_description(name: str) -> str:
         f"File whose content is {ENV_PREFIX}{name.upper()} (Docker/Kubernetes secret); "
         "set one or the other"
     )
-
-
-class SettingsProblems(ValueError):
-    """Several problems found by one validator, each a line naming its variable.
-
-    Raised from model validators, whose errors pydantic reports against the
-    whole input (every setting, secrets included): :func:`describe_errors`
-    prints these lines and never that input.
-    """
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
 
 
 class Settings(BaseSettings):
@@ -155,6 +157,11 @@ class Settings(BaseSettings):
     # --- input guards
     max_event_bytes: int = Field(64 * 1024, ge=256)
     max_future_s: float = Field(86_400.0, ge=0)
+    min_event_time: int = Field(
+        MIN_TIMESTAMP_MS,
+        description="Events before this are dead-lettered: YYYY-MM-DD (midnight UTC), ISO-8601 "
+        "with a zone, or epoch ms. Lower it to replay older archives",
+    )
     click_dedup_hours: float = Field(
         24.0,
         ge=0,
@@ -196,7 +203,12 @@ class Settings(BaseSettings):
     )
 
     # --- model and segments
-    model_dir: Path = Path("var/models")
+    # Per-user directories (platformdirs), so a worker starts from any directory;
+    # containers set both to a volume.
+    model_dir: Path = Field(
+        default_factory=lambda: user_data_path("segmenter") / "models",
+        description="Model registry; seeded with the bundled bootstrap model when empty",
+    )
     hysteresis_margin: float = Field(0.1, ge=0, le=1)
     hysteresis_floor: float = Field(0.2, ge=0, le=1)
     reevaluate_days: tuple[float, ...] = Field(
@@ -245,7 +257,10 @@ class Settings(BaseSettings):
     housekeeping_interval_s: float = Field(
         5.0, gt=0, le=300, description="Redis health, populations, lag, model check"
     )
-    data_dir: Path = Path("var/faust")
+    data_dir: Path = Field(
+        default_factory=lambda: user_state_path("segmenter") / "faust",
+        description="Faust's local state; created with its parents",
+    )
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
     @model_validator(mode="before")
@@ -277,6 +292,11 @@ class Settings(BaseSettings):
         if problems:
             raise SettingsProblems(problems)
         return data
+
+    @field_validator("min_event_time", mode="before")
+    @classmethod
+    def _instant(cls, value: Any) -> Any:
+        return parse_instant(value) if isinstance(value, str) and not value.isdigit() else value
 
     @field_validator("api_token", mode="before")
     @classmethod
@@ -480,6 +500,14 @@ class Settings(BaseSettings):
             env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
         return env
 
+    def decode_limits(self) -> DecodeLimits:
+        """The input guards, the same for the worker and for training."""
+        return DecodeLimits(
+            max_bytes=self.max_event_bytes,
+            max_future_ms=int(self.max_future_s * 1000),
+            min_timestamp_ms=self.min_event_time,
+        )
+
     def safe_summary(self) -> dict[str, object]:
         """What may be logged: secrets masked, URLs stripped of credentials."""
         out: dict[str, object] = {}
@@ -506,76 +534,6 @@ class Settings(BaseSettings):
     def redactor(self) -> Redactor:
         """Masks these settings' secrets and any URL credentials (logs, messages)."""
         return Redactor(self.secret_values())
-
-
-def _plain(value: Any) -> Any:
-    return value.get_secret_value() if isinstance(value, SecretStr) else value
-
-
-class SettingsError(SystemExit):
-    """Raised (as a clean exit) when the environment holds a wrong setting."""
-
-
-HINT = "Fix the variable(s) above; `segmenter settings` lists every setting."
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _shown(field: str, value: Any) -> str:
-    """' (got ...)' for a wrong value that may be shown; nothing for a secret."""
-    if field in SECRET_FIELDS or isinstance(value, dict | SecretStr):
-        return ""
-    if field in URL_FIELDS and isinstance(value, str):
-        value = redact_urls(value)
-    text = repr(value)
-    return f" (got {text[:77] + '...' if len(text) > 80 else text})"
-
-
-def _secrets_in(exc: ValidationError) -> list[str]:
-    """Secret values a validation error carries (as inputs), to mask from its text.
-
-    A safety net under the rules of :func:`describe_errors`: a validator's own
-    message could quote a value it should not have.
-    """
-    found: list[str] = []
-    for err in exc.errors(include_url=False):
-        value = err.get("input")
-        pairs: list[tuple[Any, Any]] = []
-        if isinstance(value, dict):
-            pairs = list(value.items())
-        elif err["loc"]:
-            pairs = [(err["loc"][0], value)]
-        for name, each in pairs:
-            plain = _plain(each)
-            if name in SECRET_FIELDS and isinstance(plain, str):
-                found.append(plain)
-            elif name in URL_FIELDS:
-                found += url_passwords(plain)
-    return found
-
-
-def describe_errors(exc: ValidationError) -> str:
-    """One line per problem, each naming the variable to fix; no secret in any of them."""
-    lines = ["Invalid configuration:"]
-    for err in exc.errors(include_url=False):
-        cause = (err.get("ctx") or {}).get("error")
-        if isinstance(cause, SettingsProblems):
-            lines += [f"  {_one_line(p)}" for p in cause.problems]
-            continue
-        msg = _one_line(str(err["msg"]).removeprefix("Value error, "))
-        loc = err["loc"]
-        if not loc:
-            # A whole-model error: its input is every setting, secrets included.
-            lines.append(f"  {msg}")
-            continue
-        field = str(loc[0])
-        var = f"{ENV_PREFIX}{field.upper()}" + "".join(f"[{p}]" for p in loc[1:])
-        lines.append(f"  {var}: {msg}{_shown(field, err.get('input'))}")
-    lines.append(HINT)
-    redactor = Redactor(_secrets_in(exc))
-    return "\n".join(redactor(line) for line in lines)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -78,25 +78,69 @@ def test_jsonl_export_is_the_generate_and_produce_format(tmp_path: Path) -> None
     assert orjson.loads(line) == {"topic": "clickstream", "key": "u1", "value": value}
 
 
-def test_parquet_export_keeps_raw_text_and_event_time(tmp_path: Path) -> None:
+def test_parquet_export_is_typed_columns_partitioned_by_date(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    iso = b'{"event_id": "e1", "user_id": "u1", "timestamp": "2024-01-01T01:00:00+01:00"}'
+    placed = order(user="u2", ts=T0 + DAY + 5, total=12.5)
+    change = {
+        "user_id": "u2",
+        "segment": "regular",
+        "previous_segment": None,
+        "probabilities": {"regular": 0.7, "at_risk": 0.3},
+        "event_time": "2024-01-03T00:00:00Z",
+        "version": 2,
+    }
+    records = [
+        ("clickstream", None, iso, 0, 7),
+        ("orders", b"u2", orjson.dumps(placed), 3, 41),
+        ("customer-segments", b"u2", orjson.dumps(change), 1, 0),
+    ]
+    out = tmp_path / "e.parquet"
+    result = export_records(records, out, since_ms=None, until_ms=None)
+
+    assert result.written == 3
+    assert sorted(p.name for p in out.iterdir()) == [
+        "date=2024-01-01",
+        "date=2024-01-02",
+        "date=2024-01-03",
+    ]
+    table = ds.dataset(out, format="parquet", partitioning="hive").to_table()
+    types = {f.name: f.type for f in table.schema}
+    assert types["partition"] == pa.int32() and types["offset"] == pa.int64()
+    assert types["total"] == pa.float64() and types["timestamp"] == pa.int64()
+    assert types["event_time_ms"] == pa.int64() and types["segment"] == pa.string()
+    rows = {r["topic"]: r for r in table.to_pylist()}
+    assert rows["orders"]["total"] == 12.5 and rows["orders"]["order_id"] == placed["order_id"]
+    assert (rows["orders"]["partition"], rows["orders"]["offset"]) == (3, 41)
+    assert rows["clickstream"]["event_time_ms"] == T0  # 01:00+01:00 is midnight UTC
+    assert rows["customer-segments"]["version"] == 2
+    # Nested fields, and values of another type than their column's, are kept as JSON.
+    assert orjson.loads(rows["customer-segments"]["extra"]) == {
+        "previous_segment": None,
+        "probabilities": change["probabilities"],
+    }
+    back = {t: (k, orjson.loads(v)) for t, k, v in read_export(out)}
+    assert back == {
+        "clickstream": (None, orjson.loads(iso)),
+        "orders": (b"u2", placed),
+        "customer-segments": (b"u2", change),
+    }
+
+
+def test_parquet_export_of_the_first_format_still_reads(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    # A zoned ISO timestamp and odd spacing: the value is kept byte for byte.
-    text = b'{"event_id": "e1", "user_id": "u1", "timestamp": "2024-01-01T01:00:00+01:00"}'
-    out = tmp_path / "e.parquet"
-    result = export_records(
-        [("clickstream", None, text)], out, since_ms=T0, until_ms=T0, on_progress=None
+    # Exports before typed columns: one file, the value as received.
+    text = '{"event_id": "e1", "user_id": "u1", "timestamp": 1704067200000}'
+    out = tmp_path / "old.parquet"
+    pq.write_table(
+        pa.table({"topic": ["clickstream"], "key": ["u1"], "value": [text], "timestamp_ms": [T0]}),
+        out,
     )
-
-    assert result.written == 1
-    table = pq.read_table(out)
-    assert table.schema.field("timestamp_ms").type == pa.int64()
-    assert table.schema.field("key").nullable
-    assert table.to_pylist() == [
-        {"topic": "clickstream", "key": None, "value": text.decode(), "timestamp_ms": T0}
-    ]
-    assert list(read_export(out)) == [("clickstream", None, text)]
+    assert list(read_export(out)) == [("clickstream", b"u1", text.encode())]
 
 
 def test_parquet_export_writes_bounded_row_groups(
@@ -109,9 +153,19 @@ def test_parquet_export_writes_bounded_row_groups(
     out = tmp_path / "e.parquet"
     export_records(records, out, since_ms=None, until_ms=None)
 
-    meta = pq.ParquetFile(out).metadata
+    (part,) = out.glob("date=*/*.parquet")
+    meta = pq.ParquetFile(part).metadata
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [4, 4, 2]
-    assert [v for _, _, v in read_export(out)] == [v for _, _, v in records]
+    assert [orjson.loads(v) for _, _, v in read_export(out)] == [
+        orjson.loads(v) for _, _, v in records
+    ]
+
+
+def test_an_existing_parquet_export_is_not_overwritten(tmp_path: Path) -> None:
+    out = tmp_path / "e.parquet"
+    export_records([_raw("clickstream", click())], out, since_ms=None, until_ms=None)
+    with pytest.raises(ValueError, match="already exists"):
+        export_records([_raw("clickstream", click())], out, since_ms=None, until_ms=None)
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])

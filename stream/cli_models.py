@@ -1,0 +1,119 @@
+"""`segmenter models`: the registry on disk, and what the workers report of it."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Annotated, Any
+
+import orjson
+import typer
+
+from stream.cli_common import settings_or_exit
+
+models_app = typer.Typer(
+    help="The model registry: list, show, promote, rollback.", no_args_is_help=True
+)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Every version with its high_value F1 (the gate metric); * marks the current one."""
+    from model.registry import current_version, list_versions, read_manifest
+
+    settings = settings_or_exit()
+    current = current_version(settings.model_dir)
+    for version in list_versions(settings.model_dir):
+        manifest = read_manifest(settings.model_dir / version)
+        metrics = manifest.get("metrics", {})
+        f1 = metrics.get("high_value_f1")
+        gate = manifest.get("gate", {}).get("outcome", "")
+        kind = manifest.get("training", {}).get("source_kind", "?")
+        mark = "*" if version == current else " "
+        f1_text = f"{f1:.3f}" if isinstance(f1, float) else "-"
+        typer.echo(
+            f"{mark} {version:<28} high_value-F1 {f1_text}  {kind:<9} "
+            f"{manifest.get('created_at', '')}  {gate}"
+        )
+
+
+@models_app.command("show")
+def models_show(
+    version: Annotated[str, typer.Argument(help="Version (default: current)")] = "",
+) -> None:
+    """A version's manifest (features, schema hash, classes, window, metrics, gate) and drift.
+
+    ``drift.reference`` summarises the training distribution the manifest stores;
+    ``drift.live`` is the workers' latest PSI per feature for this version, read
+    from Redis, or says why it is not available.
+    """
+    import time
+
+    from model.drift import summary
+    from model.registry import current_version, read_manifest
+    from stream.drift import merge_reports, report_max_age_s
+    from stream.store import StateStore
+
+    settings = settings_or_exit()
+    version = version or (current_version(settings.model_dir) or "")
+    manifest = read_manifest(settings.model_dir / version)
+    manifest.pop("normalisation", None)
+    ref = manifest.pop("drift_reference", None)
+    live: dict[str, Any]
+    max_age = report_max_age_s(settings.housekeeping_interval_s)
+    if ref is None:
+        live = {
+            "available": False,
+            "reason": "the manifest has no drift reference (trained before drift monitoring); "
+            "a model trained by this code has one",
+        }
+    else:
+
+        async def reports() -> list[dict[str, Any]]:
+            store = StateStore.from_settings(settings)
+            try:
+                return await store.drift_reports()
+            finally:
+                await store.close()
+
+        try:
+            merged = merge_reports(
+                ref, asyncio.run(reports()), version, now=time.time(), max_age_s=max_age
+            )
+        except Exception as exc:  # Redis unreachable, or its reports unreadable
+            live = {"available": False, "reason": f"Redis: {type(exc).__name__}: {exc}"}
+        else:
+            live = (
+                {"available": True, **merged}
+                if merged is not None
+                else {
+                    "available": False,
+                    "reason": f"no worker has reported drift for {version} in the last "
+                    f"{max_age} s (is it serving, with SEGMENTER_DRIFT_WINDOW_ROWS > 0?)",
+                }
+            )
+    manifest["drift"] = {"reference": summary(ref) if ref is not None else None, "live": live}
+    sys.stdout.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+@models_app.command("promote")
+def models_promote(
+    version: Annotated[str, typer.Argument(help="Version to make current")],
+    reason: Annotated[str, typer.Option(help="Recorded in the promotion history")] = "manual",
+) -> None:
+    """Make a version current (workers switch without a restart) and announce it."""
+    from stream.announce import promote_and_announce
+
+    settings = settings_or_exit()
+    entry = promote_and_announce(settings, version, reason)
+    typer.echo(f"current: {entry['version']} (was {entry['previous']})")
+
+
+@models_app.command("rollback")
+def models_rollback() -> None:
+    """Go back to the version that was current before this one, and announce it."""
+    from stream.announce import rollback_and_announce
+
+    settings = settings_or_exit()
+    entry = rollback_and_announce(settings)
+    typer.echo(f"current: {entry['version']} (rolled back from {entry['previous']})")
