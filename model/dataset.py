@@ -28,7 +28,7 @@ from model.features import N_FEATURES, vector
 from model.labels import label_users, window_activity
 from model.segments import DEFAULT_SEGMENTS
 from stream.dedup import DEFAULT_CLICK_WINDOW_MS, admitted
-from stream.events import Event
+from stream.events import Folded
 from stream.fold import DAY_MS, UserState, apply
 
 
@@ -99,8 +99,8 @@ def default_cutoffs(
 
 
 def drop_duplicate_events(
-    events: Iterable[Event], click_window_ms: int = DEFAULT_CLICK_WINDOW_MS
-) -> list[Event]:
+    events: Iterable[Folded], click_window_ms: int = DEFAULT_CLICK_WINDOW_MS
+) -> list[Folded]:
     """The events the worker would count, in the given (arrival) order.
 
     The worker drops a re-sent event by the rule of :mod:`stream.dedup`
@@ -114,13 +114,13 @@ def drop_duplicate_events(
     return list(admitted(events, _user_of, click_window_ms))
 
 
-def _user_of(event: Event) -> str:
+def _user_of(event: Folded) -> str:
     return event.user_id
 
 
 def sort_events(
-    events: Iterable[Event], click_window_ms: int = DEFAULT_CLICK_WINDOW_MS
-) -> list[Event]:
+    events: Iterable[Folded], click_window_ms: int = DEFAULT_CLICK_WINDOW_MS
+) -> list[Folded]:
     """Events deduplicated in arrival order, then stably sorted by event time."""
     # Dedup before sorting: which copy the worker keeps, and whether a click is
     # within the window, depend on arrival order, known only here. Stable
@@ -130,7 +130,7 @@ def sort_events(
 
 
 def build_examples(
-    events: Sequence[Event],
+    events: Sequence[Folded],
     cutoffs: Sequence[int],
     *,
     horizon_ms: int,
@@ -257,7 +257,7 @@ def early_stopping_split(train: Examples) -> tuple[Examples, Examples]:
 class Prepared:
     """The example table and its three time-ordered row sets (see the module docstring)."""
 
-    events: list[Event]  # deduplicated, sorted by event time: what was folded
+    events: list[Folded]  # deduplicated, sorted by event time: what was folded
     duplicates: int  # events dropped as redeliveries of an earlier event_id
     examples: Examples  # every row, at every cutoff
     train: Examples  # rows before validation: fit + early stopping (baselines fit on these)
@@ -267,7 +267,7 @@ class Prepared:
 
 
 def prepare_examples(
-    events: Sequence[Event],
+    events: Sequence[Folded],
     *,
     horizon_ms: int,
     step_ms: int,

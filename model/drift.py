@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from model.features import FEATURE_NAMES, N_FEATURES, raw_row, transform
-from stream.events import Event
+from stream.events import Folded
 from stream.fold import UserState, apply
 
 #: PSI at or above this is a "significant shift" (the alert's line).
@@ -63,7 +63,7 @@ def reference(
     return {"bins": bins, "rows": len(x), "features": features}
 
 
-def serving_rows(events: Iterable[Event], since_ms: int | None = None) -> np.ndarray:
+def serving_rows(events: Iterable[Folded], since_ms: int | None = None) -> np.ndarray:
     """The model inputs the worker scores as ``events`` arrive: one row per event.
 
     Each event is folded into its user's state and the user scored as of that
@@ -77,6 +77,9 @@ def serving_rows(events: Iterable[Event], since_ms: int | None = None) -> np.nda
     """
     states: dict[str, UserState] = {}
     rows: list[tuple[float, ...]] = []
+    # Transformed a chunk at a time (it is elementwise): a million rows held as
+    # tuples of floats would take about a gigabyte, as an array 160 MB.
+    chunks: list[np.ndarray] = [np.zeros((0, N_FEATURES))]
     for event in events:
         state = states.get(event.user_id)
         if state is None:
@@ -84,7 +87,15 @@ def serving_rows(events: Iterable[Event], since_ms: int | None = None) -> np.nda
         apply(state, event)
         if since_ms is None or event.timestamp >= since_ms:
             rows.append(raw_row(state, state.last_seen))
-    return transform(rows) if rows else np.zeros((0, N_FEATURES))
+            if len(rows) >= _CHUNK_ROWS:
+                chunks.append(transform(rows))
+                rows.clear()
+    if rows:
+        chunks.append(transform(rows))
+    return np.concatenate(chunks)
+
+
+_CHUNK_ROWS = 50_000
 
 
 def psi(expected: np.ndarray, actual: np.ndarray, eps: float = 1e-4) -> float:

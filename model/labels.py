@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream.events import Event, OrderEvent
+from stream.events import Folded, OrderEvent, OrderFact
 
 
 @dataclass(slots=True)
@@ -27,9 +27,9 @@ class WindowActivity:
     orders: int = 0
     spend: float = 0.0
 
-    def add(self, event: Event) -> None:
+    def add(self, event: Folded) -> None:
         self.events += 1
-        if isinstance(event, OrderEvent):
+        if isinstance(event, OrderEvent | OrderFact):
             if event.event_type == "order_placed":
                 self.orders += 1
                 self.spend += event.total
@@ -38,7 +38,7 @@ class WindowActivity:
                 self.spend -= event.total
 
 
-def window_activity(events: Iterable[Event]) -> dict[str, WindowActivity]:
+def window_activity(events: Iterable[Folded]) -> dict[str, WindowActivity]:
     out: dict[str, WindowActivity] = {}
     for event in events:
         act = out.get(event.user_id)

@@ -12,12 +12,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from stream.events import DecodeLimits, Event, Rejected, decode
+from stream.events import DecodeLimits, Fact, Rejected, decode, fact
 
 
 @dataclass
 class Decoded:
-    events: list[Event] = field(default_factory=list)
+    # Compact facts, not the validated models: training holds them all at once.
+    events: list[Fact] = field(default_factory=list)
     rejected: Counter[str] = field(default_factory=Counter)
 
 
@@ -44,5 +45,5 @@ def decode_records(
         if isinstance(result, Rejected):
             out.rejected[result.reason.value] += 1
         elif until_ms is None or result.timestamp <= until_ms:
-            out.events.append(result)
+            out.events.append(fact(result))
     return out

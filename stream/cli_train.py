@@ -146,11 +146,14 @@ def train(
         source = "synthetic: " + "; ".join(
             f"{c.label} (seed {c.seed}, {c.users} users, {c.days:g} days)" for c in configs
         )
-    for decoded in logs:
-        if decoded.rejected:
-            console.print(f"[yellow]skipped invalid records: {dict(decoded.rejected)}")
+    for rejected in [d.rejected for d in logs if d.rejected]:
+        console.print(f"[yellow]skipped invalid records: {dict(rejected)}")
     cfg = TrainConfig(hidden=sizes, epochs=epochs, seed=seed)
-    parts = [prepare_examples(d.events, horizon_ms=horizon_ms, step_ms=step_ms) for d in logs]
+    try:
+        parts = [prepare_examples(d.events, horizon_ms=horizon_ms, step_ms=step_ms) for d in logs]
+    except ValueError as exc:  # too little history for the horizon and step asked for
+        raise UserError(str(exc)) from None
+    del logs  # the examples are what training needs; the events can go
     with progress() as bar:
         task = bar.add_task("training (epochs)", total=epochs)
 
@@ -185,7 +188,9 @@ def train(
     console.print(
         f"model [bold]{target.name}[/] written to {target} (report: {target / 'report.md'})"
     )
-    console.print(f"gate: {verdict.outcome}: {verdict.reason}")
+    said = "passed" if verdict.passed else "refused"
+    kept = "" if promote else " (not promoted: --no-promote)"
+    console.print(f"gate: {said}{kept}: {verdict.reason}")
     if promote and (verdict.passed or force):
         _promote_locally(
             settings, registry, target.name, "segmenter train" + (" --force" if force else "")

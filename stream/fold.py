@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
-from stream.events import ClickEvent, Event, OrderEvent
+from stream.events import ClickEvent, ClickFact, Folded, OrderEvent, OrderFact
 
 DAY_MS = 86_400_000
 
@@ -131,18 +132,18 @@ def _advance(state: UserState, ts: int) -> None:
     state.first_seen = min(state.first_seen, ts)
 
 
-def apply(state: UserState, event: Event) -> None:
+def apply(state: UserState, event: Folded) -> None:
     """Fold ``event`` into ``state`` in place. The batch path uses this on states it owns."""
     ts = event.timestamp
     _advance(state, ts)
     state.events += 1
-    if isinstance(event, ClickEvent):
+    if isinstance(event, ClickEvent | ClickFact):
         _apply_click(state, event, ts)
     else:
         _apply_order(state, event, ts)
 
 
-def _apply_click(state: UserState, event: ClickEvent, ts: int) -> None:
+def _apply_click(state: UserState, event: ClickEvent | ClickFact, ts: int) -> None:
     sid = zlib.crc32(event.session_id.encode("utf-8"))
     if sid not in state.recent_sessions:
         state.session_count += 1
@@ -159,7 +160,7 @@ def _apply_click(state: UserState, event: ClickEvent, ts: int) -> None:
         _add_decayed(state, "carts_30d", 1.0, ts)
 
 
-def _apply_order(state: UserState, event: OrderEvent, ts: int) -> None:
+def _apply_order(state: UserState, event: OrderEvent | OrderFact, ts: int) -> None:
     if event.event_type == "order_placed":
         state.order_count += 1
         state.total_spend += event.total
@@ -181,14 +182,14 @@ def _apply_order(state: UserState, event: OrderEvent, ts: int) -> None:
         state.returned_spend += event.total
 
 
-def fold(state: UserState | None, event: Event) -> UserState:
+def fold(state: UserState | None, event: Folded) -> UserState:
     """Pure form of :func:`apply`: returns a new state, leaves ``state`` alone."""
     new = UserState() if state is None else state.copy()
     apply(new, event)
     return new
 
 
-def fold_all(events: list[Event], state: UserState | None = None) -> UserState:
+def fold_all(events: Sequence[Folded], state: UserState | None = None) -> UserState:
     """Fold a sequence of one user's events, in the given order."""
     new = UserState() if state is None else state.copy()
     for event in events:

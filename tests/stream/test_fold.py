@@ -5,7 +5,8 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.events import Event
+from model.labels import window_activity
+from stream.events import Event, fact
 from stream.fold import HALF_LIVES, UserState, decay, fold, fold_all, linear_count
 from stream.store import UserRecord, decode_record, encode_record
 from tests.factories import DAY, T0, as_event, click, order
@@ -149,3 +150,15 @@ def test_sessions_are_counted_exactly_in_order_and_for_late_events_of_recent_ses
     # a late event of a session two sessions back is not a new session
     events.append(as_event(click(ts=T0 + 27 * DAY + 5000, session_id="s27")))
     assert fold_all(events).session_count == 30
+
+
+@given(user_events())
+def test_training_facts_fold_and_label_exactly_as_the_events_they_come_from(
+    events: list[Event],
+) -> None:
+    # Training keeps compact facts (stream.events.fact) instead of the validated
+    # models; the fold and the labels must not tell them apart.
+    facts = [fact(e) for e in events]
+    assert fold_all(facts) == fold_all(events)
+    assert window_activity(facts) == window_activity(events)
+    assert [f.user_id for f in facts] == [e.user_id for e in events]
