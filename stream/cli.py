@@ -182,14 +182,15 @@ def export_cmd(
 ) -> None:
     """Export topics to a file for data teams, filtered on each record's own event time."""
     from stream.export import check_target, export_records
-    from stream.replay import replay_records
+    from stream.replay import check_topics, replay_records
 
     names = topic_names(topics)
     settings = settings_or_exit()
     names = names or list(settings.input_topics)
     try:
         check_target(out)
-    except ValueError as exc:
+        check_topics(settings.kafka_client_config(), names)
+    except (ValueError, RuntimeError) as exc:
         raise UserError(str(exc)) from None
     with progress() as bar:
         task = bar.add_task("exporting (records read)", total=None)

@@ -68,9 +68,11 @@ def replay_records(
         }
     )
     try:
+        known = consumer.list_topics(timeout=10).topics
+        _refuse_missing(topics, known)
         parts = []
         for topic in topics:
-            meta = consumer.list_topics(topic, timeout=10).topics[topic]
+            meta = known[topic]
             if meta.error is not None:
                 raise RuntimeError(f"cannot replay {topic}: {meta.error}")
             parts += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
@@ -115,3 +117,16 @@ def replay_records(
                 on_progress(n)
     finally:
         consumer.close()
+
+
+def _refuse_missing(topics: list[str], known: Any) -> None:
+    missing = [t for t in topics if t not in known]
+    if missing:
+        raise RuntimeError(f"no such topic: {', '.join(missing)}")
+
+
+def check_topics(kafka_config: dict[str, Any], topics: list[str]) -> None:
+    """Raise RuntimeError naming any of ``topics`` the broker does not have."""
+    from confluent_kafka.admin import AdminClient
+
+    _refuse_missing(topics, AdminClient(kafka_config).list_topics(timeout=10).topics)

@@ -40,6 +40,7 @@ from stream.events import iso
 from stream.fold import DAY_MS
 from stream.replay import replay_topics
 from stream.settings import Settings
+from stream.topics import ensure_topics
 
 log = logging.getLogger("segmenter.retrain")
 
@@ -79,6 +80,9 @@ def run_once(settings: Settings, cfg: RetrainConfig, client: Any) -> RunResult:
         log.info("another retrain holds %s; skipping this run", lock_key)
         return RunResult("skipped", reason="lock held by another scheduler")
     try:
+        # A retrain job may start before any worker has created the input
+        # topics: create them (as the worker would) and find nothing to learn.
+        ensure_topics(settings)
         # From the start of each partition, not offsets-for-times at the window's
         # lower bound: features at the first cutoff in the window need every
         # earlier event of the user. The topics' retention bounds how far back

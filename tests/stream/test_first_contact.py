@@ -216,3 +216,47 @@ def test_a_worker_starts_from_an_empty_directory_with_three_settings(
     assert (home / ".local" / "state" / "segmenter" / "faust").is_dir()
     assert (models / "current").exists()
     assert list(cwd.iterdir()) == []  # nothing written where it happened to be started
+
+
+@pytest.mark.integration
+def test_export_of_inputs_and_of_segment_changes_through_the_cli(
+    tmp_path: Path, settings_factory: Callable[..., Settings]
+) -> None:
+    import pyarrow.dataset as ds
+
+    from tests.helpers import as_items, produce
+
+    settings = settings_factory()
+    events = [click("ann", T0, "page_view"), order("ann", T0 + 86_400_000, total=42.5)]
+    produce(settings, as_items(settings, events))
+    change = {
+        "user_id": "ann",
+        "segment": "regular",
+        "previous_segment": None,
+        "event_time": "2024-01-02T00:00:00Z",
+        "version": 1,
+        "probabilities": {"regular": 0.9},
+    }
+    produce(settings, [(settings.topic_segments, b"ann", orjson.dumps(change))])
+    env = settings.to_env() | {"PATH": os.environ["PATH"]}
+
+    inputs = cli("export", "--out", "in.parquet", "--since", "2024-01-01", cwd=tmp_path, env=env)
+    assert inputs.returncode == 0, inputs.stderr
+    assert "exported 2 records" in inputs.stderr
+    table = ds.dataset(tmp_path / "in.parquet", format="parquet", partitioning="hive").to_table()
+    rows = sorted(table.to_pylist(), key=lambda r: r["event_time_ms"])
+    assert [r["event_type"] for r in rows] == ["page_view", "order_placed"]
+    assert [str(r["date"]) for r in rows] == ["2024-01-01", "2024-01-02"]
+    assert all(r["offset"] is not None and r["partition"] is not None for r in rows)
+    assert rows[1]["total"] == 42.5 and rows[1]["key"] == "ann"
+
+    segs = cli(
+        "export", "--topic", settings.topic_segments, "--out", "segs.jsonl", cwd=tmp_path, env=env
+    )
+    assert segs.returncode == 0, segs.stderr
+    (line,) = (tmp_path / "segs.jsonl").read_bytes().splitlines()
+    assert orjson.loads(line) == {"topic": settings.topic_segments, "key": "ann", "value": change}
+
+    missing = cli("export", "--topic", "no-such-topic", "--out", "x.jsonl", cwd=tmp_path, env=env)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
