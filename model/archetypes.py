@@ -3,7 +3,7 @@
 Each archetype is a list of events run through the real fold
 (:func:`stream.fold.fold_all`) and feature vector, so it tests the model as
 the worker would serve it. ``expected`` is where the label definition
-(design.md, "Segments and labels") puts that customer in any plausible
+(docs/design.md, "Segments and labels") puts that customer in any plausible
 population; every shipped model must place each archetype there. Archetypes
 about a class the model lacks (``potential`` for orders-only models) are
 reported as not applicable.

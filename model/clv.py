@@ -1,6 +1,6 @@
 """Buy-till-you-die CLV baseline: BG/NBD for purchase counts, Gamma-Gamma for order value.
 
-design.md ("How a model is judged") names it as what users would pick instead of
+docs/design.md ("How a model is judged") names it as what users would pick instead of
 the network, and the bar to beat on orders-only data. References:
 
 * Fader, Hardie & Lee (2005), "Counting your customers the easy way: an

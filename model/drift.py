@@ -6,7 +6,7 @@ a :class:`DriftMonitor` built from it and exports :meth:`DriftMonitor.snapshot`.
 
 The measure is the population stability index over the reference's quantile
 bins, ``PSI = sum((a - e) * ln(a / e))``: under 0.1 is "no real change",
-0.1-0.25 "some", over 0.25 "significant" (design.md, "How a model is judged").
+0.1-0.25 "some", over 0.25 "significant" (docs/design.md, "How a model is judged").
 
 Bins are right-closed, ``(-inf, e0], (e0, e1], ..., (e_last, inf)``, so a point
 mass (most features are 0 for many users) fills a bin of its own instead of

@@ -1,7 +1,7 @@
 """Training labels from behaviour after a cutoff. Pure, one rule for every trainer.
 
 For a cutoff T and horizon H, among users first seen at or before T, the
-label is what the user did in (T, T + H] (design.md, "Segments and labels"):
+label is what the user did in (T, T + H] (docs/design.md, "Segments and labels"):
 
 * ``high_value``: purchased, spend in the top ``quantile`` of that window's buyers
 * ``regular``: purchased, not in the top

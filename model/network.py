@@ -1,4 +1,4 @@
-"""The seed network (design.md): input -> Dense(ReLU) x depth -> Dense(softmax).
+"""The seed network (docs/model.md): input -> Dense(ReLU) x depth -> Dense(softmax).
 
 Generalised in two ways that keep it an MLP served by the same NumPy forward
 pass (:mod:`model.scorer`):

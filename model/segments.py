@@ -1,6 +1,6 @@
 """Segment names and the change rule (hysteresis). Pure.
 
-A segment is a prediction of what the customer does next (see design.md):
+A segment is a prediction of what the customer does next (see docs/design.md):
 the classes come from the model's manifest, these are only the defaults.
 """
 

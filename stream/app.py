@@ -117,7 +117,7 @@ async def _update_lag(app: faust.App, health: Health, applied: dict[str, int]) -
         return
     try:
         # aiokafka's end offsets (not librdkafka's watermarks, which
-        # under-report on Tansu: design.md).
+        # under-report on Tansu: docs/design.md).
         highwaters = await app.consumer.highwaters(*tps)
     except Exception as exc:
         health.kafka_ok, health.kafka_error = False, f"{type(exc).__name__}: {exc}"
@@ -176,7 +176,7 @@ def create_app(settings: Settings) -> faust.App:
         # One agent instance: per-user order must hold across the batch, and
         # scaling out is by partitions across worker processes, not coroutines.
         agent_supervisor="mode.OneForOneSupervisor",
-        # Consumer tuning, measured by `segmenter bench` (README "Performance").
+        # Consumer tuning, measured by `segmenter bench` (docs/performance.md).
         stream_buffer_maxsize=settings.stream_buffer_maxsize,
         broker_max_poll_records=settings.broker_max_poll_records,
         consumer_max_fetch_size=settings.consumer_max_fetch_size,

@@ -1255,7 +1255,7 @@ class Bench:
 
     async def _end_offsets(self, settings: Settings, topic: str) -> dict[int, int]:
         # aiokafka's end offsets, not librdkafka's watermarks, which
-        # under-report on Tansu (design.md).
+        # under-report on Tansu (docs/design.md).
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)

@@ -1,6 +1,6 @@
 """How records reach the worker's agent, tuned: batch delivery, fetch wait, event loop, GC.
 
-Every lever here was measured with ``segmenter bench`` (README "Performance"):
+Every lever here was measured with ``segmenter bench`` (docs/performance.md):
 
 * batch delivery (below): the agent gets whole fetches, not one event per record;
 * the fetch long-poll (:class:`BatchConsumerThread`): Tansu answers a waiting

@@ -5,7 +5,7 @@ installed (``redis.connection.HiredisRespSerializer``); its asyncio client
 always uses a Python loop over the arguments. A batch commit sends about 11
 arguments per user, and py-spy showed that loop (``pack_command`` and
 ``Encoder.encode``) at about 9% of a live-sized batch (600 records, ~1.6 per
-user: README "Performance"). This gives the asyncio connections the sync
+user: docs/performance.md). This gives the asyncio connections the sync
 client's packer.
 """
 

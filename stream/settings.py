@@ -136,7 +136,8 @@ class Settings(BaseSettings):
     )
     event_loop: Literal["asyncio", "uvloop"] = Field(
         "asyncio",
-        description="Event loop of the worker (asyncio and uvloop measured alike: README)",
+        description="Event loop of the worker (asyncio and uvloop measured alike: "
+        "docs/performance.md)",
     )
     blas_threads: int = Field(
         1,

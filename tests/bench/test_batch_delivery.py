@@ -46,7 +46,7 @@ def test_batched_agent_commits_exactly_the_offsets_it_acked(
         (topic, f"k{p}".encode(), f"v{i}".encode()) for i in range(per_partition) for p in (0, 1)
     ]
     # Where each record landed, from the delivery reports: end offsets
-    # under-report on Tansu for records written in one batch (design.md).
+    # under-report on Tansu for records written in one batch (docs/design.md).
     landed: dict[int, int] = {0: 0, 1: 0}
 
     def delivered(err: object, msg: object) -> None:

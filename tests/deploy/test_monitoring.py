@@ -114,9 +114,9 @@ def test_every_alert_has_a_unit_test_and_a_runbook() -> None:
     tests = yaml.safe_load((PROM / "alerts_test.yml").read_text())
     tested = {a["alertname"] for t in tests["tests"] for a in t["alert_rule_test"]}
     assert names == tested
-    readme = (REPO / "README.md").read_text()
+    runbook = (REPO / "docs" / "operations.md").read_text()
     for name in names:
-        assert f"`{name}`" in readme, f"no runbook entry for {name} in README"
+        assert f"`{name}`" in runbook, f"no runbook entry for {name} in docs/operations.md"
 
 
 @needs_promtool
