@@ -25,6 +25,7 @@ from model.report_sections import (
     drift_section,
     gate_section,
 )
+from stream.events import DAY_MS
 
 CONFUSION_PNG = "confusion_matrix.png"
 F1_PNG = "f1_vs_baselines.png"
@@ -36,7 +37,6 @@ REPORT_MD = "report.md"
 # Small figures: a report holds several, and they live beside every model version.
 _FIGSIZE = (6.0, 4.0)
 _DPI = 100
-_DAY_MS = 86_400_000
 
 
 def _pyplot() -> Any:
@@ -260,7 +260,7 @@ def _training_section(training: dict[str, Any]) -> list[str]:
         lines.append(f"- validation cutoff: {_iso(training['validation_cutoff_ms'])}")
     for key, label in (("horizon_ms", "horizon"), ("step_ms", "step")):
         if training.get(key) is not None:
-            lines.append(f"- {label}: {int(training[key]) / _DAY_MS:g} days")
+            lines.append(f"- {label}: {int(training[key]) / DAY_MS:g} days")
     return [*lines, ""]
 
 

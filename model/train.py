@@ -30,6 +30,7 @@ from model.dataset import Examples, Prepared, prepare_examples
 from model.features import FEATURE_NAMES, SCHEMA_HASH
 from model.registry import KERAS, MANIFEST, WEIGHTS, publish_version, set_current
 from model.scorer import Scorer, save_weights
+from stream.events import DAY_MS
 
 __all__ = ["Fitted", "Prepared", "TrainConfig", "prepare_examples", "train_from_events"]
 
@@ -291,7 +292,7 @@ def _cutoff_list(examples: Examples) -> list[int]:
 
 
 #: The drift reference covers this much of each log's latest event time.
-REFERENCE_SPAN_MS = 60 * 86_400_000
+REFERENCE_SPAN_MS = 60 * DAY_MS
 
 
 def _recent_serving_rows(part: Prepared) -> np.ndarray:

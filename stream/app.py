@@ -24,6 +24,7 @@ from stream import consumer as batching
 from stream import metrics
 from stream.announce import AnnouncementListener
 from stream.drift import DriftTracker, report_max_age_s
+from stream.events import DAY_MS
 from stream.health import Health
 from stream.http import serve as serve_http
 from stream.pipeline import BatchProcessor, PipelineConfig
@@ -98,11 +99,11 @@ def pipeline_config(settings: Settings, playbook: Playbook | None = None) -> Pip
         click_dedup_ms=int(settings.click_dedup_hours * 3_600_000),
         max_batch_failures=settings.max_batch_failures,
         dlq_head_bytes=settings.dlq_value_head_bytes,
-        max_lateness_ms=int(settings.retention_days * 86_400_000),
-        retention_ms=int(settings.retention_days * 86_400_000),
+        max_lateness_ms=int(settings.retention_days * DAY_MS),
+        retention_ms=int(settings.retention_days * DAY_MS),
         # Backstop only: retention is enforced in event time by the sweep, and
         # the TTL (retention + 30 days of wall time) catches abandoned keys.
-        key_ttl_ms=int((settings.retention_days + 30) * 86_400_000),
+        key_ttl_ms=int((settings.retention_days + 30) * DAY_MS),
         pseudonymize_key=(
             settings.pseudonymize_key.get_secret_value().encode()
             if settings.pseudonymize_key

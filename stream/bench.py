@@ -84,7 +84,6 @@ JSON_KEYS = (
 
 #: The window of the backlog over which throughput is measured.
 WINDOW = (0.10, 0.90)
-DAY_MS = 86_400_000
 
 
 class BenchError(RuntimeError):

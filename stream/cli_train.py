@@ -26,6 +26,7 @@ from stream.cli_common import (
     settings_or_exit,
     setup_logging,
 )
+from stream.events import DAY_MS
 from stream.settings import Settings
 
 
@@ -275,7 +276,7 @@ def retrain(
     settings = settings_or_exit()
     setup_logging(settings.log_level, settings)
     cfg = RetrainConfig(
-        window_days=window / 86_400_000,
+        window_days=window / DAY_MS,
         until_ms=until,
         horizon_ms=horizon,
         step_ms=step,

@@ -39,7 +39,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-HOUR_MS = 3_600_000
+from stream.events import HOUR_MS
+
 DEFAULT_CLICK_WINDOW_MS = 24 * HOUR_MS
 
 _ORDER_FLAG = {"order_placed": 1, "order_cancelled": 2, "order_refunded": 4}

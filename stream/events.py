@@ -32,6 +32,10 @@ CLICK_TYPES = (
 )
 ORDER_TYPES = ("order_placed", "order_cancelled", "order_refunded")
 
+#: Time units, in the milliseconds every event time is kept in.
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
 #: The default floor (SEGMENTER_MIN_EVENT_TIME): an epoch given in seconds
 #: instead of milliseconds lands before it. Archives older than this can lower it.
 MIN_TIMESTAMP_MS = 946_684_800_000  # 2000-01-01T00:00:00Z

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from confluent_kafka.admin import AdminClient
 
 from model.segments import DEFAULT_SEGMENTS
+from stream.events import DAY_MS
 from stream.pipeline import output_topics, tombstones
 from stream.privacy import pseudonym
 from stream.settings import Settings
@@ -63,7 +64,7 @@ async def forget(settings: Settings, user_id: str) -> Forgotten:
         had_state = await store.forget(
             uid,
             now_ms=int(time.time() * 1000),
-            keep_ms=int(settings.forget_denylist_days * 86_400_000),
+            keep_ms=int(settings.forget_denylist_days * DAY_MS),
         )
         if store.classes is None:
             await store.get(uid)  # fetches the stored classes

@@ -31,10 +31,10 @@ from typing import Any, Final
 
 import numpy as np
 
+from stream.events import DAY_MS, HOUR_MS
+
 LATENT_TYPES: tuple[str, ...] = ("whale", "regular", "window_shopper", "churner")
 
-DAY_MS: Final = 86_400_000
-HOUR_MS: Final = 3_600_000
 MINUTE_MS: Final = 60_000
 
 #: Category and the median price (EUR) of its products. Medians span two orders

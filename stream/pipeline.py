@@ -45,7 +45,7 @@ from model.registry import LoadedModel
 from model.segments import Hysteresis, clear_leaders, decide
 from stream import metrics
 from stream.dedup import DEFAULT_CLICK_WINDOW_MS, SeenEvents, admit
-from stream.events import DecodeLimits, Event, Reason, Rejected, decode, iso
+from stream.events import DAY_MS, DecodeLimits, Event, Reason, Rejected, decode, iso
 from stream.fold import UserState, apply
 from stream.health import Health
 from stream.playbook import Playbook
@@ -114,9 +114,9 @@ class PipelineConfig:
     click_dedup_ms: int = DEFAULT_CLICK_WINDOW_MS
     #: Events older than stream time minus this are dead-lettered: their user
     #: may already have been expired by retention, and would come back wrong.
-    max_lateness_ms: int = 400 * 86_400_000
+    max_lateness_ms: int = 400 * DAY_MS
     #: Users inactive this long (event time) are erased, with a tombstone (0 = never).
-    retention_ms: int = 400 * 86_400_000
+    retention_ms: int = 400 * DAY_MS
     #: Wall-clock TTL on user keys: a backstop for keys no worker sweeps any more.
     key_ttl_ms: int = 0
     #: Inactivity thresholds (days of event time) at which a user is re-scored.
@@ -250,7 +250,7 @@ class BatchProcessor:
         # Time-driven steps after a user's last activity: the re-scores, then
         # (last) retention erasure. Computed once: _next_due runs per event.
         retention = config.retention_ms
-        offsets = [int(d * 86_400_000) for d in config.reevaluate_days]
+        offsets = [int(d * DAY_MS) for d in config.reevaluate_days]
         if retention > 0:
             offsets = [o for o in offsets if o < retention] + [retention]
         self._step_offsets = tuple(offsets)
@@ -406,7 +406,7 @@ class BatchProcessor:
                 # from this one event.
                 why = Rejected(
                     Reason.TOO_LATE,
-                    f"timestamp {iso(event.timestamp)} is {bound // 86_400_000} days or more "
+                    f"timestamp {iso(event.timestamp)} is {bound // DAY_MS} days or more "
                     f"before partition {raw.partition}'s stream time {iso(before)}",
                 )
                 late.append((raw, why))

@@ -54,6 +54,7 @@ from redis.exceptions import RedisError
 
 from stream import dedup
 from stream.dedup import SeenEvents
+from stream.events import DAY_MS
 from stream.fold import HALF_LIVES, UserState
 from stream.redis_client import client_from_url
 from stream.settings import Settings
@@ -64,7 +65,6 @@ CODEC_VERSION = 4
 #: codec 4 with an empty deduplication memory (offset marks still hold).
 _READABLE_CODECS = (2, 3, CODEC_VERSION)
 _DECAYED = tuple(HALF_LIVES)
-DAY_MS = 86_400_000
 MEMBER_SHARDS = 256
 #: Schedule sets per partition and day (keep each under Redis's listpack limit of 128).
 SCHEDULE_SUBSHARDS = 8
@@ -299,7 +299,7 @@ for u = 0, users - 1 do
   end
 end
 if refused then return {'conflict', cjson.encode(gone)} end
-local DAY, SUB = 86400000, 8  -- SUB = SCHEDULE_SUBSHARDS
+local DAY, SUB = {day_ms}, {subshards}  -- event-time day; SCHEDULE_SUBSHARDS
 for u = 0, users - 1 do
   local j = base + u * 11
   local uid, bucket = ARGV[j + 1], ARGV[j + 2]
@@ -360,7 +360,7 @@ local st = tonumber(ARGV[2])
 local cur = tonumber(redis.call('GET', KEYS[3]) or '0')
 if st > cur then redis.call('SET', KEYS[3], ARGV[2]) end
 return {'ok', ''}
-"""
+""".replace("{day_ms}", str(DAY_MS)).replace("{subshards}", str(SCHEDULE_SUBSHARDS))
 
 # A schedule entry whose user is gone (erased, or its bucket expired by the
 # wall-clock backstop TTL): drop it, and the user's membership of any segment,

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stream.events import DAY_MS
 from stream.generate import (
     LATENT_TYPES,
     GeneratedEvent,
@@ -46,7 +47,6 @@ ORDER_KEYS = {
     "items",
 }
 ITEM_KEYS = {"product_id", "category", "quantity", "unit_price"}
-DAY_MS = 86_400_000
 
 # Big enough for every type to show its behaviour, small enough to build in ~0.3 s.
 CONFIG = GeneratorConfig(users=400, days=180.0, seed=11)
