@@ -45,7 +45,7 @@ from stream.events import MAX_ID_LEN, iso
 from stream.forget import stored_id
 from stream.lookup import describe
 from stream.settings import Settings
-from stream.store import StateStore
+from stream.store import AUDIENCE_PREFIX, StateStore
 
 log = logging.getLogger("segmenter.api")
 
@@ -57,6 +57,7 @@ MAX_LIMIT = 1000
 #: ``segments.<segment>`` topic names, minus a leading dot, so that no name is
 #: "." or "..", which HTTP clients collapse as path segments.
 SEGMENT_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+AUDIENCE_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
 #: C0, DEL and C1: never part of an id anyone means, and unsafe in logs.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 #: Unpadded base64url; a length of 4n+1 can never be decoded.
@@ -185,6 +186,7 @@ def mount_api(
     store: StateStore,
     settings: Settings | None = None,
     classes: Classes = DEFAULT_SEGMENTS,
+    audiences: Callable[[], Sequence[str]] = tuple,
 ) -> None:
     """Add the read API's routes to ``app``.
 
@@ -250,6 +252,26 @@ def mount_api(
             }
         )
 
+    @_guarded
+    async def get_audience_members(request: web.Request) -> web.Response:
+        name = request.match_info["audience"]
+        if not AUDIENCE_RE.fullmatch(name):
+            raise BadRequest("audience must match [a-z][a-z0-9_]{0,62}")
+        if name not in audiences():
+            return _error(404, "unknown audience", audience=name)
+        limit = parse_limit(request)
+        after = parse_cursor(request)
+        page = await store.members(AUDIENCE_PREFIX + name, after=after, limit=limit + 1)
+        more = len(page) > limit
+        page = page[:limit]
+        return _json(
+            {
+                "audience": name,
+                "users": page,
+                "next_cursor": encode_cursor(page[-1]) if more else None,
+            }
+        )
+
     async def openapi_yaml(_: web.Request) -> web.Response:
         return web.Response(body=openapi_document()[0], content_type="application/yaml")
 
@@ -263,6 +285,7 @@ def mount_api(
     app.router.add_get(r"/users/{user_id:[\s\S]+}", get_user)
     app.router.add_get("/segments", get_segments)
     app.router.add_get(r"/segments/{segment:[\s\S]+}/users", get_members)
+    app.router.add_get(r"/audiences/{audience:[\s\S]+}/users", get_audience_members)
     app.router.add_get("/openapi.yaml", openapi_yaml)
     app.router.add_get("/openapi.json", openapi_json)
 

@@ -10,7 +10,9 @@ only, so a committed offset never runs ahead of applied state.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import signal
 import ssl
 import time
 from typing import Any
@@ -23,6 +25,7 @@ from model.segments import Hysteresis
 from stream import consumer as batching
 from stream import metrics
 from stream.announce import AnnouncementListener
+from stream.audiences import AudienceFile, Audiences, AudiencesError
 from stream.drift import DriftTracker, report_max_age_s
 from stream.events import DAY_MS
 from stream.health import Health
@@ -34,7 +37,7 @@ from stream.redaction import install as install_redaction
 from stream.settings import Settings, SettingsError
 from stream.sinks import ConfluentSink
 from stream.store import StateStore
-from stream.topics import ensure_segment_topics
+from stream.topics import ensure_audience_topic, ensure_segment_topics
 
 log = logging.getLogger("segmenter.worker")
 
@@ -84,8 +87,12 @@ class ModelHolder:
         return True
 
 
-def pipeline_config(settings: Settings, playbook: Playbook | None = None) -> PipelineConfig:
+def pipeline_config(
+    settings: Settings, playbook: Playbook | None = None, audiences: Audiences | None = None
+) -> PipelineConfig:
     return PipelineConfig(
+        audiences=audiences,
+        audiences_topic=settings.topic_audiences,
         reevaluate_days=settings.reevaluate_days,
         explain_top_k=settings.explain_top_k,
         segment_topic_template=settings.segment_topic_template if settings.segment_topics else None,
@@ -197,6 +204,13 @@ def create_app(settings: Settings) -> faust.App:
         raise SettingsError(f"Invalid playbook: {exc}") from None
     if settings.segment_topics:
         ensure_segment_topics(settings, holder.current.classes)
+    audience_file = None
+    if settings.audiences_path is not None:
+        try:
+            audience_file = AudienceFile(settings.audiences_path, holder.current.classes)
+        except AudiencesError as exc:
+            raise SettingsError(f"Invalid audiences: {exc}") from None
+        ensure_audience_topic(settings)
     health = Health(model_version=holder.current.version)
     metrics.init_series()
     stopping = {"now": False}
@@ -208,7 +222,9 @@ def create_app(settings: Settings) -> faust.App:
         store,
         sink,
         holder,
-        pipeline_config(settings, playbook),
+        pipeline_config(
+            settings, playbook, audience_file.current if audience_file is not None else None
+        ),
         # Either flag: Faust waits for unacked events before it sends
         # on_before_shutdown, so a batch retrying against an unavailable Redis
         # must also see that the app itself is stopping, or shutdown hangs.
@@ -274,12 +290,37 @@ def create_app(settings: Settings) -> faust.App:
                 store,
                 settings,
                 lambda: holder.current.classes,
+                lambda: processor.audiences.names if processor.audiences is not None else (),
             )
             log.info(
                 "serving /metrics, /healthz, /readyz and the read API (%s) on %s:%d",
                 "bearer token required" if settings.api_token else "no token required",
                 settings.metrics_host,
                 settings.metrics_port,
+            )
+
+    def reload_audiences(force: bool = False) -> None:
+        """Take a changed audiences file between batches; keep the old set if it is bad."""
+        if audience_file is None:
+            return
+        try:
+            new = audience_file.reload(force)
+        except AudiencesError as exc:
+            log.error(
+                "audiences not reloaded, still using the %d from before: %s",
+                len(processor.audiences.audiences) if processor.audiences else 0,
+                exc,
+            )
+            return
+        if new is not None:
+            processor.audiences = new
+            log.info("audiences reloaded from %s: %s", new.source, ", ".join(new.names) or "none")
+
+    @app.task
+    async def reload_on_sighup() -> None:
+        if audience_file is not None:
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGHUP, functools.partial(reload_audiences, True)
             )
 
     @app.timer(interval=settings.housekeeping_interval_s)
@@ -301,6 +342,15 @@ def create_app(settings: Settings) -> faust.App:
             return
         for segment, n in counts.items():
             metrics.SEGMENT_USERS.labels(segment).set(n)
+        if audience_file is not None:
+            reload_audiences()
+            try:
+                members = await store.audience_counts()
+            except Exception as exc:
+                log.warning("audience populations not read: %s: %s", type(exc).__name__, exc)
+            else:
+                for name in {*audience_file.current.names, *members}:
+                    metrics.AUDIENCE_USERS.labels(name).set(members.get(name, 0))
         # A timer that raises stops the worker (mode): housekeeping never may.
         try:
             await _update_lag(app, health, applied)

@@ -27,10 +27,11 @@ from stream.cli_common import (
     log,
     progress,
     read_input_file,
+    require_broker,
     settings_or_exit,
     setup_logging,
 )
-from stream.cli_models import models_app
+from stream.cli_models import audiences_app, models_app
 from stream.cli_tools import bench, demo, generate
 from stream.cli_train import retrain, train
 from stream.settings import Settings, SettingsError
@@ -133,6 +134,7 @@ def produce_cmd(
 
     settings = settings_or_exit()
     records, skipped = read_input_file(file, fmt, settings)
+    require_broker(settings)
     ensure_topics(settings)
     with progress() as bar:
         task = bar.add_task(f"producing {file.name}", total=None)
@@ -187,8 +189,11 @@ def export_cmd(
     names = topic_names(topics)
     settings = settings_or_exit()
     names = names or list(settings.input_topics)
+    if since is not None and until is not None and since > until:
+        raise typer.BadParameter("--since is after --until", param_hint="'--since'")
     try:
         check_target(out)
+        require_broker(settings)
         check_topics(settings.kafka_client_config(), names)
     except (ValueError, RuntimeError) as exc:
         raise UserError(str(exc)) from None
@@ -270,6 +275,7 @@ app.command()(generate)
 app.command()(demo)
 app.command()(bench)
 app.add_typer(models_app, name="models")
+app.add_typer(audiences_app, name="audiences")
 
 
 def main() -> None:

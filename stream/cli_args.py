@@ -149,7 +149,9 @@ def run(app: typer.Typer, args: list[str] | None = None) -> int:
     except UsageError as exc:
         ctx = getattr(exc, "ctx", None)
         where = ctx.command_path if ctx is not None else "segmenter"
-        _say(f"{where}: {exc.format_message()} (see `{where} --help`)")  # type: ignore[attr-defined]
+        message = exc.format_message()  # type: ignore[attr-defined]
+        if message:  # empty when the help was shown for a bare `segmenter`
+            _say(f"{where}: {message} (see `{where} --help`)")
         return 2
     except ClickException as exc:
         _say(f"segmenter: {exc.format_message()}")  # type: ignore[attr-defined]

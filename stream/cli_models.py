@@ -3,13 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
 import typer
 
 from stream.cli_common import settings_or_exit
+
+
+def _user_errors(command: Callable[..., None]) -> Callable[..., None]:
+    """A registry that says no (no such version, nothing to roll back to) is a
+    user error: one line and exit code 2, not an internal one."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        from model.registry import ModelError
+        from stream.cli_args import UserError
+
+        try:
+            command(*args, **kwargs)
+        except ModelError as exc:
+            raise UserError(f"{exc} (see `segmenter models list`)") from None
+
+    return run
+
 
 models_app = typer.Typer(
     help="The model registry: list, show, promote, rollback.", no_args_is_help=True
@@ -38,6 +59,7 @@ def models_list() -> None:
 
 
 @models_app.command("show")
+@_user_errors
 def models_show(
     version: Annotated[str, typer.Argument(help="Version (default: current)")] = "",
 ) -> None:
@@ -56,6 +78,13 @@ def models_show(
 
     settings = settings_or_exit()
     version = version or (current_version(settings.model_dir) or "")
+    if not version:
+        from stream.cli_args import UserError
+
+        raise UserError(
+            f"no model is current in {settings.model_dir} yet: train one, or start a worker "
+            "(it seeds the bundled bootstrap model)"
+        )
     manifest = read_manifest(settings.model_dir / version)
     manifest.pop("normalisation", None)
     ref = manifest.pop("drift_reference", None)
@@ -97,6 +126,7 @@ def models_show(
 
 
 @models_app.command("promote")
+@_user_errors
 def models_promote(
     version: Annotated[str, typer.Argument(help="Version to make current")],
     reason: Annotated[str, typer.Option(help="Recorded in the promotion history")] = "manual",
@@ -110,6 +140,7 @@ def models_promote(
 
 
 @models_app.command("rollback")
+@_user_errors
 def models_rollback() -> None:
     """Go back to the version that was current before this one, and announce it."""
     from stream.announce import rollback_and_announce
@@ -117,3 +148,37 @@ def models_rollback() -> None:
     settings = settings_or_exit()
     entry = rollback_and_announce(settings)
     typer.echo(f"current: {entry['version']} (rolled back from {entry['previous']})")
+
+
+audiences_app = typer.Typer(help="Rule audiences (SEGMENTER_AUDIENCES_PATH).", no_args_is_help=True)
+
+
+@audiences_app.command("check")
+def audiences_check(
+    file: Annotated[Path, typer.Argument(help="The audiences YAML file")],
+) -> None:
+    """Check an audiences file as a worker would at start: names, CEL syntax and types.
+
+    The conditions are checked against the current model's segments (or the
+    default ones when the registry has no model yet).
+    """
+    from model.registry import current_version, read_manifest
+    from model.segments import DEFAULT_SEGMENTS
+    from stream.audiences import AudiencesError, load
+    from stream.cli_args import UserError
+
+    settings = settings_or_exit()
+    version = current_version(settings.model_dir)
+    classes = (
+        tuple(read_manifest(settings.model_dir / version)["classes"])
+        if version
+        else DEFAULT_SEGMENTS
+    )
+    try:
+        audiences = load(file, classes)
+    except AudiencesError as exc:
+        raise UserError(str(exc)) from None
+    typer.echo(f"{file}: {len(audiences.audiences)} audiences, all valid")
+    for a in audiences.audiences:
+        how = "NumPy, per batch" if a.vectorised else "CEL runtime, per user"
+        typer.echo(f"  {a.name:<24} {a.when}  [{how}]")

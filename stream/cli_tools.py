@@ -10,7 +10,7 @@ import orjson
 import typer
 from rich.console import Console
 
-from stream.cli_common import console, progress, settings_or_exit, setup_logging
+from stream.cli_common import console, progress, require_broker, settings_or_exit, setup_logging
 
 
 def generate(
@@ -38,6 +38,7 @@ def generate(
         console.print(f"wrote {n:,} events for {users:,} users to {out}")
     if to_kafka:
         settings = settings_or_exit()
+        require_broker(settings)
         from stream.topics import ensure_topics
 
         ensure_topics(settings)

@@ -34,7 +34,10 @@ def train(
     input_file: Annotated[
         Path | None,
         typer.Option(
-            "--input", "-i", exists=True, dir_okay=False, help="Events file to train on (real data)"
+            "--input",
+            "-i",
+            exists=True,
+            help="Events file (or a Parquet export directory) to train on (real data)",
         ),
     ] = None,
     synthetic: Annotated[

@@ -29,12 +29,13 @@ import itertools
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from stream.events import ORDER_TYPES
+from stream.events import CLICK_TYPES, ORDER_TYPES
 
 Record = tuple[str, bytes | None, bytes]
 
@@ -80,11 +81,25 @@ class Router:
             self.skipped["no_user_id"] += 1
             return None
         topic = self.orders if kind in ORDER_TYPES else self.clickstream
-        return topic, user.encode(), orjson.dumps(event)
+        return topic, user.encode(), orjson.dumps(event, default=_plain)
 
-    def envelope(self, topic: str, key: bytes | None, value: bytes) -> Record:
-        """An export's record, renamed to this deployment's topic of the same kind."""
-        return (self.orders if "order" in topic else self.clickstream), key, value
+    def envelope(self, topic: str, key: bytes | None, value: bytes) -> Record | None:
+        """An export's record, to this deployment's input topic for its event_type.
+
+        By the value, not the exported topic's name (deployments name topics
+        as they like); a record that is not an input event (a segment change,
+        say) is counted and skipped.
+        """
+        try:
+            kind = orjson.loads(value).get("event_type")
+        except (orjson.JSONDecodeError, AttributeError):
+            kind = None
+        if kind in ORDER_TYPES:
+            return self.orders, key, value
+        if kind in CLICK_TYPES:
+            return self.clickstream, key, value
+        self.skipped["not_an_input_event"] += 1
+        return None
 
 
 def read_jsonl(path: Path, router: Router) -> Iterator[Record]:
@@ -100,11 +115,13 @@ def read_jsonl(path: Path, router: Router) -> Iterator[Record]:
                 raise ValueError(f"line {lineno} is not a JSON object")
             if "topic" in obj and "value" in obj:
                 key, value = obj.get("key"), obj["value"]
-                yield router.envelope(
+                record = router.envelope(
                     str(obj["topic"]),
                     None if key is None else str(key).encode(),
                     value.encode() if isinstance(value, str) else orjson.dumps(value),
                 )
+                if record is not None:
+                    yield record
             elif (record := router.route(obj)) is not None:
                 yield record
 
@@ -140,22 +157,36 @@ def read_parquet(path: Path, router: Router) -> Iterator[Record]:
     names = set(dataset.schema.names)
     for batch in dataset.to_batches(batch_size=10_000):
         rows = batch.to_pylist()
-        if "value" in names:  # an export of the first format: the JSON text as received
+        if {"topic", "value"} <= names:  # an export of the first format: JSON text as received
             for row in rows:
                 key = row.get("key")
-                yield router.envelope(
+                old = router.envelope(
                     row["topic"], None if key is None else key.encode(), row["value"].encode()
                 )
+                if old is not None:
+                    yield old
             continue
         for row in rows:
             event = _unflatten(row)
+            record: Record | None
             if "topic" in names:
                 key = row.get("key")
-                yield router.envelope(
-                    row["topic"], None if key is None else key.encode(), orjson.dumps(event)
+                record = router.envelope(
+                    row["topic"],
+                    None if key is None else key.encode(),
+                    orjson.dumps(event, default=_plain),
                 )
-            elif (record := router.route(event)) is not None:
+            else:
+                record = router.route(event)
+            if record is not None:
                 yield record
+
+
+def _plain(value: Any) -> Any:
+    """JSON for what Parquet tables hold and JSON lacks (orjson's ``default``)."""
+    if isinstance(value, Decimal):
+        return float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def _unflatten(row: dict[str, Any]) -> dict[str, Any]:
@@ -163,6 +194,11 @@ def _unflatten(row: dict[str, Any]) -> dict[str, Any]:
     extra = row.get("extra")
     if extra:
         event.update(orjson.loads(extra))
+    for name, value in event.items():
+        if isinstance(value, datetime):
+            # A Parquet timestamp without a zone is UTC by Parquet's convention.
+            aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+            event[name] = int(aware.timestamp() * 1000)
     return event
 
 

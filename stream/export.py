@@ -47,6 +47,8 @@ from stream.events import _to_epoch_ms
 ROW_GROUP_ROWS = 50_000
 PROGRESS_EVERY = 10_000
 _INT64_MAX = 2**63 - 1
+# Years 1 to 9999: what a date partition (and Python's datetime) can name.
+_TIME_RANGE = (-62_135_596_800_000, 253_402_300_799_999)
 _FORMATS = (".jsonl", ".parquet")
 
 
@@ -85,7 +87,7 @@ def _event_time(value: bytes | None) -> tuple[Any, int] | None:
         ts = _to_epoch_ms(when)
     except ValueError:
         return None
-    if not -_INT64_MAX <= ts <= _INT64_MAX:
+    if not _TIME_RANGE[0] <= ts <= _TIME_RANGE[1]:
         return None
     return obj, ts
 
@@ -201,7 +203,7 @@ def read_export(path: Path) -> Iterator[tuple[str, bytes | None, bytes]]:
 
     # Topics as exported: the identity routing keeps each record's own topic.
     class _AsIs(Router):
-        def envelope(self, topic: str, key: bytes | None, value: bytes) -> Record:
+        def envelope(self, topic: str, key: bytes | None, value: bytes) -> Record | None:
             return topic, key, value
 
     reader = read_jsonl if _format_of(path) == ".jsonl" else read_parquet

@@ -52,6 +52,7 @@ def _existing_output_topics(settings: Settings, classes: tuple[str, ...]) -> lis
     # SEGMENTER_SEGMENT_TOPICS off now: an earlier configuration may have
     # published the user there.
     wanted = output_topics(settings.topic_segments, settings.segment_topic_template, classes)
+    wanted.append(settings.topic_audiences)  # if rule audiences ever published the user
     existing = set(AdminClient(settings.kafka_client_config()).list_topics(timeout=15).topics)
     return [t for t in wanted if t in existing or t == settings.topic_segments]
 

@@ -15,6 +15,7 @@ import asyncio
 import ipaddress
 import logging
 import time
+from collections.abc import Callable, Sequence
 
 import orjson
 from aiohttp import web
@@ -77,6 +78,7 @@ def make_app(
     store: StateStore | None = None,
     settings: Settings | None = None,
     classes: Classes = DEFAULT_SEGMENTS,
+    audiences: Callable[[], Sequence[str]] = tuple,
 ) -> web.Application:
     async def metrics(_: web.Request) -> web.Response:
         resp = web.Response(body=generate_latest(REGISTRY))
@@ -99,7 +101,7 @@ def make_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if store is not None:
-        mount_api(app, store, settings, classes)
+        mount_api(app, store, settings, classes, audiences)
     return app
 
 
@@ -120,6 +122,7 @@ async def serve(
     store: StateStore | None = None,
     settings: Settings | None = None,
     classes: Classes = DEFAULT_SEGMENTS,
+    audiences: Callable[[], Sequence[str]] = tuple,
 ) -> web.AppRunner:
     open_api = store is not None and (settings is None or settings.api_token is None)
     if open_api and not is_loopback(host):
@@ -130,7 +133,7 @@ async def serve(
             port,
         )
     # aiohttp's own access log is off: it logs the raw path, which holds user ids.
-    runner = web.AppRunner(make_app(health, store, settings, classes), access_log=None)
+    runner = web.AppRunner(make_app(health, store, settings, classes, audiences), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

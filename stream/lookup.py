@@ -37,6 +37,7 @@ def describe(user_id: str, rec: UserRecord, stream_time: int) -> dict[str, Any]:
         "model_version": rec.model_version,
         "version": rec.version,
         "stream_time": iso(stream_time),
+        "audiences": list(rec.audiences),
         "features": features,
     }
 

@@ -78,6 +78,16 @@ SEGMENT_CHANGES = Counter(
 SEGMENT_USERS = Gauge(
     "segmenter_segment_users", "Users currently in each segment (exact, from Redis)", ["segment"]
 )
+AUDIENCE_CHANGES = Counter(
+    "segmenter_audience_changes_total",
+    "Users entering and leaving rule audiences (SEGMENTER_AUDIENCES_PATH)",
+    ["audience", "action"],
+)
+AUDIENCE_USERS = Gauge(
+    "segmenter_audience_users",
+    "Users currently in each rule audience (exact, from Redis)",
+    ["audience"],
+)
 STREAM_TIME = Gauge("segmenter_stream_time_seconds", "Stream time: the largest event time applied")
 MODEL_INFO = Gauge("segmenter_model_info", "The model version being served", ["version"])
 

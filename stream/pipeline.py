@@ -44,6 +44,7 @@ from model.features import N_FEATURES, raw_row, transform
 from model.registry import LoadedModel
 from model.segments import Hysteresis, clear_leaders, decide
 from stream import metrics
+from stream.audiences import CLOCKS, Audiences, membership_walk
 from stream.dedup import DEFAULT_CLICK_WINDOW_MS, SeenEvents, admit
 from stream.events import DAY_MS, DecodeLimits, Event, Reason, Rejected, decode, iso
 from stream.fold import UserState, apply
@@ -75,7 +76,10 @@ class Step(NamedTuple):
     """A point on a user's timeline where the change rule is applied."""
 
     at: int  # event time
-    trigger: Literal["events", "inactivity", "retention"]
+    #: "audience": a re-evaluation of the rule audiences only, where a condition
+    #: on a clock feature can flip (stream.audiences.Audiences.clock_offsets);
+    #: segments are decided at the other steps only, as without audiences.
+    trigger: Literal["events", "inactivity", "retention", "audience"]
     row: int  # into the batch's stacked feature matrix; -1 for retention erasure
 
 
@@ -88,6 +92,8 @@ class Timeline:
     old_partition: int
     old_due: int
     steps: list[Step] = field(default_factory=list)
+    #: The audiences the stored record was in (the index moves from these).
+    old_audiences: tuple[str, ...] = ()
 
 
 @dataclass
@@ -126,6 +132,9 @@ class PipelineConfig:
     #: e.g. "segments.{segment}": also publish entered/exited events there.
     segment_topic_template: str | None = None
     playbook: Playbook | None = None
+    #: Rule audiences evaluated on every scoring (None: none configured).
+    audiences: Audiences | None = None
+    audiences_topic: str = "customer-audiences"
     #: HMAC key for pseudonymising user ids on ingest (None: keep raw ids).
     pseudonymize_key: bytes | None = None
     retry_initial_s: float = 0.1
@@ -254,10 +263,13 @@ class BatchProcessor:
         if retention > 0:
             offsets = [o for o in offsets if o < retention] + [retention]
         self._step_offsets = tuple(offsets)
+        self._step_offset_set = frozenset(offsets)
         self._fatal: BaseException | None = None
         #: Records that failed on their own: dead-lettered on their next try.
         self._poisoned: dict[tuple[str, int, int], Rejected] = {}
         self._health = health
+        #: Replaced in place when the audiences file is reloaded (between batches).
+        self.audiences = config.audiences
         #: Stream time as of the last batch this processor committed (0 = not yet known).
         self.stream_time = 0
         self._kinds: dict[str, Literal["clickstream", "orders"]] = {
@@ -424,7 +436,7 @@ class BatchProcessor:
         window = self.cfg.click_dedup_ms
         for uid, items in by_user.items():
             rec = loaded[uid]
-            tl = Timeline(rec, rec.segment, rec.partition, rec.due)
+            tl = Timeline(rec, rec.segment, rec.partition, rec.due, old_audiences=rec.audiences)
             for raw, tp, event, before in items:
                 if event.timestamp <= rec.erased_at:
                     # From before the user's erasure (a replay, a rewound
@@ -451,7 +463,7 @@ class BatchProcessor:
                 rows.append(raw_row(rec.state, at))
                 tl.steps.append(Step(at, "events", len(rows) - 1))
                 rec.scored_at = at
-                rec.due = self._next_due(rec.state.last_seen, at)
+                rec.due = self._next_due(rec.state, at)
                 result.applied += 1
                 counted[raw.topic, event.event_type, "applied"] += 1
                 batch_time = max(batch_time, event.timestamp)
@@ -481,12 +493,34 @@ class BatchProcessor:
         result.users = len(timelines)
         return result
 
-    def _next_due(self, last_seen: int, at_ms: int) -> int:
-        """Event time of the next time-driven step after ``at_ms`` (0 = none left)."""
+    def _next_due(self, state: UserState, at_ms: int) -> int:
+        """Event time of the next time-driven step after ``at_ms`` (0 = none left).
+
+        A function of the user's state and the audiences file only, never of
+        the user's memberships: then a replay in any batches takes the same
+        steps as living through the stream.
+        """
+        last_seen, due = state.last_seen, 0
         for offset in self._step_offsets:
             if last_seen + offset > at_ms:
-                return last_seen + offset
-        return 0
+                due = last_seen + offset
+                break
+        audiences = self.audiences
+        if audiences is None or not audiences.clock_offsets:
+            return due
+        for feature, offsets in audiences.clock_offsets.items():
+            anchor = getattr(state, CLOCKS[feature])
+            if anchor is None:  # never ordered: that clock never reaches a threshold
+                continue
+            for offset in offsets:
+                t = anchor + offset
+                if t > at_ms:
+                    if due == 0 or t < due:
+                        due = t
+                    break
+        if self.cfg.retention_ms > 0:
+            due = min(due, last_seen + self.cfg.retention_ms) if due else due
+        return due
 
     def _catch_up(
         self,
@@ -515,11 +549,12 @@ class BatchProcessor:
                 rec.scored_at = rec.due = 0
                 return
             rows.append(raw_row(rec.state, at))
-            tl.steps.append(Step(at, "inactivity", len(rows) - 1))
+            regular = (at - rec.state.last_seen) in self._step_offset_set
+            tl.steps.append(Step(at, "inactivity" if regular else "audience", len(rows) - 1))
             if swept is not None:
                 swept.append(len(rows) - 1)
             rec.scored_at = at
-            rec.due = self._next_due(rec.state.last_seen, at)
+            rec.due = self._next_due(rec.state, at)
 
     async def _score_publish_commit(
         self,
@@ -539,7 +574,7 @@ class BatchProcessor:
         """
         model = self.model()
         messages: list[tuple[str, dict[str, Any] | None]] = []
-        side: list[tuple[str, str, dict[str, Any]]] = []  # (topic, user, message)
+        side: list[tuple[str, str, dict[str, Any] | None]] = []  # (topic, user, message)
         x = transform(rows) if rows else np.zeros((0, N_FEATURES))
         scores = model.scorer.predict(x) if rows else np.zeros((0, len(model.classes)))
         # As Python objects, converted once for the batch, not per row.
@@ -554,10 +589,15 @@ class BatchProcessor:
         playbook = self.cfg.playbook
         explain: list[tuple[int, int, dict[str, Any]]] = []  # (row, class, message)
         expired = 0
+        segment_at = [""] * len(rows)  # each row's segment once decided: audiences read it
         for uid, tl in timelines.items():
             rec = tl.record
             unrounded = -1  # the row of a scoring rec.probabilities does not hold yet
             for step in tl.steps:
+                if step.row >= 0:
+                    segment_at[step.row] = rec.segment or ""
+                if step.trigger == "audience":
+                    continue  # audiences only (below): the segment stays as decided
                 if step.row < 0:  # retention erasure
                     unrounded = -1
                     expired += 1
@@ -614,6 +654,7 @@ class BatchProcessor:
                 messages.append((uid, msg))
                 explain.append((step.row, model.classes.index(new), msg))
                 rec.segment = new
+                segment_at[step.row] = new
             if unrounded >= 0:
                 rec.probabilities = rounded(unrounded)
         if explain and self.cfg.explain_top_k:
@@ -626,6 +667,11 @@ class BatchProcessor:
             )
             for (_, _, msg), why in zip(explain, reasons, strict=True):
                 msg["explanation"] = why
+        audiences = self.audiences
+        if audiences is not None:
+            side += self._audience_events(
+                audiences, timelines, rows, segment_at, scores, emitted_at
+            )
         template = self.cfg.segment_topic_template
         if template:
             for uid, m in messages:
@@ -641,7 +687,9 @@ class BatchProcessor:
             Outgoing(self.cfg.segments_topic, uid.encode(), None if m is None else orjson.dumps(m))
             for uid, m in messages
         ]
-        out += [Outgoing(t, uid.encode(), orjson.dumps(m)) for t, uid, m in side]
+        out += [
+            Outgoing(t, uid.encode(), None if m is None else orjson.dumps(m)) for t, uid, m in side
+        ]
         # A future (a task if the sink returned a coroutine), so it can be cancelled.
         acked = asyncio.ensure_future(self.sink.publish(out)) if out else None
         t_pub = time.perf_counter()
@@ -657,6 +705,7 @@ class BatchProcessor:
                         tl.old_partition,
                         tl.old_due,
                         erase=tl.record.state.events == 0,
+                        old_audiences=tl.old_audiences,
                     )
                     for uid, tl in timelines.items()
                 ),
@@ -681,6 +730,9 @@ class BatchProcessor:
         for _, m in messages:
             if m is not None:
                 metrics.SEGMENT_CHANGES.labels(m["previous_segment"] or "none", m["segment"]).inc()
+        for topic, _, m in side:
+            if m is not None and topic == self.cfg.audiences_topic:
+                metrics.AUDIENCE_CHANGES.labels(m["audience"], m["action"]).inc()
         if expired:
             metrics.EXPIRED_USERS.inc(expired)
         if swept is not None and self._observe_inputs is not None and rows:
@@ -690,6 +742,42 @@ class BatchProcessor:
             # definition one who has gone quiet.
             self._observe_inputs(model, x, swept)
         return messages
+
+    def _audience_events(
+        self,
+        audiences: Audiences,
+        timelines: dict[str, Timeline],
+        rows: list[tuple[float, ...]],
+        segment_at: list[str],
+        scores: np.ndarray,
+        emitted_at: str,
+    ) -> list[tuple[str, str, dict[str, Any] | None]]:
+        """Entered/exited events for every scoring of the batch, in each user's order."""
+        members = audiences.members(
+            np.asarray(rows, dtype=np.float64).reshape(-1, N_FEATURES), segment_at, scores
+        )
+        topic = self.cfg.audiences_topic
+        out: list[tuple[str, str, dict[str, Any] | None]] = []
+        for uid, tl in timelines.items():
+            rec = tl.record
+            steps = [(s.at, s.row if s.row >= 0 else None) for s in tl.steps]
+            now, changes = membership_walk(rec.audiences, steps, audiences.names, members)
+            for audience, action, at in changes:
+                rec.audience_version += 1
+                event = {
+                    "user_id": uid,
+                    "audience": audience,
+                    "action": action,
+                    "event_time": iso(at),
+                    "emitted_at": emitted_at,
+                    "version": rec.audience_version,
+                }
+                out.append((topic, uid, event))
+            if any(s.row < 0 for s in tl.steps):  # erased by retention
+                out.append((topic, uid, None))
+                rec.audience_version = 0
+            rec.audiences = now
+        return out
 
     async def reevaluate(
         self,
@@ -735,7 +823,7 @@ class BatchProcessor:
                 # (it moved, or came back after its bucket expired): drop it.
                 await self.store.unschedule(uid, part, when)
             else:
-                tl = Timeline(rec, rec.segment, rec.partition, rec.due)
+                tl = Timeline(rec, rec.segment, rec.partition, rec.due, old_audiences=rec.audiences)
                 self._catch_up(tl, until, rows)
                 timelines[uid] = tl
         messages = await self._score_publish_commit(timelines, rows, {}, stream_time, {})

@@ -47,13 +47,19 @@ def produce(
             errors.append(f"{msg.topic()}: {err}")
 
     n = 0
-    for topic, key, value in records:
-        produce_waiting(producer, topic, key, value, on_delivery=delivered)
-        n += 1
-        if n % 1000 == 0:
-            producer.poll(0)
-            if on_sent:
-                on_sent(1000)
+    try:
+        for topic, key, value in records:
+            produce_waiting(producer, topic, key, value, on_delivery=delivered)
+            n += 1
+            if n % 1000 == 0:
+                producer.poll(0)
+                if on_sent:
+                    on_sent(1000)
+    except BaseException:
+        # A bad record further on: what was read before it is delivered, not
+        # left in librdkafka's queue to vanish with the process.
+        producer.flush(60)
+        raise
     remaining = producer.flush(60)
     if on_sent:
         on_sent(n % 1000)

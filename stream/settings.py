@@ -95,6 +95,7 @@ class Settings(BaseSettings):
     topic_orders: str = "orders"
     topic_segments: str = "customer-segments"
     topic_dlq: str = "segmenter-dlq"
+    topic_audiences: str = "customer-audiences"
     topic_models: str = "segmenter-models"
     topic_partitions: int = Field(8, ge=1, le=1024, description="Partitions when creating topics")
 
@@ -221,6 +222,11 @@ class Settings(BaseSettings):
     segment_topics: bool = Field(False, description="Also publish segments.<segment> events")
     segment_topic_template: str = Field("segments.{segment}", pattern=r"\{segment\}")
     playbook_path: Path | None = Field(None, description="YAML playbook (default: bundled)")
+    audiences_path: Path | None = Field(
+        None,
+        description="YAML file of rule audiences (CEL conditions): checked at start, "
+        "reloaded on change or SIGHUP; `segmenter audiences check FILE` checks one",
+    )
     drift_window_rows: int = Field(
         10_000,
         ge=0,

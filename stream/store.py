@@ -59,11 +59,16 @@ from stream.fold import HALF_LIVES, UserState
 from stream.redis_client import client_from_url
 from stream.settings import Settings
 
-CODEC_VERSION = 4
+CODEC_VERSION = 5
 #: Older codecs this code still reads. 2 and 3 kept rings of recent event-id
 #: digests, which cannot be turned into order-id digests: their users start
-#: codec 4 with an empty deduplication memory (offset marks still hold).
-_READABLE_CODECS = (2, 3, CODEC_VERSION)
+#: with an empty deduplication memory (offset marks still hold). 4 had no
+#: audiences (its users are in none until they are next scored) and other
+#: click digests (its users' click memory starts empty).
+_READABLE_CODECS = (2, 3, 4, CODEC_VERSION)
+#: Audience memberships share the segment index (counts, members) under this
+#: prefix, which no segment name has: ``a:<audience>``.
+AUDIENCE_PREFIX = "a:"
 _DECAYED = tuple(HALF_LIVES)
 MEMBER_SHARDS = 256
 #: Schedule sets per partition and day (keep each under Redis's listpack limit of 128).
@@ -96,6 +101,10 @@ class UserRecord:
     #: the erasure list's keep time). Their events from before it are dropped.
     #: Stored only for a user who came back after erasure (8 bytes then).
     erased_at: int = 0
+    #: Rule audiences the user is in (stream.audiences), sorted.
+    audiences: tuple[str, ...] = ()
+    #: Per-user counter of audience events: +1 on every enter or exit.
+    audience_version: int = 0
 
     @property
     def exists(self) -> bool:
@@ -159,6 +168,9 @@ def encode_record(rec: UserRecord, rev: int | None = None) -> bytes:
         topic, _, part = tp.rpartition(":")
         parts += [_short(topic), _OFFSET.pack(int(part), off)]
     parts.append(dedup.encode(rec.seen))
+    parts.append(bytes([len(rec.audiences)]))
+    parts += [_short(name) for name in rec.audiences]
+    parts.append(_U32.pack(rec.audience_version))
     if rec.erased_at:
         parts.append(_ERASED.pack(rec.erased_at))
     return b"".join(parts)
@@ -230,10 +242,22 @@ def decode_record(data: bytes, classes: Sequence[str] | None) -> UserRecord:
         pos += _OFFSET.size
         offsets[f"{topic}:{part}"] = off
     seen, erased_at = SeenEvents(), 0
+    audiences: list[str] = []
+    audience_version = 0
     if fixed[1] >= 4:
         seen, pos = dedup.decode(data, pos)
-        if len(data) >= pos + _ERASED.size:
-            (erased_at,) = _ERASED.unpack_from(data, pos)
+        if fixed[1] == 4:
+            # Codec 4 kept BLAKE2 digests of click ids; 5 keeps CRC-32 ones. The
+            # old ones would never match again: forget them (orders are as before).
+            seen.clicks, seen.newest_hour = set(), -1
+    if fixed[1] >= 5:
+        n = data[pos]
+        pos += 1
+        audiences = [short() or "" for _ in range(n)]
+        (audience_version,) = _U32.unpack_from(data, pos)
+        pos += 4
+    if fixed[1] >= 4 and len(data) >= pos + _ERASED.size:
+        (erased_at,) = _ERASED.unpack_from(data, pos)
     return UserRecord(
         state=s,
         segment=segment,
@@ -247,6 +271,8 @@ def decode_record(data: bytes, classes: Sequence[str] | None) -> UserRecord:
         partition=partition,
         rev=fixed[0],
         erased_at=erased_at,
+        audiences=tuple(audiences),
+        audience_version=audience_version,
     )
 
 
@@ -281,15 +307,16 @@ return out
 # ARGV: prefix, stream_time, n_offsets, n_ptimes, ttl_ms, (field, offset) * n,
 #       (partition, time) * n, then per user (11 each): user id, bucket key,
 #       expected stored rev ('' = none), record ('' = erase), old segment,
-#       new segment, old partition, old due, new partition, new due, member shard
+#       new segment, old partition, old due, new partition, new due, member shard,
+#       audience changes ('+name' or '-name', space-separated; '' = none)
 _COMMIT_LUA = """
 local P = ARGV[1]
 local n_off, n_pt, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local base = 5 + 2 * n_off + 2 * n_pt
-local users = (#ARGV - base) / 11
+local users = (#ARGV - base) / 12
 local refused, gone = false, {}
 for u = 0, users - 1 do
-  local j = base + u * 11
+  local j = base + u * 12
   local cur = redis.call('HGET', ARGV[j + 2], ARGV[j + 1])
   local rev = ''
   if cur then rev = string.sub(cur, 1, 4) end
@@ -301,7 +328,7 @@ end
 if refused then return {'conflict', cjson.encode(gone)} end
 local DAY, SUB = {day_ms}, {subshards}  -- event-time day; SCHEDULE_SUBSHARDS
 for u = 0, users - 1 do
-  local j = base + u * 11
+  local j = base + u * 12
   local uid, bucket = ARGV[j + 1], ARGV[j + 2]
   if ARGV[j + 4] == '' then
     redis.call('HDEL', bucket, uid)
@@ -327,6 +354,16 @@ for u = 0, users - 1 do
     if new ~= '' then
       redis.call('HINCRBY', KEYS[1], new, 1)
       redis.call('ZADD', P .. ':m:' .. new .. ':' .. shard, 0, uid)
+    end
+  end
+  for sign, name in string.gmatch(ARGV[j + 12], '([+-])(%S+)') do
+    local field = 'a:' .. name
+    if sign == '+' then
+      if redis.call('ZADD', P .. ':m:' .. field .. ':' .. shard, 0, uid) == 1 then
+        redis.call('HINCRBY', KEYS[1], field, 1)
+      end
+    elseif redis.call('ZREM', P .. ':m:' .. field .. ':' .. shard, uid) == 1 then
+      redis.call('HINCRBY', KEYS[1], field, -1)
     end
   end
   local op, od, np, nd = ARGV[j + 7], tonumber(ARGV[j + 8]), ARGV[j + 9], tonumber(ARGV[j + 10])
@@ -414,6 +451,16 @@ class UserWrite(NamedTuple):
     old_due: int = 0
     #: Erase the user (retention) instead of writing ``record``.
     erase: bool = False
+    #: The audiences the stored record was in (the index is moved from these).
+    old_audiences: tuple[str, ...] = ()
+
+
+def _audience_changes(old: Sequence[str], new: Sequence[str]) -> str:
+    """The commit script's moves in the audience index: '+name' in, '-name' out."""
+    if old == new:
+        return ""
+    gone, came = set(old) - set(new), set(new) - set(old)
+    return " ".join([f"-{a}" for a in sorted(gone)] + [f"+{a}" for a in sorted(came)])
 
 
 def erased_digest(user_id: str) -> bytes:
@@ -618,6 +665,7 @@ class StateStore:
                 rec.partition,
                 0 if w.erase else rec.due,
                 member_shard(w.user_id),
+                _audience_changes(w.old_audiences, () if w.erase else rec.audiences),
             ]
         return PreparedCommit(keys, args)
 
@@ -651,7 +699,17 @@ class StateStore:
                 return False
             try:
                 await self.commit(
-                    [UserWrite(user_id, rec, rec.segment, rec.partition, rec.due, erase=True)],
+                    [
+                        UserWrite(
+                            user_id,
+                            rec,
+                            rec.segment,
+                            rec.partition,
+                            rec.due,
+                            erase=True,
+                            old_audiences=rec.audiences,
+                        )
+                    ],
                     {},
                     0,
                 )
@@ -755,7 +813,21 @@ class StateStore:
         raw = await self._r.hgetall(self.k_counts)
         # A segment everyone has left keeps a 0 field, or none if nobody entered
         # it between two commits: both mean no members, so neither is listed.
-        return {k.decode(): int(v) for k, v in raw.items() if int(v)}
+        return {
+            k.decode(): int(v)
+            for k, v in raw.items()
+            if int(v) and not k.startswith(AUDIENCE_PREFIX.encode())
+        }
+
+    async def audience_counts(self) -> dict[str, int]:
+        """Members per rule audience (those with none are not listed)."""
+        raw = await self._r.hgetall(self.k_counts)
+        n = len(AUDIENCE_PREFIX)
+        return {
+            k.decode()[n:]: int(v)
+            for k, v in raw.items()
+            if int(v) and k.startswith(AUDIENCE_PREFIX.encode())
+        }
 
     async def partition_offsets(self) -> dict[str, int]:
         raw = await self._r.hgetall(self.k_offsets)

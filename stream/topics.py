@@ -101,3 +101,20 @@ def ensure_segment_topics(settings: Settings, classes: tuple[str, ...]) -> list[
                 raise
         log.info("created topic %s", name)
     return [t.topic for t in wanted]
+
+
+def ensure_audience_topic(settings: Settings) -> bool:
+    """The rule-audience topic (``customer-audiences``); True if it was created."""
+    admin = AdminClient(settings.kafka_client_config())
+    if settings.topic_audiences in admin.list_topics(timeout=15).topics:
+        return False
+    topic = NewTopic(settings.topic_audiences, settings.topic_partitions, 1)
+    for fut in admin.create_topics([topic]).values():
+        try:
+            fut.result(timeout=15)
+        except KafkaException as exc:
+            if not (exc.args and exc.args[0].name() == "TOPIC_ALREADY_EXISTS"):
+                raise
+            return False
+    log.info("created topic: %s", settings.topic_audiences)
+    return True

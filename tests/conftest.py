@@ -107,6 +107,7 @@ def settings_factory(
             "topic_orders": f"orders-{suffix}",
             "topic_segments": f"customer-segments-{suffix}",
             "topic_dlq": f"segmenter-dlq-{suffix}",
+            "topic_audiences": f"customer-audiences-{suffix}",
             "topic_models": f"segmenter-models-{suffix}",
             "topic_partitions": 4,
             "group_id": f"segmenter-{suffix}",

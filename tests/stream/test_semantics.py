@@ -14,6 +14,7 @@ import pytest
 
 from model.registry import load_current
 from stream.app import pipeline_config
+from stream.audiences import Audiences
 from stream.pipeline import BatchProcessor
 from stream.playbook import PlaybookError, parse
 from stream.records import RawRecord
@@ -65,14 +66,21 @@ async def sweep(proc: BatchProcessor) -> list[dict[str, Any]]:
 
 
 async def run(
-    settings: Settings, batches: list[list[dict[str, Any]]], sweep_every: int
+    settings: Settings,
+    batches: list[list[dict[str, Any]]],
+    sweep_every: int,
+    audiences: Audiences | None = None,
 ) -> list[dict[str, Any]]:
     """Feed batches through one processor, sweeping after every ``sweep_every`` batches."""
     store = StateStore.from_settings(settings)
     sink = ConfluentSink(settings.kafka_client_config())
     model = load_current(settings.model_dir)
     proc = BatchProcessor(
-        store, sink, lambda: model, pipeline_config(settings), clock_ms=lambda: T0 + 400 * DAY
+        store,
+        sink,
+        lambda: model,
+        pipeline_config(settings, audiences=audiences),
+        clock_ms=lambda: T0 + 400 * DAY,
     )
     changes: list[dict[str, Any]] = []
     offset = 0
