@@ -231,26 +231,24 @@ def mount_api(
             }
         )
 
+    async def page_of(index: str, request: web.Request) -> dict[str, Any]:
+        """One page of a member index (a segment's, or an audience's)."""
+        limit = parse_limit(request)
+        after = parse_cursor(request)
+        # One extra member tells whether another page exists, so the last page
+        # says next_cursor: null instead of leaving the client an empty page to fetch.
+        page = await store.members(index, after=after, limit=limit + 1)
+        more = len(page) > limit
+        page = page[:limit]
+        return {"users": page, "next_cursor": encode_cursor(page[-1]) if more else None}
+
     @_guarded
     async def get_members(request: web.Request) -> web.Response:
         segment = request.match_info["segment"]
         not_found = check_segment(segment)
         if not_found is not None:
             return not_found
-        limit = parse_limit(request)
-        after = parse_cursor(request)
-        # One extra member tells whether another page exists, so the last page
-        # says next_cursor: null instead of leaving the client an empty page to fetch.
-        page = await store.members(segment, after=after, limit=limit + 1)
-        more = len(page) > limit
-        page = page[:limit]
-        return _json(
-            {
-                "segment": segment,
-                "users": page,
-                "next_cursor": encode_cursor(page[-1]) if more else None,
-            }
-        )
+        return _json({"segment": segment, **await page_of(segment, request)})
 
     @_guarded
     async def get_audience_members(request: web.Request) -> web.Response:
@@ -259,18 +257,7 @@ def mount_api(
             raise BadRequest("audience must match [a-z][a-z0-9_]{0,62}")
         if name not in audiences():
             return _error(404, "unknown audience", audience=name)
-        limit = parse_limit(request)
-        after = parse_cursor(request)
-        page = await store.members(AUDIENCE_PREFIX + name, after=after, limit=limit + 1)
-        more = len(page) > limit
-        page = page[:limit]
-        return _json(
-            {
-                "audience": name,
-                "users": page,
-                "next_cursor": encode_cursor(page[-1]) if more else None,
-            }
-        )
+        return _json({"audience": name, **await page_of(AUDIENCE_PREFIX + name, request)})
 
     async def openapi_yaml(_: web.Request) -> web.Response:
         return web.Response(body=openapi_document()[0], content_type="application/yaml")

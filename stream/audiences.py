@@ -33,13 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from model.features import FEATURE_NAMES
 from stream.cel_numpy import Unsupported, compile_numpy, thresholds
 from stream.events import DAY_MS
-from stream.playbook import _line_of
+from stream.yaml_files import line_of, load_yaml
 
 #: Audience names: they appear in topics' messages, metric labels and URLs.
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
@@ -185,12 +184,7 @@ def _row_by_row(expression: Any, used: list[str]) -> Callable[[Mapping[str, Any]
 
 def parse(text: str, source: str, classes: Sequence[str]) -> Audiences:
     """Check an audiences file; raise :class:`AudiencesError` on the first problem."""
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        raise AudiencesError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    raw = load_yaml(text, source, AudiencesError)
     try:
         doc = AudiencesFile.model_validate(raw)
     except ValidationError as exc:
@@ -198,14 +192,14 @@ def parse(text: str, source: str, classes: Sequence[str]) -> Audiences:
         loc = tuple(err["loc"])
         path = ".".join(str(p) for p in loc)
         raise AudiencesError(
-            f"{source}:{_line_of(text, loc) or '?'}: {path}: {err['msg']}"
+            f"{source}:{line_of(text, loc) or '?'}: {path}: {err['msg']}"
         ) from None
     env = _cel_env(classes)
     known = variables(classes)
     seen: dict[str, int] = {}
     out = []
     for i, spec in enumerate(doc.audiences):
-        line = _line_of(text, ("audiences", i)) or "?"
+        line = line_of(text, ("audiences", i)) or "?"
         where = f"{source}:{line}: audience {spec.name!r}"
         if spec.name in seen:
             raise AudiencesError(f"{where}: the name is already used on line {seen[spec.name]}")

@@ -60,6 +60,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from stream.bench_audiences import write_bench_audiences
 from stream.embedded import EmbeddedKafka, EmbeddedRedis, free_port, spawn_worker, stop_process
 from stream.settings import Settings, load_settings
 from stream.sinks import produce_waiting
@@ -110,6 +111,9 @@ class BenchConfig:
     redis_url: str | None = None
     #: A phase fails when nothing progresses for this long.
     stall_s: float = 60.0
+    #: Rule audiences P serves (0 = none); with N > 0, P also runs without
+    #: them in the same run, for ``audiences_vs_none``.
+    audiences: int = 0
 
     def validate(self) -> None:
         if self.events < 1000:
@@ -175,6 +179,14 @@ class BenchResult:
     settings: dict[str, Any] = field(default_factory=dict)
     #: With --workers N > 1: P with one worker, measured first in the same run.
     one_worker_eps: float | None = None
+    #: With --audiences N: how many P served, and P without any (same run).
+    audiences: int = 0
+    no_audiences_eps: float | None = None
+
+    @property
+    def audiences_vs_none(self) -> float | None:
+        """Throughput with the audiences over without them, both measured in this run."""
+        return self.pipeline_eps / self.no_audiences_eps if self.no_audiences_eps else None
 
     @property
     def workers_vs_one(self) -> float | None:
@@ -209,6 +221,9 @@ class BenchResult:
             "workers": self.workers,
             "one_worker_eps": r(self.one_worker_eps, 0),
             "workers_vs_one": r(self.workers_vs_one, 2),
+            "audiences": self.audiences,
+            "no_audiences_eps": r(self.no_audiences_eps, 0),
+            "audiences_vs_none": r(self.audiences_vs_none, 2),
             "latency_rate_eps": r(self.latency_rate_eps, 0),
             "latency_samples": self.latency_samples,
             "breakdown": self.breakdown,
@@ -737,6 +752,13 @@ class Bench:
         )
         if cfg.workers > 1:
             result.one_worker_eps = self._phase_one_worker(settings, result)
+        if cfg.audiences:
+            result.no_audiences_eps = self._phase_one_worker(
+                settings, result, tag="no-audiences", workers=cfg.workers
+            )
+            path = write_bench_audiences(self.workdir / "audiences.yaml", cfg.audiences)
+            settings = settings.model_copy(update={"audiences_path": path})
+            result.audiences = cfg.audiences
         workers = self._start_workers(settings, cfg.workers)
         try:
             self._phase_pipeline(settings, workers, result)
@@ -975,25 +997,30 @@ class Bench:
             "bench driver": cpu_seconds(os.getpid()),
         }
 
-    def _phase_one_worker(self, settings: Settings, result: BenchResult) -> float:
-        """P with a single worker, on its own consumer group and key prefix, so that
-        ``--workers N`` reports its scaling as a ratio measured in one run."""
+    def _phase_one_worker(
+        self, settings: Settings, result: BenchResult, tag: str = "one", workers: int = 1
+    ) -> float:
+        """P as a reference, on its own consumer group and key prefix, so that a
+        ratio is measured in one run: one worker (``--workers N``), or the same
+        workers without rule audiences (``--audiences N``)."""
         one = settings.model_copy(
             update={
-                "group_id": f"{settings.group_id}-one",
-                "redis_prefix": f"{settings.redis_prefix}-one",
+                "group_id": f"{settings.group_id}-{tag}",
+                "redis_prefix": f"{settings.redis_prefix}-{tag}",
             }
         )
         scratch = dataclasses.replace(result, breakdown={})
-        workers = self._start_workers(one, 1)
+        procs = self._start_workers(one, workers)
         try:
-            self._phase_pipeline(one, workers, scratch, profile=False)
+            self._phase_pipeline(one, procs, scratch, profile=False)
         finally:
-            for proc, _, _ in workers:
+            for proc, _, _ in procs:
                 stop_process(proc, 20)
             n = asyncio.run(_delete_prefix(one))
-            log.info("one-worker reference: deleted its %d keys", n)
-        result.breakdown["one_worker"] = scratch.breakdown.get("pipeline", {})
+            log.info("%s reference: deleted its %d keys", tag, n)
+        result.breakdown["one_worker" if tag == "one" else tag] = scratch.breakdown.get(
+            "pipeline", {}
+        )
         return scratch.pipeline_eps
 
     def _phase_pipeline(
@@ -1299,6 +1326,17 @@ def render(result: BenchResult) -> Table:
         )
         table.add_row(
             "", f"{result.workers} workers vs 1 (target >= 1.6)", f"{result.workers_vs_one:.2f}"
+        )
+    if result.no_audiences_eps is not None and result.audiences_vs_none is not None:
+        table.add_row(
+            "P0",
+            "the same pipeline without rule audiences (this run)",
+            f"{result.no_audiences_eps:,.0f} ev/s",
+        )
+        table.add_row(
+            "",
+            f"with {result.audiences} audiences vs none (target >= 0.85)",
+            f"{result.audiences_vs_none:.2f}",
         )
     table.add_row("", "pipeline_vs_raw", f"{result.pipeline_vs_raw:.3f}")
     if result.p50_ms is not None and result.p99_ms is not None:

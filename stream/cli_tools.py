@@ -87,6 +87,15 @@ def bench(
         typer.Option(help="Directory for a py-spy profile of worker 0 during phase P"),
     ] = None,
     seed: Annotated[int, typer.Option(help="Generator seed")] = 0,
+    audiences: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=256,
+            help="Serve N rule audiences in phase P, and measure P without them in the same "
+            "run (audiences_vs_none)",
+        ),
+    ] = 0,
     kafka_url: Annotated[
         str | None, typer.Option(help="Use this broker (own bench-* topics) instead of Tansu")
     ] = None,
@@ -117,6 +126,7 @@ def bench(
         latency_load=latency_load,
         profile_dir=profile,
         seed=seed,
+        audiences=audiences,
         kafka_url=kafka_url,
         redis_url=redis_url,
     )

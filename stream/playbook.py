@@ -12,8 +12,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from stream.yaml_files import line_of, load_yaml
 
 
 class Action(BaseModel):
@@ -52,36 +53,8 @@ class Playbook:
         return None if default is None else {"action": default.action, "params": default.params}
 
 
-def _line_of(text: str, loc: tuple[int | str, ...]) -> int | None:
-    """1-based line of the YAML entry at ``loc``: a mapping key's own line, a list item's line."""
-    try:
-        node: Any = yaml.compose(text)
-    except yaml.YAMLError:
-        return None
-    line = None if node is None else node.start_mark.line + 1
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            pair = next(((k, v) for k, v in node.value if k.value == part), None)
-            if pair is None:
-                break
-            line, node = pair[0].start_mark.line + 1, pair[1]
-        elif (
-            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
-        ):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line
-
-
 def parse(text: str, source: str, classes: tuple[str, ...]) -> Playbook:
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        raise PlaybookError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    raw = load_yaml(text, source, PlaybookError)
     try:
         doc = PlaybookFile.model_validate(raw)
     except ValidationError as exc:
@@ -89,18 +62,18 @@ def parse(text: str, source: str, classes: tuple[str, ...]) -> Playbook:
         for err in exc.errors()[:3]:
             loc = tuple("from" if p == "from_" else p for p in err["loc"])
             path = ".".join(str(p) for p in loc)
-            problems.append(f"{source}:{_line_of(text, loc) or '?'}: {path}: {err['msg']}")
+            problems.append(f"{source}:{line_of(text, loc) or '?'}: {path}: {err['msg']}")
         raise PlaybookError("; ".join(problems)) from None
     known = {*classes, "none", "*"}
     for name in doc.segments:
         if name not in classes:
             raise PlaybookError(
-                f"{source}:{_line_of(text, ('segments', name)) or '?'}: unknown segment {name!r}"
+                f"{source}:{line_of(text, ('segments', name)) or '?'}: unknown segment {name!r}"
             )
     for i, t in enumerate(doc.transitions):
         for end in (t.from_, t.to):
             if end not in known or (end in ("none", "*") and end == t.to):
-                line = _line_of(text, ("transitions", i))
+                line = line_of(text, ("transitions", i))
                 raise PlaybookError(
                     f"{source}:{line or '?'}: unknown segment {end!r} in a transition"
                 )

@@ -82,6 +82,8 @@ def test_dashboard_shows_what_sres_need() -> None:
         "Retrain history",
         "Input drift (PSI per feature)",
         "Inputs outside the training range",
+        "Rule audience members",
+        "Audience enters and exits",
     ):
         assert wanted in titles
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -209,3 +210,41 @@ def test_a_replay_in_big_batches_gives_the_same_audience_events(
     # Entered and left by events and by time alone, for each kind of condition.
     assert {("big_recent", "entered"), ("big_recent", "exited")} <= kinds
     assert ("lapsed_buyer", "entered") in kinds and ("engaged", "entered") in kinds
+
+
+@pytest.mark.integration
+def test_the_file_is_reloaded_on_change_and_on_sighup_and_a_bad_one_is_kept_out(
+    tmp_path: Path,
+    settings_factory: Callable[..., Settings],
+    worker_factory: Callable[[Settings], WorkerProcess],
+    reader_factory: Callable[[str], TopicReader],
+) -> None:
+    import signal
+
+    path = tmp_path / "audiences.yaml"
+    path.write_text(BIG_RECENT)
+    settings = settings_factory(audiences_path=path, housekeeping_interval_s=0.3)
+    worker = worker_factory(settings)
+    worker.wait_ready()
+
+    def logged(text: str, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while text not in worker.log():
+            assert time.monotonic() < deadline, f"{text!r} not logged:\n{worker.log()[-2000:]}"
+            time.sleep(0.2)
+
+    path.write_text("audiences:\n  - name: broken\n    when: 'spend_90d >'\n")
+    logged("audiences not reloaded, still using the 1 from before")
+    path.write_text("audiences:\n  - name: any_order\n    when: 'order_count >= 1.0'\n")
+    logged("audiences reloaded from")
+    produce(settings, as_items(settings, [order("ann", T0, total=10.0)]))
+    got = reader_factory(settings.topic_audiences).wait_for(lambda m: len(m) > 0)
+    assert orjson.loads(got[0].value())["audience"] == "any_order"  # the new set serves
+
+    before = worker.log().count("audiences reloaded from")
+    worker.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while worker.log().count("audiences reloaded from") == before:
+        assert time.monotonic() < deadline, worker.log()[-2000:]
+        time.sleep(0.2)
+    assert worker.stop() == 0
