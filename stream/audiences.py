@@ -26,6 +26,7 @@ A property test checks that both give what the CEL runtime gives.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -93,9 +94,32 @@ class Audiences:
     #: inactivity steps (SEGMENTER_REEVALUATE_DAYS).
     clock_offsets: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def names(self) -> tuple[str, ...]:
         return tuple(a.name for a in self.audiences)
+
+    @functools.cached_property
+    def clocks(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        """:attr:`clock_offsets` by the record field each clock runs from."""
+        return tuple((CLOCKS[f], offsets) for f, offsets in self.clock_offsets.items())
+
+    @functools.cached_property
+    def bits(self) -> dict[str, int]:
+        """Each audience's bit in :meth:`codes`."""
+        return {name: 1 << j for j, name in enumerate(self.names)}
+
+    def codes(self, raw: np.ndarray, segments: Sequence[str], probs: np.ndarray) -> list[int]:
+        """Each row's memberships as an int, bit j for audience j (see :meth:`members`)."""
+        members = self.members(raw, segments, probs)
+        k = members.shape[1]
+        if not k:
+            return [0] * len(members)
+        if k <= 62:  # fits an int64: one matrix product for the batch
+            weights = np.left_shift(1, np.arange(k, dtype=np.int64))
+            codes: list[int] = (members.astype(np.int64) @ weights).tolist()
+            return codes
+        packed = np.packbits(members, axis=1, bitorder="little")
+        return [int.from_bytes(row.tobytes(), "little") for row in packed]
 
     def members(self, raw: np.ndarray, segments: Sequence[str], probs: np.ndarray) -> np.ndarray:
         """Membership, rows x audiences: ``raw`` are raw feature rows (before log1p),
@@ -117,23 +141,36 @@ def membership_walk(
     current: Sequence[str],
     steps: Sequence[tuple[int, int | None]],
     names: Sequence[str],
-    members: np.ndarray,
+    codes: Sequence[int],
+    bits: Mapping[str, int] | None = None,
 ) -> tuple[tuple[str, ...], list[tuple[str, str, int]]]:
     """A user's audiences through their scorings, in order.
 
-    ``steps`` are (event time, row of ``members``), or (time, None) for an
-    erasure, which leaves every audience. Returns the audiences after the last
-    step and the changes, as (audience, "entered" | "exited", event time). An
-    audience no longer in the file is left at the user's next scoring.
+    ``codes`` holds each row's memberships as bits (bit j: ``names[j]``, see
+    :meth:`Audiences.codes`); ``steps`` are (event time, row), or (time, None)
+    for an erasure, which leaves every audience. Returns the audiences after
+    the last step and the changes, as (audience, "entered" | "exited", event
+    time). An audience no longer in the file is left at the next scoring.
+    Most scorings change nothing, and cost one comparison of two ints.
     """
-    now = set(current)
+    bit = bits if bits is not None else {name: 1 << j for j, name in enumerate(names)}
+    now = 0
+    gone = sorted(a for a in current if a not in bit)  # removed from the file
+    for a in current:
+        now |= bit.get(a, 0)
     changes: list[tuple[str, str, int]] = []
     for at, row in steps:
-        new = set() if row is None else {names[int(k)] for k in np.flatnonzero(members[row])}
-        changes += [(a, "exited", at) for a in sorted(now - new)]
-        changes += [(a, "entered", at) for a in sorted(new - now)]
+        new = 0 if row is None else codes[row]
+        if new == now and not gone:
+            continue
+        changes += [(a, "exited", at) for a in gone]
+        gone = []
+        left, came = now & ~new, new & ~now
+        changes += [(names[j], "exited", at) for j in range(len(names)) if left >> j & 1]
+        changes += [(names[j], "entered", at) for j in range(len(names)) if came >> j & 1]
         now = new
-    return tuple(sorted(now)), changes
+    final = [*gone, *(names[j] for j in range(len(names)) if now >> j & 1)]
+    return tuple(sorted(final)), changes
 
 
 def variables(classes: Sequence[str]) -> dict[str, str]:
@@ -219,10 +256,13 @@ def parse(text: str, source: str, classes: Sequence[str]) -> Audiences:
         out.append(Audience(spec.name, spec.when, spec.description, evaluate, vectorised))
     clocks: dict[str, set[int]] = {}
     for spec in doc.audiences:
-        for feature, days in thresholds(spec.when, set(CLOCKS)):
+        for feature, op, days in thresholds(spec.when, set(CLOCKS)):
             if 0 <= days <= 36_500:
+                # The clock grows: '< K' and '>= K' flip when it reaches K days;
+                # '<= K' and '> K' one millisecond later; '==' and '!=' at both.
                 at = round(days * DAY_MS)
-                clocks.setdefault(feature, set()).update((at, at + 1))
+                flips = {"<": (at,), ">=": (at,), "<=": (at + 1,), ">": (at + 1,)}
+                clocks.setdefault(feature, set()).update(flips.get(op, (at, at + 1)))
     return Audiences(
         tuple(out),
         source,

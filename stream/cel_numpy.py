@@ -269,23 +269,27 @@ def _check(node: Node, known: Mapping[str, str]) -> None:
             _check(child, known)
 
 
-def thresholds(text: str, variables: set[str]) -> set[tuple[str, float]]:
-    """(variable, constant) of every comparison of one of ``variables`` with a
-    number in the condition: where the condition can flip as time alone passes.
-    Empty for a condition this module does not parse."""
+#: A comparison read the other way round: ``5.0 < x`` is ``x > 5.0``.
+_MIRROR = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
+
+
+def thresholds(text: str, variables: set[str]) -> set[tuple[str, str, float]]:
+    """(variable, operator, constant) of every comparison of one of ``variables``
+    with a number, the variable on the left: where the condition can flip as
+    time alone passes. Empty for a condition this module does not parse."""
     try:
         tree = _Parser(text).parse()
     except Unsupported:
         return set()
-    found: set[tuple[str, float]] = set()
+    found: set[tuple[str, str, float]] = set()
 
     def walk(node: Node) -> None:
         if node[0] in _COMPARE:
-            for a, b in ((node[1], node[2]), (node[2], node[1])):
+            for a, b, op in ((node[1], node[2], node[0]), (node[2], node[1], _MIRROR[node[0]])):
                 if a[0] == "var" and a[1] in variables and b[0] == "lit":
                     value = b[1]
                     if isinstance(value, int | float) and not isinstance(value, bool):
-                        found.add((a[1], float(value)))
+                        found.add((a[1], op, float(value)))
         for child in node[1:]:
             if isinstance(child, tuple) and child and isinstance(child[0], str):
                 walk(child)

@@ -239,6 +239,7 @@ def user(
     console.print(f"[bold]{user_id}[/]: {found['segment']} (model {found['model_version']})")
     for k, v in (found["probabilities"] or {}).items():
         console.print(f"  p({k}) = {v:.3f}")
+    console.print(f"  audiences: {', '.join(found['audiences']) or 'none'}")
     for k, v in found["features"].items():
         console.print(f"  {k:<26} {v}")
 

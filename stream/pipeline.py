@@ -24,6 +24,7 @@ before it is applied.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
 import hashlib
 import logging
@@ -44,7 +45,7 @@ from model.features import N_FEATURES, raw_row, transform
 from model.registry import LoadedModel
 from model.segments import Hysteresis, clear_leaders, decide
 from stream import metrics
-from stream.audiences import CLOCKS, Audiences, membership_walk
+from stream.audiences import Audiences, membership_walk
 from stream.dedup import DEFAULT_CLICK_WINDOW_MS, SeenEvents, admit
 from stream.events import DAY_MS, DecodeLimits, Event, Reason, Rejected, decode, iso
 from stream.fold import UserState, apply
@@ -508,16 +509,15 @@ class BatchProcessor:
         audiences = self.audiences
         if audiences is None or not audiences.clock_offsets:
             return due
-        for feature, offsets in audiences.clock_offsets.items():
-            anchor = getattr(state, CLOCKS[feature])
+        for field_name, offsets in audiences.clocks:
+            anchor = getattr(state, field_name)
             if anchor is None:  # never ordered: that clock never reaches a threshold
                 continue
-            for offset in offsets:
-                t = anchor + offset
-                if t > at_ms:
-                    if due == 0 or t < due:
-                        due = t
-                    break
+            k = bisect.bisect_right(offsets, at_ms - anchor)  # the first one still ahead
+            if k < len(offsets):
+                t = anchor + offsets[k]
+                if due == 0 or t < due:
+                    due = t
         if self.cfg.retention_ms > 0:
             due = min(due, last_seen + self.cfg.retention_ms) if due else due
         return due
@@ -575,7 +575,10 @@ class BatchProcessor:
         model = self.model()
         messages: list[tuple[str, dict[str, Any] | None]] = []
         side: list[tuple[str, str, dict[str, Any] | None]] = []  # (topic, user, message)
-        x = transform(rows) if rows else np.zeros((0, N_FEATURES))
+        # The raw rows as one array: the model's input is made from it, and the
+        # rule audiences read it as it is (before log1p).
+        raw = np.asarray(rows, dtype=np.float64).reshape(-1, N_FEATURES)
+        x = transform(raw)
         scores = model.scorer.predict(x) if rows else np.zeros((0, len(model.classes)))
         # As Python objects, converted once for the batch, not per row.
         probs: list[list[float]] = scores.tolist()
@@ -669,9 +672,7 @@ class BatchProcessor:
                 msg["explanation"] = why
         audiences = self.audiences
         if audiences is not None:
-            side += self._audience_events(
-                audiences, timelines, rows, segment_at, scores, emitted_at
-            )
+            side += self._audience_events(audiences, timelines, raw, segment_at, scores, emitted_at)
         template = self.cfg.segment_topic_template
         if template:
             for uid, m in messages:
@@ -747,21 +748,20 @@ class BatchProcessor:
         self,
         audiences: Audiences,
         timelines: dict[str, Timeline],
-        rows: list[tuple[float, ...]],
+        raw: np.ndarray,
         segment_at: list[str],
         scores: np.ndarray,
         emitted_at: str,
     ) -> list[tuple[str, str, dict[str, Any] | None]]:
         """Entered/exited events for every scoring of the batch, in each user's order."""
-        members = audiences.members(
-            np.asarray(rows, dtype=np.float64).reshape(-1, N_FEATURES), segment_at, scores
-        )
+        codes = audiences.codes(raw, segment_at, scores)
+        names, bits = audiences.names, audiences.bits
         topic = self.cfg.audiences_topic
         out: list[tuple[str, str, dict[str, Any] | None]] = []
         for uid, tl in timelines.items():
             rec = tl.record
             steps = [(s.at, s.row if s.row >= 0 else None) for s in tl.steps]
-            now, changes = membership_walk(rec.audiences, steps, audiences.names, members)
+            now, changes = membership_walk(rec.audiences, steps, names, codes, bits)
             for audience, action, at in changes:
                 rec.audience_version += 1
                 event = {
