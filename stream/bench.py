@@ -61,7 +61,15 @@ from rich.progress import (
 from rich.table import Table
 
 from stream.bench_audiences import write_bench_audiences
-from stream.embedded import EmbeddedKafka, EmbeddedRedis, free_port, spawn_worker, stop_process
+from stream.bench_latency import CURVE_LOADS, CurvePoint, RawReader, curve_table, plot_curve
+from stream.embedded import (
+    EmbeddedKafka,
+    EmbeddedRedis,
+    EmbeddedRedisCluster,
+    free_port,
+    spawn_worker,
+    stop_process,
+)
 from stream.settings import Settings, load_settings
 from stream.sinks import produce_waiting
 
@@ -74,8 +82,11 @@ JSON_KEYS = (
     "pipeline_eps",
     "pipeline_vs_faust",
     "pipeline_vs_raw",
+    "latency_rate_eps",
     "p50_ms",
     "p99_ms",
+    "raw_p50_ms",
+    "raw_p99_ms",
     "worker_rss_mb",
     "redis_bytes_per_user",
     "events",
@@ -102,13 +113,20 @@ class BenchConfig:
     seed: int = 0
     #: How long the paced latency phase sends events (0 skips it).
     latency_s: float = 10.0
-    #: Its rate, as a fraction of the pipeline's measured throughput.
-    latency_load: float = 0.5
+    #: Its rate, as a fraction of the pipeline's measured throughput; None
+    #: paces it at the bare Faust agent's measured throughput (B0).
+    latency_load: float | None = None
+    #: Where to write the latency curve (p50/p99 from 10% to 80% of P, a
+    #: table and a PNG); None skips it.
+    latency_curve: Path | None = None
     #: Where to write py-spy profiles of the first worker (None: no profile).
     profile_dir: Path | None = None
     #: External servers; None starts embedded ones.
     kafka_url: str | None = None
     redis_url: str | None = None
+    #: Keep state on Redis Cluster: ``redis_url`` names a node of one, or
+    #: without it an embedded cluster of three masters is started.
+    redis_cluster: bool = False
     #: A phase fails when nothing progresses for this long.
     stall_s: float = 60.0
     #: Rule audiences P serves (0 = none); with N > 0, P also runs without
@@ -120,7 +138,7 @@ class BenchConfig:
             raise ValueError(f"events must be at least 1000, got {self.events}")
         if self.users < 1 or self.partitions < 1 or self.workers < 1:
             raise ValueError("users, partitions and workers must be at least 1")
-        if not 0 < self.latency_load <= 2:
+        if self.latency_load is not None and not 0 < self.latency_load <= 2:
             raise ValueError(f"latency_load must be in (0, 2], got {self.latency_load}")
         if self.workers > self.partitions:
             raise ValueError(
@@ -173,6 +191,12 @@ class BenchResult:
     p99_ms: float | None = None
     latency_rate_eps: float | None = None
     latency_samples: int = 0
+    #: The raw transport at the same rate, on the same paced records: a plain
+    #: consumer of the input topics (stream.bench_latency.RawReader).
+    raw_p50_ms: float | None = None
+    raw_p99_ms: float | None = None
+    #: With --latency-curve: one point per load (CurvePoint.to_json).
+    latency_curve: list[dict[str, Any]] = field(default_factory=list)
     worker_rss_mb: float = 0.0
     redis_bytes_per_user: float = 0.0
     breakdown: dict[str, Any] = field(default_factory=dict)
@@ -182,6 +206,8 @@ class BenchResult:
     #: With --audiences N: how many P served, and P without any (same run).
     audiences: int = 0
     no_audiences_eps: float | None = None
+    #: Whether the state lived on Redis Cluster (--redis-cluster).
+    redis_cluster: bool = False
 
     @property
     def audiences_vs_none(self) -> float | None:
@@ -213,6 +239,8 @@ class BenchResult:
             "pipeline_vs_raw": r(self.pipeline_vs_raw, 4),
             "p50_ms": r(self.p50_ms),
             "p99_ms": r(self.p99_ms),
+            "raw_p50_ms": r(self.raw_p50_ms),
+            "raw_p99_ms": r(self.raw_p99_ms),
             "worker_rss_mb": r(self.worker_rss_mb),
             "redis_bytes_per_user": r(self.redis_bytes_per_user),
             "events": self.events,
@@ -224,8 +252,10 @@ class BenchResult:
             "audiences": self.audiences,
             "no_audiences_eps": r(self.no_audiences_eps, 0),
             "audiences_vs_none": r(self.audiences_vs_none, 2),
+            "redis_cluster": self.redis_cluster,
             "latency_rate_eps": r(self.latency_rate_eps, 0),
             "latency_samples": self.latency_samples,
+            "latency_curve": self.latency_curve,
             "breakdown": self.breakdown,
             "settings": self.settings,
         }
@@ -506,7 +536,7 @@ def _servers(
 
     Fills ``pids`` with the embedded servers' process ids (for CPU accounting).
     """
-    started: list[EmbeddedKafka | EmbeddedRedis] = []
+    started: list[EmbeddedKafka | EmbeddedRedis | EmbeddedRedisCluster] = []
     try:
         kafka_url = cfg.kafka_url
         if kafka_url is None:
@@ -521,7 +551,13 @@ def _servers(
                 broker.proc and broker.proc.pid,
             )
         redis_url = cfg.redis_url
-        if redis_url is None:
+        if redis_url is None and cfg.redis_cluster:
+            cluster = EmbeddedRedisCluster(masters=3).start()
+            started.append(cluster)
+            redis_url = cluster.url
+            for i, proc in enumerate(cluster.procs):
+                pids[f"redis {i + 1}"] = proc.pid
+        elif redis_url is None:
             redis = EmbeddedRedis().start()
             started.append(redis)
             redis_url = redis.url
@@ -545,20 +581,35 @@ def _delete_topics(settings: Settings, topics: list[str]) -> None:
             log.warning("could not delete topic %s: %s", name, exc)
 
 
-async def _delete_prefix(settings: Settings) -> int:
-    import redis.asyncio as aioredis
+def redis_client(settings: Settings) -> Any:
+    """The settings' asyncio client, plain or cluster."""
+    from stream.redis_client import client_from_url
 
-    client = aioredis.Redis.from_url(settings.redis_url, **settings.redis_client_kwargs())
+    return client_from_url(
+        settings.redis_url, cluster=settings.redis_cluster, **settings.redis_client_kwargs()
+    )
+
+
+async def _unlink(client: Any, keys: list[bytes]) -> int:
+    # One key per command: on a cluster a multi-key UNLINK must stay in one slot.
+    async with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.unlink(key)
+        return sum(await pipe.execute())
+
+
+async def _delete_prefix(settings: Settings) -> int:
+    client = redis_client(settings)
     n = 0
     try:
         batch: list[bytes] = []
         async for key in client.scan_iter(match=f"{settings.redis_prefix}:*", count=1000):
             batch.append(key)
             if len(batch) >= 500:
-                n += await client.unlink(*batch)
+                n += await _unlink(client, batch)
                 batch.clear()
         if batch:
-            n += await client.unlink(*batch)
+            n += await _unlink(client, batch)
     finally:
         await client.aclose()
     return n
@@ -570,9 +621,7 @@ async def redis_footprint(settings: Settings) -> dict[str, dict[str, int]]:
     By type rather than by key name, so it stays right whatever layout
     stream/store.py uses (states in hashes, indexes in sorted sets, ...).
     """
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(settings.redis_url, **settings.redis_client_kwargs())
+    client = redis_client(settings)
     out: dict[str, dict[str, int]] = {}
     try:
         keys = [k async for k in client.scan_iter(match=f"{settings.redis_prefix}:*", count=1000)]
@@ -593,17 +642,17 @@ async def redis_footprint(settings: Settings) -> dict[str, dict[str, int]]:
     return out
 
 
-async def dedup_bytes_per_user(settings: Settings, buckets: int = 64) -> float:
+async def dedup_bytes_per_user(settings: Settings, groups: int = 4) -> float:
     """Mean bytes of the users' deduplication memory (stream.dedup) inside their
-    records, over the users of ``buckets`` record buckets: a part of the records' size."""
+    records, over the users of ``groups`` hash-tag groups: a part of the records' size."""
     from stream.store import StateStore, decode_record
 
     store = StateStore.from_settings(settings)
     sizes: list[int] = []
     try:
-        for n in range(buckets):
-            raw = await store._r.hgetall(f"{settings.redis_prefix}:b:{{{n}}}")
-            sizes += [decode_record(v, None).seen.encoded_size() for v in raw.values()]
+        for group in range(groups):
+            records = await store.bucket_records(group)
+            sizes += [decode_record(v, None).seen.encoded_size() for v in records]
     finally:
         await store.close()
     return sum(sizes) / max(1, len(sizes))
@@ -673,6 +722,7 @@ class Bench:
         return load_settings(
             kafka_url=kafka_url,
             redis_url=redis_url,
+            redis_cluster=self.cfg.redis_cluster,
             redis_prefix=base,
             topic_clickstream=f"{base}-clickstream",
             topic_orders=f"{base}-orders",
@@ -731,6 +781,7 @@ class Bench:
             users=self.users,
             partitions=cfg.partitions,
             workers=cfg.workers,
+            redis_cluster=cfg.redis_cluster,
             raw_eps=raw_eps,
             faust_passthrough_eps=faust_eps,
             pipeline_eps=0.0,
@@ -781,7 +832,12 @@ class Bench:
                 ", ".join(f"{k} {v['bytes'] / users:.0f} B" for k, v in sorted(footprint.items())),
             )
             if cfg.latency_s > 0:
-                self._phase_latency(settings, workers, live, result)
+                # By default at B0's rate: a load bare Faust itself just sustains.
+                load = cfg.latency_load
+                rate = load * result.pipeline_eps if load else result.faust_passthrough_eps
+                self._phase_latency(settings, workers, live, result, rate)
+                if cfg.latency_curve is not None:
+                    self._phase_curve(settings, workers, live, result, cfg.latency_curve)
         finally:
             for proc, _, _ in workers:
                 stop_process(proc, 20)
@@ -1141,12 +1197,13 @@ class Bench:
         workers: list[tuple[subprocess.Popen[bytes], Path, int]],
         live: Iterator[Any],
         result: BenchResult,
+        rate: float,
     ) -> None:
         from confluent_kafka import Consumer, TopicPartition
 
         from stream.produce import make_producer
 
-        rate = max(100.0, self.cfg.latency_load * result.pipeline_eps)
+        rate = max(100.0, rate)
         result.latency_rate_eps = rate
         # Generated up front: generating while pacing would take CPU from the worker.
         traffic = [
@@ -1203,6 +1260,17 @@ class Bench:
             consumer.consume(1, timeout=0.1)
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
+        input_ends = {
+            (topic, p): off
+            for topic in settings.input_topics
+            for p, off in asyncio.run(self._end_offsets(settings, topic)).items()
+        }
+        raw = RawReader(
+            settings.kafka_client_config(),
+            f"bench-{self.run_id}-raw",
+            input_ends,
+            phase_start_ms,
+        ).start()
         producer = make_producer(settings.kafka_client_config(), **{"linger.ms": 1})
         # Likewise the producer: events are stamped when produced, so the
         # first ones would otherwise wait in librdkafka for its connection.
@@ -1247,6 +1315,10 @@ class Bench:
         stop.set()
         reader.join(5)
         consumer.close()
+        raw_latencies = raw.stop()
+        if raw_latencies:
+            result.raw_p50_ms = percentile(raw_latencies, 50)
+            result.raw_p99_ms = percentile(raw_latencies, 99)
         result.breakdown["latency"] = metrics_breakdown(before, after, wall)
         # The driver's paced producer and the broker's ingest share the cores here.
         result.breakdown["latency"]["cpu_cores"] = {
@@ -1270,14 +1342,52 @@ class Bench:
             result.p50_ms = percentile(latencies, 50)
             result.p99_ms = percentile(latencies, 99)
             log.info(
-                "latency at %s ev/s: p50 %.1f ms, p99 %.1f ms over %d segment changes",
+                "latency at %s ev/s: p50 %.1f ms, p99 %.1f ms over %d segment changes "
+                "(raw transport: p50 %s ms, p99 %s ms)",
                 f"{rate:,.0f}",
                 result.p50_ms,
                 result.p99_ms,
                 len(latencies),
+                f"{result.raw_p50_ms:.1f}" if result.raw_p50_ms is not None else "-",
+                f"{result.raw_p99_ms:.1f}" if result.raw_p99_ms is not None else "-",
             )
         else:
             log.warning("latency: no segment change was published for the paced events")
+
+    def _phase_curve(
+        self,
+        settings: Settings,
+        workers: list[tuple[subprocess.Popen[bytes], Path, int]],
+        live: Iterator[Any],
+        result: BenchResult,
+        out_dir: Path,
+    ) -> None:
+        """p50 and p99 from 10% to 80% of P, with the raw transport's beside them."""
+        points: list[CurvePoint] = []
+        for load in CURVE_LOADS:
+            scratch = dataclasses.replace(result, breakdown={}, p50_ms=None, p99_ms=None)
+            scratch.raw_p50_ms = scratch.raw_p99_ms = None
+            self._phase_latency(settings, workers, live, scratch, load * result.pipeline_eps)
+            result.worker_rss_mb = max(result.worker_rss_mb, scratch.worker_rss_mb)
+            points.append(
+                CurvePoint(
+                    load,
+                    scratch.latency_rate_eps or 0.0,
+                    scratch.p50_ms,
+                    scratch.p99_ms,
+                    scratch.raw_p50_ms,
+                    scratch.raw_p99_ms,
+                )
+            )
+        result.latency_curve = [p.to_json() for p in points]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "latency-curve.md").write_text(curve_table(points))
+        title = (
+            f"segmenter bench, {result.workers} worker(s), P = {result.pipeline_eps:,.0f} ev/s, "
+            f"{time.strftime('%Y-%m-%d')}"
+        )
+        png = plot_curve(points, out_dir / "latency-curve.png", title)
+        log.info("latency curve: %s and %s", png, out_dir / "latency-curve.md")
 
     async def _end_offsets(self, settings: Settings, topic: str) -> dict[int, int]:
         # aiokafka's end offsets, not librdkafka's watermarks, which
@@ -1314,7 +1424,8 @@ def render(result: BenchResult) -> Table:
     )
     table.add_row(
         "P",
-        f"full pipeline, {result.workers} worker(s), shipped settings",
+        f"full pipeline, {result.workers} worker(s), shipped settings"
+        + (", on Redis Cluster (3 masters)" if result.redis_cluster else ""),
         f"{result.pipeline_eps:,.0f} ev/s",
     )
     table.add_row("", "pipeline_vs_faust (target >= 3.0)", f"{result.pipeline_vs_faust:.2f}")
@@ -1344,6 +1455,19 @@ def render(result: BenchResult) -> Table:
             "lat",
             f"event -> change readable at {result.latency_rate_eps or 0:,.0f} ev/s",
             f"p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms",
+        )
+    if result.raw_p50_ms is not None and result.raw_p99_ms is not None:
+        table.add_row(
+            "lat",
+            "  raw transport, same records (plain consumer of the inputs)",
+            f"p50 {result.raw_p50_ms:.1f} ms, p99 {result.raw_p99_ms:.1f} ms",
+        )
+    for point in result.latency_curve:
+        table.add_row(
+            "curve",
+            f"  {point['load']:.0%} of P ({point['rate_eps']:,} ev/s)",
+            f"p50 {point['p50_ms']} / p99 {point['p99_ms']} ms; "
+            f"raw {point['raw_p50_ms']} / {point['raw_p99_ms']} ms",
         )
     table.add_row("", "worker RSS while serving (max)", f"{result.worker_rss_mb:.0f} MB")
     dedup = result.breakdown.get("redis", {}).get("dedup_bytes_per_user")

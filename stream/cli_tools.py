@@ -80,8 +80,20 @@ def bench(
         float, typer.Option(min=0, help="Length of the paced latency phase; 0 skips it")
     ] = 10.0,
     latency_load: Annotated[
-        float, typer.Option(min=0.01, max=2.0, help="Latency phase rate, as a fraction of P")
-    ] = 0.5,
+        float | None,
+        typer.Option(
+            min=0.01,
+            max=2.0,
+            help="Latency phase rate, as a fraction of P (default: B0's measured rate)",
+        ),
+    ] = None,
+    latency_curve: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also measure p50/p99 from 10% to 80% of P; write latency-curve.md and "
+            "latency-curve.png into this directory",
+        ),
+    ] = None,
     profile: Annotated[
         Path | None,
         typer.Option(help="Directory for a py-spy profile of worker 0 during phase P"),
@@ -103,14 +115,25 @@ def bench(
         str | None,
         typer.Option(help="Use this Redis (own key prefix, deleted after) instead of embedded"),
     ] = None,
+    redis_cluster: Annotated[
+        bool,
+        typer.Option(
+            "--redis-cluster",
+            help="Keep state on Redis Cluster: --redis-url names a node, or an embedded "
+            "cluster of three masters is started",
+        ),
+    ] = False,
 ) -> None:
     """Measure the pipeline against a raw Kafka drain and a bare Faust agent, on one backlog.
 
     Phases, on one embedded broker and Redis: R (raw aiokafka getmany), B0 (bare
     Faust agent, default settings, take(1000, within=0.05)), P (`segmenter
-    worker` with its shipped settings), then end-to-end latency at 50% of P.
+    worker` with its shipped settings), then end-to-end latency at B0's rate,
+    with a plain consumer's latency on the same records beside it (the
+    transport's floor).
     Prints a table, or with --json one object with raw_eps, faust_passthrough_eps,
-    pipeline_eps, pipeline_vs_faust, pipeline_vs_raw, p50_ms, p99_ms,
+    pipeline_eps, pipeline_vs_faust, pipeline_vs_raw, latency_rate_eps, p50_ms,
+    p99_ms, raw_p50_ms, raw_p99_ms,
     worker_rss_mb, redis_bytes_per_user, events, users, partitions and a
     per-stage breakdown. SEGMENTER_* variables change P's settings.
     """
@@ -124,11 +147,13 @@ def bench(
         workers=workers,
         latency_s=latency_seconds,
         latency_load=latency_load,
+        latency_curve=latency_curve,
         profile_dir=profile,
         seed=seed,
         audiences=audiences,
         kafka_url=kafka_url,
         redis_url=redis_url,
+        redis_cluster=redis_cluster,
     )
     try:
         cfg.validate()

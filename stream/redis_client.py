@@ -12,8 +12,11 @@ client's packer.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.connection import HiredisRespSerializer
 
 _PACKER = HiredisRespSerializer()
@@ -26,11 +29,31 @@ class _HiredisPacking:
         return _PACKER.pack(*args)
 
 
-def client_from_url(url: str, **kwargs: Any) -> aioredis.Redis:
-    """``redis.asyncio.Redis.from_url`` whose connections pack with hiredis."""
+def client_from_url(url: str, cluster: bool = False, **kwargs: Any) -> Any:
+    """``redis.asyncio.Redis.from_url`` whose connections pack with hiredis, or
+    with ``cluster`` a Redis Cluster client that discovers the cluster from the
+    node ``url`` names (a cluster has no database numbers: the URL's is ignored)."""
+    if cluster:
+        return RedisCluster.from_url(_without_db(url), **kwargs)
     client = aioredis.Redis.from_url(url, **kwargs)
     pool = client.connection_pool
     base = pool.connection_class
     # Before the first connection is made: the pool builds each from this class.
     pool.connection_class = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
     return client
+
+
+def sync_client_from_url(url: str, cluster: bool = False, **kwargs: Any) -> Any:
+    """The blocking client (the retrain job's lock, the bench's clean-up)."""
+    if cluster:
+        return redis.RedisCluster.from_url(_without_db(url), **kwargs)
+    return redis.Redis.from_url(url, **kwargs)
+
+
+def is_cluster(client: Any) -> bool:
+    return isinstance(client, (RedisCluster, redis.RedisCluster))
+
+
+def _without_db(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="", query=""))

@@ -29,8 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-
 from model.gate import judge
 from model.sources import decode_records
 from model.train import TrainConfig, train_from_events
@@ -38,6 +36,7 @@ from stream import metrics
 from stream.announce import promote_and_announce
 from stream.events import iso
 from stream.fold import DAY_MS
+from stream.redis_client import sync_client_from_url
 from stream.replay import replay_topics
 from stream.settings import Settings
 from stream.topics import ensure_topics
@@ -137,7 +136,9 @@ def run_once(settings: Settings, cfg: RetrainConfig, client: Any) -> RunResult:
 def run_forever(settings: Settings, cfg: RetrainConfig, every_s: float, once: bool = False) -> int:
     metrics.init_series()
     metrics.serve(settings.metrics_host, settings.metrics_port)
-    client = redis.Redis.from_url(settings.redis_url, **settings.redis_client_kwargs())
+    client = sync_client_from_url(
+        settings.redis_url, cluster=settings.redis_cluster, **settings.redis_client_kwargs()
+    )
     while True:
         started = time.monotonic()
         try:

@@ -89,6 +89,16 @@ class Settings(BaseSettings):
     redis_password_file: Path | None = Field(None, description=_file_description("redis_password"))
     redis_ssl_ca_certs: Path | None = Field(None, description="CA bundle for rediss://")
     redis_prefix: str = Field("seg", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    redis_cluster: bool = Field(
+        False,
+        description="Redis Cluster: SEGMENTER_REDIS_URL names any node; users spread over "
+        "the masters by hash tag",
+    )
+    redis_allow_eviction: bool = Field(
+        False,
+        description="start even if Redis may evict keys (maxmemory-policy other than "
+        "noeviction), which silently drops users' state",
+    )
 
     # --- topics
     topic_clickstream: str = "clickstream"

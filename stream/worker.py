@@ -42,11 +42,28 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
     ).execute_from_commandline()
 
 
+async def _check_eviction(store: StateStore, settings: Settings) -> None:
+    """Refuse a Redis that may evict keys: an evicted bucket is users' state lost
+    without a trace (their counts restart from zero on their next event)."""
+    policies = await store.eviction_policy()
+    evicting = [p for p in policies if p != "noeviction"]
+    if not policies:
+        log.warning("Redis refused CONFIG GET maxmemory-policy; cannot check it is noeviction")
+    elif evicting and settings.redis_allow_eviction:
+        log.warning("Redis maxmemory-policy is %s: users' state may be evicted", evicting[0])
+    elif evicting:
+        raise StoreMismatch(
+            f"Redis maxmemory-policy is {evicting[0]}, which silently drops users' state "
+            "under memory pressure: set it to noeviction (or SEGMENTER_REDIS_ALLOW_EVICTION=true)"
+        )
+
+
 async def _check_stored_classes(settings: Settings, classes: Sequence[str]) -> None:
     """Refuse to start on state stored for other segment classes (see StateStore.bind_classes)."""
     store = StateStore.from_settings(settings)
     try:
         await store.bind_classes(classes)
+        await _check_eviction(store, settings)
     except StoreMismatch as exc:
         raise SettingsError(str(exc)) from None
     except RedisError as exc:

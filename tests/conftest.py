@@ -28,7 +28,13 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from stream.embedded import EmbeddedKafka, EmbeddedRedis, spawn_worker, stop_process
+from stream.embedded import (
+    EmbeddedKafka,
+    EmbeddedRedis,
+    EmbeddedRedisCluster,
+    spawn_worker,
+    stop_process,
+)
 from stream.settings import Settings
 from stream.store import StateStore
 from stream.topics import ensure_topics
@@ -73,6 +79,16 @@ def redis_url() -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A Redis Cluster of three masters that this session starts (and stops by PID)."""
+    cluster = EmbeddedRedisCluster(masters=3).start()
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

@@ -64,7 +64,7 @@ def as_items(
 
 
 async def _offsets(settings: Settings) -> dict[str, int]:
-    store = StateStore.from_url(settings.redis_url, settings.redis_prefix)
+    store = StateStore.from_settings(settings)
     try:
         return await store.partition_offsets()
     finally:
@@ -72,7 +72,7 @@ async def _offsets(settings: Settings) -> dict[str, int]:
 
 
 async def snapshot(settings: Settings) -> dict[str, bytes]:
-    store = StateStore.from_url(settings.redis_url, settings.redis_prefix)
+    store = StateStore.from_settings(settings)
     try:
         out = {}
         for user in sorted(await store.scan_users()):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from pathlib import Path
 
 import orjson
 import pytest
@@ -40,6 +41,9 @@ def _result(**overrides: object) -> BenchResult:
         "pipeline_eps": 48_000.0,
         "p50_ms": 21.5,
         "p99_ms": 80.25,
+        "latency_rate_eps": 15_000.0,
+        "raw_p50_ms": 12.5,
+        "raw_p99_ms": 30.0,
         "worker_rss_mb": 180.0,
         "redis_bytes_per_user": 410.0,
     }
@@ -209,3 +213,27 @@ def test_main_thread_sched_reads_this_process_and_tolerates_a_missing_one() -> N
         pass
     assert main_thread_sched(os.getpid())[0] > on_cpu
     assert main_thread_sched(2**22 + 12345) == (0.0, 0.0)  # no such process
+
+
+def test_the_latency_curve_is_a_table_and_a_plot(tmp_path: Path) -> None:
+    from stream.bench_latency import CurvePoint, curve_table, plot_curve
+
+    points = [
+        CurvePoint(0.1, 4_000, 60.0, 95.0, 20.0, 35.0),
+        CurvePoint(0.4, 16_000, 150.0, 400.0, 25.0, None),  # a reader that saw nothing
+    ]
+    table = curve_table(points).splitlines()
+    assert table[2] == "| 10% | 4,000 | 60 | 95 | 20 | 35 |"
+    assert table[3].endswith("| 25 | — |")
+    png = plot_curve(points, tmp_path / "curve" / "latency-curve.png", "test")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = _result(latency_curve=[p.to_json() for p in points]).to_json()
+    assert out["latency_curve"][1] == {
+        "load": 0.4,
+        "rate_eps": 16_000,
+        "p50_ms": 150.0,
+        "p99_ms": 400.0,
+        "raw_p50_ms": 25.0,
+        "raw_p99_ms": None,
+    }
+    render(_result(latency_curve=out["latency_curve"]))

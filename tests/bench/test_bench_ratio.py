@@ -37,6 +37,9 @@ def test_bench_reports_the_ratios_it_is_judged_by(kafka_bootstrap: str, redis_ur
     assert set(JSON_KEYS) <= set(out)
     assert out["events"] == 30_000
     assert result.latency_samples > 0
+    # Paced by default at B0's rate, with the raw transport timed beside it.
+    assert out["latency_rate_eps"] == round(result.faust_passthrough_eps)
+    assert out["raw_p50_ms"] is not None and 0 < out["raw_p50_ms"] <= out["raw_p99_ms"]
     # Sanity bounds, far from the target: nothing beats the raw drain, and a
     # pipeline slower than an agent that does nothing is broken, not slow.
     assert result.pipeline_vs_raw < 1

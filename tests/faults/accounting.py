@@ -58,7 +58,7 @@ def same_state(a: UserState, b: UserState) -> bool:
 
 
 async def _records(settings: Settings, users: list[str]) -> dict[str, UserRecord]:
-    store = StateStore.from_url(settings.redis_url, settings.redis_prefix)
+    store = StateStore.from_settings(settings)
     try:
         out = {}
         for user in users:

@@ -58,7 +58,7 @@ class PacedStream:
 
 
 async def _applied(settings: Settings) -> dict[str, int]:
-    store = StateStore.from_url(settings.redis_url, settings.redis_prefix)
+    store = StateStore.from_settings(settings)
     try:
         return await store.partition_offsets()
     finally:

@@ -229,7 +229,7 @@ def test_a_1_2_mb_record_is_dead_lettered_bounded_and_the_orders_after_it_are_se
 
 
 async def _stored(settings: Settings, user: str) -> Any:
-    store = StateStore.from_url(settings.redis_url, settings.redis_prefix)
+    store = StateStore.from_settings(settings)
     try:
         return await store.get(user)
     finally:

@@ -118,7 +118,7 @@ def test_user_prints_the_documented_json(settings_factory: Callable[..., Setting
     values += [order("ann", T0 + 5 * DAY, total=42.5)]
 
     async def feed() -> None:
-        store = StateStore.from_url(settings.redis_url, settings.redis_prefix)
+        store = StateStore.from_settings(settings)
         sink = ConfluentSink(settings.kafka_client_config())
         model = load_current(settings.model_dir)
         proc = BatchProcessor(store, sink, lambda: model, pipeline_config(settings))

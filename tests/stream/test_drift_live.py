@@ -167,7 +167,7 @@ def test_the_processor_feeds_drift_one_row_per_arriving_event_after_its_commit(
     batch = raw_records(settings, values)
 
     async def run() -> None:
-        store = StateStore.from_url(settings.redis_url, settings.redis_prefix)
+        store = StateStore.from_settings(settings)
         sink = ConfluentSink(settings.kafka_client_config())
         model = load_current(settings.model_dir)
         proc = BatchProcessor(

@@ -27,7 +27,7 @@ NOW = T0 + 400 * DAY
 
 
 async def run_batches(settings: Settings, batches: list[list[RawRecord]]):  # type: ignore[no-untyped-def]
-    store = StateStore.from_url(settings.redis_url, settings.redis_prefix)
+    store = StateStore.from_settings(settings)
     sink = ConfluentSink(settings.kafka_client_config())
     model = load_current(settings.model_dir)
     proc = BatchProcessor(
@@ -121,7 +121,7 @@ def test_re_sent_orders_are_recognised_after_any_number_of_newer_events(
 
 
 async def _drop(settings: Settings) -> None:
-    store = StateStore.from_url(settings.redis_url, settings.redis_prefix)
+    store = StateStore.from_settings(settings)
     await store.delete_prefix()
     await store.close()
 

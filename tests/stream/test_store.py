@@ -21,6 +21,7 @@ from stream.store import (
     decode_record,
     encode_record,
 )
+from stream.store_keys import GROUPS
 from tests.factories import DAY, T0, as_event, order
 
 pytestmark = pytest.mark.integration
@@ -262,9 +263,9 @@ def test_binary_record_round_trips(  # type: ignore[no-untyped-def]
     assert decode_record(head[:4] + bytes([2]) + head[5:] + rings[:13], classes) == upgraded
 
 
-def test_load_takes_thousands_of_users_of_one_bucket(redis_url: str, prefix: str) -> None:
+def test_load_takes_thousands_of_users_in_few_buckets(redis_url: str, prefix: str) -> None:
     async def scenario() -> None:
-        store = StateStore(client_from_url(redis_url), prefix, buckets=1)
+        store = StateStore(client_from_url(redis_url), prefix, buckets=GROUPS)
         try:
             rec = UserRecord(state=fold_all([as_event(order("u9000", T0, 3.0))]))
             await store.commit([UserWrite("u9000", rec, None)], {}, T0)
