@@ -123,6 +123,13 @@ def bench(
             "cluster of three masters is started",
         ),
     ] = False,
+    pin: Annotated[
+        bool,
+        typer.Option(
+            "--pin",
+            help="Pin the broker, Redis and the load driver to core 0 and the workers to core 1",
+        ),
+    ] = False,
 ) -> None:
     """Measure the pipeline against a raw Kafka drain and a bare Faust agent, on one backlog.
 
@@ -154,6 +161,7 @@ def bench(
         kafka_url=kafka_url,
         redis_url=redis_url,
         redis_cluster=redis_cluster,
+        pin=pin,
     )
     try:
         cfg.validate()

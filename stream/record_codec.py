@@ -8,10 +8,12 @@ lets a newer release read what an older one wrote.
 
 from __future__ import annotations
 
+import operator
 import random
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from stream import dedup
 from stream.dedup import SeenEvents
@@ -62,11 +64,58 @@ class UserRecord:
         return self.rev > 0
 
 
-# Fixed part: rev, codec | first_seen, last_seen, last_order_at (-1 = none),
-# order, cancel, refund counts, total and returned spend, views, carts, events,
-# sessions, category bitmap, the decayed counters | version, scored_at, due,
-# partition. Variable parts follow, each with a one-byte length.
-_FIXED = struct.Struct(f"<IB qqqIIIddIIIIQ{len(_DECAYED)}d IqqhB")
+# The fixed part of a record, written once for both directions: (struct
+# code, field). Its order is the byte order: rev and codec | the state's
+# fields | its decayed counters (HALF_LIVES order) | the record's fields |
+# the number of recent sessions. Variable parts follow, each with a one-byte
+# length. ``last_order_at`` None is stored as -1.
+_STATE_FIELDS = (
+    ("q", "first_seen"),
+    ("q", "last_seen"),
+    ("q", "last_order_at"),
+    ("I", "order_count"),
+    ("I", "cancel_count"),
+    ("I", "refund_count"),
+    ("d", "total_spend"),
+    ("d", "returned_spend"),
+    ("I", "product_views"),
+    ("I", "cart_adds"),
+    ("I", "events"),
+    ("I", "session_count"),
+    ("Q", "categories"),
+)
+_RECORD_FIELDS = (("I", "version"), ("q", "scored_at"), ("q", "due"), ("h", "partition"))
+_FIXED = struct.Struct(
+    "<IB"
+    + "".join(code for code, _ in _STATE_FIELDS)
+    + "d" * len(_DECAYED)
+    + "".join(code for code, _ in _RECORD_FIELDS)
+    + "B"
+)
+_STATE_NAMES = tuple(name for _, name in _STATE_FIELDS)
+_RECORD_NAMES = tuple(name for _, name in _RECORD_FIELDS)
+# attrgetter with several names returns them as one tuple, in C.
+_state_values = operator.attrgetter(*_STATE_NAMES)
+_record_values = operator.attrgetter(*_RECORD_NAMES)
+_LAST_ORDER = _STATE_NAMES.index("last_order_at")
+
+
+def _filler(names: Sequence[str]) -> Callable[[Any, Sequence[Any]], None]:
+    """``fill(obj, values)`` setting ``names`` in order: generated from the table
+    once (as dataclasses generate ``__init__``), so decoding costs what a
+    hand-written tuple assignment costs."""
+    targets = ", ".join(f"obj.{name}" for name in names)
+    scope: dict[str, Any] = {}
+    exec(f"def fill(obj, values):\n    ({targets},) = values\n", scope)
+    fill: Callable[[Any, Sequence[Any]], None] = scope["fill"]
+    return fill
+
+
+_fill_state = _filler(_STATE_NAMES)
+_fill_record = _filler(_RECORD_NAMES)
+_STATE_AT = 2  # after rev and codec
+_DECAYED_AT = _STATE_AT + len(_STATE_FIELDS)
+_RECORD_AT = _DECAYED_AT + len(_DECAYED)
 _U32 = struct.Struct("<I")
 _OFFSET = struct.Struct("<Hq")
 _ERASED = struct.Struct("<q")
@@ -83,28 +132,16 @@ def _short(text: str | None) -> bytes:
 def encode_record(rec: UserRecord, rev: int | None = None) -> bytes:
     """The binary record (about 300 bytes). ``rev`` defaults to the record's own."""
     s = rec.state
+    state = _state_values(s)
+    if s.last_order_at is None:
+        state = (*state[:_LAST_ORDER], -1, *state[_LAST_ORDER + 1 :])
     parts = [
         _FIXED.pack(
             rec.rev if rev is None else rev,
             CODEC_VERSION,
-            s.first_seen,
-            s.last_seen,
-            -1 if s.last_order_at is None else s.last_order_at,
-            s.order_count,
-            s.cancel_count,
-            s.refund_count,
-            s.total_spend,
-            s.returned_spend,
-            s.product_views,
-            s.cart_adds,
-            s.events,
-            s.session_count,
-            s.categories,
+            *state,
             *(s.decayed[k] for k in _DECAYED),
-            rec.version,
-            rec.scored_at,
-            rec.due,
-            rec.partition,
+            *_record_values(rec),
             len(s.recent_sessions),
         ),
         b"".join(_U32.pack(sid) for sid in s.recent_sessions),
@@ -147,26 +184,12 @@ def decode_record(data: bytes, classes: Sequence[str] | None) -> UserRecord:
     fixed = _FIXED.unpack_from(data)
     if fixed[1] not in _READABLE_CODECS:
         raise ValueError(f"user record codec {fixed[1]!r}, this code reads {_READABLE_CODECS}")
-    n_dec = len(_DECAYED)
     s = UserState()
-    (
-        s.first_seen,
-        s.last_seen,
-        last_order_at,
-        s.order_count,
-        s.cancel_count,
-        s.refund_count,
-        s.total_spend,
-        s.returned_spend,
-        s.product_views,
-        s.cart_adds,
-        s.events,
-        s.session_count,
-        s.categories,
-    ) = fixed[2:15]
-    s.last_order_at = None if last_order_at < 0 else last_order_at
-    s.decayed = dict(zip(_DECAYED, fixed[15 : 15 + n_dec], strict=True))
-    version, scored_at, due, partition, n_sessions = fixed[15 + n_dec :]
+    _fill_state(s, fixed[_STATE_AT:_DECAYED_AT])
+    if s.last_order_at is not None and s.last_order_at < 0:
+        s.last_order_at = None
+    s.decayed = dict(zip(_DECAYED, fixed[_DECAYED_AT:_RECORD_AT], strict=True))
+    n_sessions = fixed[-1]
     pos = _FIXED.size
     s.recent_sessions = [_U32.unpack_from(data, pos + 4 * i)[0] for i in range(n_sessions)]
     pos += 4 * n_sessions
@@ -209,22 +232,20 @@ def decode_record(data: bytes, classes: Sequence[str] | None) -> UserRecord:
         pos += 4
     if fixed[1] >= 4 and len(data) >= pos + _ERASED.size:
         (erased_at,) = _ERASED.unpack_from(data, pos)
-    return UserRecord(
+    rec = UserRecord(
         state=s,
         segment=segment,
         probabilities=probabilities,
-        version=version,
         model_version=model_version,
         offsets=offsets,
         seen=seen,
-        scored_at=scored_at,
-        due=due,
-        partition=partition,
         rev=fixed[0],
         erased_at=erased_at,
         audiences=tuple(audiences),
         audience_version=audience_version,
     )
+    _fill_record(rec, fixed[_RECORD_AT:-1])
+    return rec
 
 
 __all__ = ["CODEC_VERSION", "UserRecord", "decode_record", "encode_record", "next_rev"]

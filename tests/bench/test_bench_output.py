@@ -11,12 +11,9 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from stream.bench import (
-    JSON_KEYS,
-    BenchConfig,
-    BenchError,
-    BenchResult,
-    Samples,
+from stream.bench import JSON_KEYS, BenchConfig, BenchError, BenchResult, render
+from stream.bench.config import Samples
+from stream.bench.measure import (
     agent_thread_shares,
     cpu_seconds,
     cpu_shares,
@@ -25,7 +22,6 @@ from stream.bench import (
     parse_metrics,
     percentile,
     profile_breakdown,
-    render,
 )
 from stream.cli import app
 
@@ -216,7 +212,7 @@ def test_main_thread_sched_reads_this_process_and_tolerates_a_missing_one() -> N
 
 
 def test_the_latency_curve_is_a_table_and_a_plot(tmp_path: Path) -> None:
-    from stream.bench_latency import CurvePoint, curve_table, plot_curve
+    from stream.bench.latency import CurvePoint, curve_table, plot_curve
 
     points = [
         CurvePoint(0.1, 4_000, 60.0, 95.0, 20.0, 35.0),

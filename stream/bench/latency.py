@@ -11,11 +11,27 @@ pipeline's.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+#: With --pin: the broker, Redis and the load driver on this core...
+SERVERS_CORE = 0
+#: ...and the worker(s) (and B0's agent) on this one.
+WORKER_CORE = 1
+
+
+def pin_process(pid: int, core: int) -> None:
+    """Pin every thread of ``pid`` to one core (threads it starts later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), {core})
+        except ProcessLookupError:
+            continue  # a thread that ended meanwhile
+
 
 #: Fractions of P the latency curve is measured at.
 CURVE_LOADS = (0.1, 0.2, 0.4, 0.6, 0.8)
