@@ -1,21 +1,16 @@
 """One batch, start to finish: decode, dead-letter, fold, score, publish, commit.
 
 This is the whole worker minus Faust. The agent hands it a list of raw
-records and acks them only after :meth:`BatchProcessor.process` returns, so
-the commit order is the one that keeps the guarantees:
+records and acks them only after :meth:`BatchProcessor.process` returns:
 
-1. dead-letter the rejects and wait until the broker has them;
-2. read the touched users (one pipelined round trip) and fold the new events,
-   skipping any the user record says it already holds;
-3. score every touched user in one forward pass and apply hysteresis;
-4. publish the changes and wait until the broker has them;
-5. write states, offsets, counts and stream time in one Lua script;
-6. (the caller) ack, so Faust commits the offsets.
+1. decode; dead-letter the rejects (stream.checkpoint owns the order from here);
+2. read the touched users in one round trip and fold the new events,
+   skipping any the user record says it already holds (stream.batch);
+3. take the time-driven steps due, and score every step of every touched user
+   in one forward pass, with hysteresis;
+4. publish the changes, then commit the state (stream.checkpoint); the
+   caller acks.
 
-A crash anywhere before 5 replays the batch; the offset marks in the user
-records make the replay a no-op for state, and a change published twice
-carries the same per-user ``version``, so subscribers can drop it
-(at-least-once for published changes, effectively-once for state).
 Redis errors are retried with capped backoff *inside* ``process``: raising
 out of the agent would make Faust ack the batch, and nothing may be acked
 before it is applied.
@@ -23,42 +18,43 @@ before it is applied.
 
 from __future__ import annotations
 
-import asyncio
-import bisect
 import functools
-import hashlib
 import logging
-import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, Protocol, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import orjson
-from confluent_kafka import KafkaError, KafkaException
-from redis.exceptions import RedisError
 
 from model.explain import top_reasons
 from model.features import N_FEATURES, raw_row, transform
 from model.registry import LoadedModel
-from model.segments import Hysteresis, clear_leaders, decide
+from model.segments import clear_leaders, decide
 from stream import metrics
-from stream.audiences import Audiences, membership_walk
-from stream.dedup import DEFAULT_CLICK_WINDOW_MS, SeenEvents, admit
-from stream.events import DAY_MS, DecodeLimits, Event, Reason, Rejected, decode, iso
+from stream.batch import BatchResult, Step, Timeline, known, merged, redelivered
+from stream.changes import (
+    audience_events,
+    exited_event,
+    output_topics,
+    segment_events,
+    tombstones,
+)
+from stream.checkpoint import Checkpoint, Sink
+from stream.dead_letters import count_dead_letters, dlq_record
+from stream.dedup import SeenEvents, admit
+from stream.events import DAY_MS, Event, Reason, Rejected, decode, iso
+from stream.failures import Poisoned, Retrying
 from stream.fold import UserState, apply
 from stream.health import Health
-from stream.playbook import Playbook
+from stream.pipeline_config import PipelineConfig
 from stream.privacy import pseudonym
 from stream.records import RawRecord
+from stream.schedule import next_due
 from stream.sinks import Outgoing
 from stream.store import (
-    ConflictError,
     StateStore,
-    StoreMismatch,
-    UserRecord,
     UserWrite,
 )
 
@@ -66,174 +62,7 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 
-class Sink(Protocol):
-    """Where messages go: ``publish`` produces them in order and resolves once the
-    broker has every one (:class:`stream.sinks.ConfluentSink`)."""
-
-    def publish(self, records: Sequence[Outgoing]) -> Awaitable[Any]: ...
-
-
-class Step(NamedTuple):
-    """A point on a user's timeline where the change rule is applied."""
-
-    at: int  # event time
-    #: "audience": a re-evaluation of the rule audiences only, where a condition
-    #: on a clock feature can flip (stream.audiences.Audiences.clock_offsets);
-    #: segments are decided at the other steps only, as without audiences.
-    trigger: Literal["events", "inactivity", "retention", "audience"]
-    row: int  # into the batch's stacked feature matrix; -1 for retention erasure
-
-
-@dataclass(slots=True)
-class Timeline:
-    """One user's record through a batch, and the steps taken on it, in order."""
-
-    record: UserRecord
-    old_segment: str | None
-    old_partition: int
-    old_due: int
-    steps: list[Step] = field(default_factory=list)
-    #: The audiences the stored record was in (the index moves from these).
-    old_audiences: tuple[str, ...] = ()
-
-
-@dataclass
-class BatchResult:
-    records: int = 0
-    applied: int = 0
-    duplicates: int = 0
-    dead_lettered: int = 0
-    changes: list[dict[str, Any]] = field(default_factory=list)
-    users: int = 0
-    attempts: int = 1
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    clickstream_topic: str = "clickstream"
-    orders_topic: str = "orders"
-    segments_topic: str = "customer-segments"
-    dlq_topic: str = "segmenter-dlq"
-    limits: DecodeLimits = field(default_factory=DecodeLimits)
-    hysteresis: Hysteresis = field(default_factory=Hysteresis)
-    #: Clicks re-sent within this much of their user's event time are dropped
-    #: (orders by order id, always: stream.dedup). 0 = by offset only.
-    click_dedup_ms: int = DEFAULT_CLICK_WINDOW_MS
-    #: Events older than stream time minus this are dead-lettered: their user
-    #: may already have been expired by retention, and would come back wrong.
-    max_lateness_ms: int = 400 * DAY_MS
-    #: Users inactive this long (event time) are erased, with a tombstone (0 = never).
-    retention_ms: int = 400 * DAY_MS
-    #: Wall-clock TTL on user keys: a backstop for keys no worker sweeps any more.
-    key_ttl_ms: int = 0
-    #: Inactivity thresholds (days of event time) at which a user is re-scored.
-    reevaluate_days: tuple[float, ...] = (14.0, 30.0, 60.0, 90.0, 120.0, 180.0, 365.0)
-    #: Features reported per change (0 = no explanations).
-    explain_top_k: int = 3
-    #: e.g. "segments.{segment}": also publish entered/exited events there.
-    segment_topic_template: str | None = None
-    playbook: Playbook | None = None
-    #: Rule audiences evaluated on every scoring (None: none configured).
-    audiences: Audiences | None = None
-    audiences_topic: str = "customer-audiences"
-    #: HMAC key for pseudonymising user ids on ingest (None: keep raw ids).
-    pseudonymize_key: bytes | None = None
-    retry_initial_s: float = 0.1
-    retry_max_s: float = 5.0
-    #: Attempts a batch may fail the same way before its records are tried
-    #: apart and the one that fails is dead-lettered (transient outages of
-    #: Redis or the broker never count: those are waited out).
-    max_batch_failures: int = 5
-    #: Bytes of an over-large record's key and value kept in the DLQ.
-    dlq_head_bytes: int = 1024
-
-
-def _redelivered(rec: UserRecord, tp: str, offset: int) -> bool:
-    """Whether ``rec`` already holds this very record (at or below its partition's mark)."""
-    return offset <= rec.offsets.get(tp, -1)
-
-
-def _known(rec: UserRecord, tp: str, offset: int, event: Event, click_window_ms: int) -> bool:
-    """Whether ``rec`` already counts ``event``, as a redelivery or a re-send; changes nothing."""
-    return _redelivered(rec, tp, offset) or not admit(
-        rec.seen.copy(), event, rec.state.last_seen, click_window_ms
-    )
-
-
-def dlq_headers(record: RawRecord, rejected: Rejected) -> list[tuple[str, bytes]]:
-    """The DLQ envelope's headers: the why and the where."""
-    return [
-        ("x-dlq-reason", rejected.reason.value.encode()),
-        ("x-dlq-detail", rejected.detail.encode("utf-8", "replace")[:1024]),
-        ("x-source-topic", record.topic.encode()),
-        ("x-source-partition", str(record.partition).encode()),
-        ("x-source-offset", str(record.offset).encode()),
-    ]
-
-
-def dlq_record(
-    topic: str, record: RawRecord, rejected: Rejected, whole_up_to: int, head: int
-) -> Outgoing:
-    """A dead letter whose size is bounded, so that dead-lettering cannot fail on size.
-
-    A key or value up to ``whole_up_to`` bytes is kept untouched (every record
-    the decoder accepts in size). A larger one keeps its first ``head`` bytes,
-    and headers give its size and SHA-256: enough to find and compare the
-    original at its source, which the ``x-source-*`` headers name.
-    """
-    headers = dlq_headers(record, rejected)
-    parts: list[bytes | None] = []
-    for name, data in (("key", record.key), ("value", record.value)):
-        if data is not None and len(data) > whole_up_to:
-            headers += [
-                (f"x-dlq-{name}-size", str(len(data)).encode()),
-                (f"x-dlq-{name}-sha256", hashlib.sha256(data).hexdigest().encode()),
-                (f"x-dlq-{name}-truncated", str(head).encode()),
-            ]
-            data = data[:head]
-        parts.append(data)
-    return Outgoing(topic, parts[0], parts[1], headers)
-
-
-class Poisoned(Exception):
-    """A batch failed the same way ``max_batch_failures`` times: not an outage."""
-
-    def __init__(self, what: str, signature: str) -> None:
-        super().__init__(f"{what} failed the same way repeatedly: {signature}")
-        self.signature = signature
-
-
-def transient(exc: BaseException) -> bool:
-    """Whether ``exc`` is an outage to wait out rather than a fault of the batch.
-
-    Redis errors, and broker errors librdkafka calls retriable (or a timeout,
-    a transport failure, no broker up), are outages: no record is to blame,
-    and dead-lettering during one would throw good events away.
-    """
-    if isinstance(exc, RedisError | ConnectionError | TimeoutError):
-        return True
-    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
-        err: KafkaError = exc.args[0]
-        return bool(err.retriable()) or err.code() in _TRANSIENT_KAFKA
-    return False
-
-
-_TRANSIENT_KAFKA = frozenset(
-    {
-        KafkaError._MSG_TIMED_OUT,
-        KafkaError._TIMED_OUT,
-        KafkaError._TRANSPORT,
-        KafkaError._ALL_BROKERS_DOWN,
-        KafkaError._RESOLVE,
-        KafkaError.REQUEST_TIMED_OUT,
-        KafkaError.NOT_ENOUGH_REPLICAS,
-        KafkaError.LEADER_NOT_AVAILABLE,
-        KafkaError.NOT_LEADER_FOR_PARTITION,
-    }
-)
-
-
-class BatchProcessor:
+class BatchProcessor(Retrying):
     def __init__(
         self,
         store: StateStore,
@@ -249,6 +78,8 @@ class BatchProcessor:
     ) -> None:
         self.store = store
         self.sink = sink
+        #: The commit order: dead letters, changes, state (the caller acks).
+        self.checkpoint = Checkpoint(sink, store)
         self.model = model
         self.cfg = config
         self._clock_ms = clock_ms
@@ -309,22 +140,8 @@ class BatchProcessor:
         """Send to the DLQ and wait until the broker has them (counted by the caller)."""
         if bad:
             whole, head = self.cfg.limits.max_bytes, self.cfg.dlq_head_bytes
-            await self.sink.publish(
+            await self.checkpoint.dead_letter(
                 [dlq_record(self.cfg.dlq_topic, rec, why, whole, head) for rec, why in bad]
-            )
-
-    @staticmethod
-    def _count_dead_letters(bad: list[tuple[RawRecord, Rejected]]) -> None:
-        for rec, why in bad:
-            metrics.EVENTS.labels(rec.topic, "unknown", "dead_lettered").inc()
-            metrics.DEAD_LETTERS.labels(rec.topic, why.reason.value).inc()
-            log.warning(
-                "dead-lettered %s[%d]@%d: %s: %s",
-                rec.topic,
-                rec.partition,
-                rec.offset,
-                why.reason.value,
-                why.detail,
             )
 
     # -- steps 2-5 ---------------------------------------------------------
@@ -357,14 +174,14 @@ class BatchProcessor:
             )
             first = await self.process(records[:mid])
             second = await self.process(records[mid:])
-            return _merged(first, second)
+            return merged(first, second)
 
     async def _process(self, records: Sequence[RawRecord]) -> BatchResult:
         started = time.perf_counter()
         good, bad = self._decode(records)
         if bad:  # at least once, like everything this publishes
             await self._retrying(lambda: self._dead_letter(bad), "dead_letter", poison=True)
-            self._count_dead_letters(bad)
+            count_dead_letters(bad)
         # Every record of the batch is accounted for once this batch commits,
         # dead-lettered ones included: their partition offsets advance too.
         # Keyed by (topic, partition) here and named "topic:partition" once
@@ -409,9 +226,7 @@ class BatchProcessor:
             if (
                 bound
                 and event.timestamp <= before - bound
-                and not _known(
-                    loaded[event.user_id], tp, raw.offset, event, self.cfg.click_dedup_ms
-                )
+                and not known(loaded[event.user_id], tp, raw.offset, event, self.cfg.click_dedup_ms)
             ):
                 # Judged against the partition's own clock, in partition order,
                 # so a replay judges it the same way. Past the bound, its user
@@ -446,7 +261,7 @@ class BatchProcessor:
                     continue
                 # Offsets first: a redelivered record is skipped whatever its
                 # age; then the rule training applies too (stream.dedup).
-                if _redelivered(rec, tp, raw.offset) or not admit(
+                if redelivered(rec, tp, raw.offset) or not admit(
                     rec.seen, event, rec.state.last_seen, window
                 ):
                     result.duplicates += 1
@@ -464,7 +279,9 @@ class BatchProcessor:
                 rows.append(raw_row(rec.state, at))
                 tl.steps.append(Step(at, "events", len(rows) - 1))
                 rec.scored_at = at
-                rec.due = self._next_due(rec.state, at)
+                rec.due = next_due(
+                    rec.state, at, self._step_offsets, self.audiences, self.cfg.retention_ms
+                )
                 result.applied += 1
                 counted[raw.topic, event.event_type, "applied"] += 1
                 batch_time = max(batch_time, event.timestamp)
@@ -478,7 +295,7 @@ class BatchProcessor:
         messages = await self._score_publish_commit(
             timelines, rows, partition_offsets, stream_time, partition_times, swept
         )
-        self._count_dead_letters(late)
+        count_dead_letters(late)
         result.dead_lettered = len(late)
 
         # Counters only after the commit: a re-run batch must not count twice.
@@ -495,32 +312,7 @@ class BatchProcessor:
         return result
 
     def _next_due(self, state: UserState, at_ms: int) -> int:
-        """Event time of the next time-driven step after ``at_ms`` (0 = none left).
-
-        A function of the user's state and the audiences file only, never of
-        the user's memberships: then a replay in any batches takes the same
-        steps as living through the stream.
-        """
-        last_seen, due = state.last_seen, 0
-        for offset in self._step_offsets:
-            if last_seen + offset > at_ms:
-                due = last_seen + offset
-                break
-        audiences = self.audiences
-        if audiences is None or not audiences.clock_offsets:
-            return due
-        for field_name, offsets in audiences.clocks:
-            anchor = getattr(state, field_name)
-            if anchor is None:  # never ordered: that clock never reaches a threshold
-                continue
-            k = bisect.bisect_right(offsets, at_ms - anchor)  # the first one still ahead
-            if k < len(offsets):
-                t = anchor + offsets[k]
-                if due == 0 or t < due:
-                    due = t
-        if self.cfg.retention_ms > 0:
-            due = min(due, last_seen + self.cfg.retention_ms) if due else due
-        return due
+        return next_due(state, at_ms, self._step_offsets, self.audiences, self.cfg.retention_ms)
 
     def _catch_up(
         self,
@@ -554,7 +346,9 @@ class BatchProcessor:
             if swept is not None:
                 swept.append(len(rows) - 1)
             rec.scored_at = at
-            rec.due = self._next_due(rec.state, at)
+            rec.due = next_due(
+                rec.state, at, self._step_offsets, self.audiences, self.cfg.retention_ms
+            )
 
     async def _score_publish_commit(
         self,
@@ -672,7 +466,9 @@ class BatchProcessor:
                 msg["explanation"] = why
         audiences = self.audiences
         if audiences is not None:
-            side += self._audience_events(audiences, timelines, raw, segment_at, scores, emitted_at)
+            side += audience_events(
+                audiences, self.cfg.audiences_topic, timelines, raw, segment_at, scores, emitted_at
+            )
         template = self.cfg.segment_topic_template
         if template:
             for uid, m in messages:
@@ -693,43 +489,25 @@ class BatchProcessor:
         out += [
             Outgoing(t, uid.encode(), None if m is None else orjson.dumps(m)) for t, uid, m in side
         ]
-        # A future (a task if the sink returned a coroutine), so it can be cancelled.
-        acked = asyncio.ensure_future(self.sink.publish(out)) if out else None
-        t_pub = time.perf_counter()
-        # Encoded while the broker acknowledges the changes (librdkafka sends
-        # them from its own threads); sent only once every change is acked.
-        try:
-            prepared = self.store.prepare_commit(
-                (
-                    UserWrite(
-                        uid,
-                        tl.record,
-                        tl.old_segment,
-                        tl.old_partition,
-                        tl.old_due,
-                        erase=tl.record.state.events == 0,
-                        old_audiences=tl.old_audiences,
-                    )
-                    for uid, tl in timelines.items()
-                ),
-                partition_offsets,
-                stream_time,
-                self.cfg.key_ttl_ms,
-                partition_times,
+        writes = (
+            UserWrite(
+                uid,
+                tl.record,
+                tl.old_segment,
+                tl.old_partition,
+                tl.old_due,
+                erase=tl.record.state.events == 0,
+                old_audiences=tl.old_audiences,
             )
-        except BaseException:
-            if acked is not None:
-                acked.cancel()  # the batch re-runs; nobody will await this one
-            raise
-        if acked is not None:
-            await acked
-            # From the end of producing to the last acknowledgement (or to the
-            # end of the encoding above, which overlaps it).
-            metrics.PUBLISH_SECONDS.observe(time.perf_counter() - t_pub)
-        t1 = time.perf_counter()
-        await self.store.send_commit(prepared)
+            for uid, tl in timelines.items()
+        )
+        await self.checkpoint.commit(
+            out,
+            lambda: self.store.prepare_commit(
+                writes, partition_offsets, stream_time, self.cfg.key_ttl_ms, partition_times
+            ),
+        )
         self.stream_time = max(self.stream_time, stream_time)
-        metrics.REDIS_SECONDS.labels("commit").observe(time.perf_counter() - t1)
         for _, m in messages:
             if m is not None:
                 metrics.SEGMENT_CHANGES.labels(m["previous_segment"] or "none", m["segment"]).inc()
@@ -745,41 +523,6 @@ class BatchProcessor:
             # definition one who has gone quiet.
             self._observe_inputs(model, x, swept)
         return messages
-
-    def _audience_events(
-        self,
-        audiences: Audiences,
-        timelines: dict[str, Timeline],
-        raw: np.ndarray,
-        segment_at: list[str],
-        scores: np.ndarray,
-        emitted_at: str,
-    ) -> list[tuple[str, str, dict[str, Any] | None]]:
-        """Entered/exited events for every scoring of the batch, in each user's order."""
-        codes = audiences.codes(raw, segment_at, scores)
-        names, bits = audiences.names, audiences.bits
-        topic = self.cfg.audiences_topic
-        out: list[tuple[str, str, dict[str, Any] | None]] = []
-        for uid, tl in timelines.items():
-            rec = tl.record
-            steps = [(s.at, s.row if s.row >= 0 else None) for s in tl.steps]
-            now, changes = membership_walk(rec.audiences, steps, names, codes, bits)
-            for audience, action, at in changes:
-                rec.audience_version += 1
-                event = {
-                    "user_id": uid,
-                    "audience": audience,
-                    "action": action,
-                    "event_time": iso(at),
-                    "emitted_at": emitted_at,
-                    "version": rec.audience_version,
-                }
-                out.append((topic, uid, event))
-            if any(s.row < 0 for s in tl.steps):  # erased by retention
-                out.append((topic, uid, None))
-                rec.audience_version = 0
-            rec.audiences = now
-        return out
 
     async def reevaluate(
         self,
@@ -835,64 +578,6 @@ class BatchProcessor:
             changes=[m for _, m in messages if m is not None],
         )
 
-    async def _retrying(
-        self, run: Callable[[], Awaitable[_T]], what: str, poison: bool = False
-    ) -> tuple[_T, int]:
-        """Run ``run`` until it commits; return its result and the attempts it took.
-
-        Nothing escapes but cancellation, and (with ``poison``) :class:`Poisoned`
-        once a non-transient error has recurred ``max_batch_failures`` times in
-        a row: an exception out of the agent would let Faust move past an
-        unapplied batch, whose events dedup would then skip. A refused commit
-        re-runs at once; anything else backs off, with jitter.
-        """
-        attempt = 0
-        same, signature = 0, ""
-        while True:
-            attempt += 1
-            try:
-                out = await run()
-                if self._health is not None:
-                    self._health.redis_ok, self._health.redis_error = True, None
-                return out, attempt
-            except ConflictError as exc:
-                metrics.COMMIT_CONFLICTS.inc()
-                log.info("%s re-run after a concurrent write: %s", what, exc)
-                if gone := exc.gone:
-                    # Erased (`forget`) since we read them, after we published
-                    # their changes: say again that they are gone, so
-                    # subscribers drop those changes and accept the re-run's.
-                    await self._retrying(lambda: self._tombstone(gone), "tombstone")
-                if attempt > 1:  # a rebalance in progress: let the other writer finish
-                    await self._backoff(attempt - 1, exc)
-            except StoreMismatch as exc:
-                # Fatal: stored state belongs to another set of classes. Stop
-                # the worker with an error (the batch stays unacked) instead
-                # of retrying forever.
-                log.critical("%s; stopping the worker", exc)
-                self._fatal = exc
-                if self._on_fatal is None:
-                    raise
-                await self._on_fatal(exc)
-                raise asyncio.CancelledError(str(exc)) from None
-            except RedisError as exc:
-                metrics.REDIS_ERRORS.labels(what).inc()
-                if self._health is not None:
-                    self._health.redis_ok = False
-                    self._health.redis_error = f"{type(exc).__name__}: {exc}"
-                await self._backoff(attempt, exc)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a failed publish, say
-                if poison and not transient(exc):
-                    now = f"{type(exc).__name__}: {str(exc)[:300]}"
-                    same, signature = (same + 1, now) if now == signature else (1, now)
-                    if same >= self.cfg.max_batch_failures:
-                        metrics.POISONED_BATCHES.labels(what).inc()
-                        raise Poisoned(what, signature) from exc
-                log.exception("%s failed; retrying it", what)
-                await self._backoff(attempt, exc)
-
     async def _bind_classes(self) -> None:
         classes = self.model().classes
         if self.store.classes != classes:  # once per process
@@ -903,115 +588,3 @@ class BatchProcessor:
             self.cfg.segments_topic, self.cfg.segment_topic_template, self.model().classes
         )
         await self.sink.publish(tombstones(users, topics))
-
-    async def _backoff(self, attempt: int, exc: Exception) -> None:
-        if self._should_stop() or self._fatal is not None:
-            raise asyncio.CancelledError(f"stopping with the batch unapplied: {exc}")
-        # Equal jitter: workers that failed together do not retry together.
-        ceiling = min(self.cfg.retry_max_s, self.cfg.retry_initial_s * 2 ** (attempt - 1))
-        delay = ceiling * random.uniform(0.5, 1.0)
-        log.warning(
-            "%s: %s; batch not applied, retry %d in %.1fs",
-            type(exc).__name__,
-            exc,
-            attempt,
-            delay,
-        )
-        await asyncio.sleep(delay)
-
-
-def output_topics(
-    segments_topic: str, segment_topic_template: str | None, classes: Iterable[str]
-) -> list[str]:
-    """Every topic the worker publishes a user's data to (the DLQ aside)."""
-    out = [segments_topic]
-    if segment_topic_template:
-        out += [segment_topic_template.format(segment=c) for c in classes]
-    return out
-
-
-def tombstones(users: Iterable[str], topics: Sequence[str]) -> list[Outgoing]:
-    """A tombstone (null value) per user and topic: compaction then drops what
-    the user's key held there, and consumers that materialise a topic drop them."""
-    return [Outgoing(t, u.encode(), None) for u in users for t in topics]
-
-
-def _merged(a: BatchResult, b: BatchResult) -> BatchResult:
-    return BatchResult(
-        records=a.records + b.records,
-        applied=a.applied + b.applied,
-        duplicates=a.duplicates + b.duplicates,
-        dead_lettered=a.dead_lettered + b.dead_lettered,
-        changes=a.changes + b.changes,
-        users=a.users + b.users,
-        attempts=a.attempts + b.attempts,
-    )
-
-
-def exited_event(
-    template: str,
-    user_id: str,
-    segment: str,
-    next_segment: str | None,
-    version: int,
-    event_time: str,
-    emitted_at: str,
-    model_version: str,
-    trigger: str,
-) -> tuple[str, str, dict[str, Any]]:
-    return (
-        template.format(segment=segment),
-        user_id,
-        {
-            "type": "segment-exited",
-            "user_id": user_id,
-            "segment": segment,
-            "next_segment": next_segment,
-            "version": version,
-            "event_time": event_time,
-            "emitted_at": emitted_at,
-            "model_version": model_version,
-            "trigger": trigger,
-        },
-    )
-
-
-def segment_events(
-    template: str, user_id: str, change: dict[str, Any]
-) -> list[tuple[str, str, dict[str, Any]]]:
-    """The per-segment view of one change: exited on the old topic, entered on the new."""
-    out = []
-    if change["previous_segment"] is not None:
-        out.append(
-            exited_event(
-                template,
-                user_id,
-                change["previous_segment"],
-                change["segment"],
-                change["version"],
-                change["event_time"],
-                change["emitted_at"],
-                change["model_version"],
-                change["trigger"],
-            )
-        )
-    out.append(
-        (
-            template.format(segment=change["segment"]),
-            user_id,
-            {
-                "type": "segment-entered",
-                "user_id": user_id,
-                "segment": change["segment"],
-                "previous_segment": change["previous_segment"],
-                "probability": change["probabilities"][change["segment"]],
-                "action": change["action"],
-                "version": change["version"],
-                "event_time": change["event_time"],
-                "emitted_at": change["emitted_at"],
-                "model_version": change["model_version"],
-                "trigger": change["trigger"],
-            },
-        )
-    )
-    return out

@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from stream.api import RateLimiter
+from stream.dead_letters import dlq_headers
 from stream.embedded import free_port
 from stream.events import Reason, Rejected, decode
 from stream.health import Health
 from stream.http import is_loopback, serve
-from stream.pipeline import dlq_headers
 from stream.records import RawRecord
 from stream.settings import Settings
 from stream.store import StateStore
