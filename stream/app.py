@@ -23,7 +23,7 @@ from faust.types import TP
 from model.registry import LoadedModel, current_version, load_current, load_version
 from model.segments import Hysteresis
 from stream import consumer as batching
-from stream import metrics
+from stream import metrics, runtime_tuning
 from stream.announce import AnnouncementListener
 from stream.audiences import AudienceFile, Audiences, AudiencesError
 from stream.drift import DriftTracker, report_max_age_s
@@ -189,13 +189,13 @@ def create_app(settings: Settings) -> faust.App:
         broker_max_poll_records=settings.broker_max_poll_records,
         consumer_max_fetch_size=settings.consumer_max_fetch_size,
     )
-    batching.use_event_loop(settings.event_loop)  # before the worker creates its loop
+    runtime_tuning.use_event_loop(settings.event_loop)  # before the worker creates its loop
     batching.install(  # before any topic or agent is declared
         app,
         batching=settings.consumer_batching,
         fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
     )
-    batching.tune_gc_on_start(app, settings.gc_gen0_threshold)
+    runtime_tuning.tune_gc_on_start(app, settings.gc_gen0_threshold)
     store = StateStore.from_settings(settings)
     holder = ModelHolder(load_current(settings.model_dir))
     try:
@@ -216,7 +216,9 @@ def create_app(settings: Settings) -> faust.App:
     stopping = {"now": False}
     # Changes and dead letters go out through librdkafka, not the app's
     # aiokafka producer (stream/sinks.py says why).
-    sink = ConfluentSink(settings.kafka_client_config())
+    sink = ConfluentSink(
+        settings.kafka_client_config(), **{"linger.ms": settings.producer_linger_ms}
+    )
     drift = DriftTracker(settings.drift_window_rows) if settings.drift_window_rows else None
     processor = BatchProcessor(
         store,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -74,7 +75,7 @@ async def log_access(request: web.Request, handler: Next) -> web.StreamResponse:
 
 
 def make_app(
-    health: Health,
+    health: Health | None,
     store: StateStore | None = None,
     settings: Settings | None = None,
     classes: Classes = DEFAULT_SEGMENTS,
@@ -86,9 +87,11 @@ def make_app(
         return resp
 
     async def healthz(_: web.Request) -> web.Response:
+        assert health is not None
         return _json(health.liveness())
 
     async def readyz(_: web.Request) -> web.Response:
+        assert health is not None
         ready, body = health.readiness()
         return _json(body, 200 if ready else 503)
 
@@ -98,8 +101,9 @@ def make_app(
         middlewares += api_middlewares(settings)
     app = web.Application(middlewares=middlewares)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    if health is not None:  # the worker's probes; a job without one serves metrics only
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
     if store is not None:
         mount_api(app, store, settings, classes, audiences)
     return app
@@ -116,7 +120,7 @@ def is_loopback(host: str) -> bool:
 
 
 async def serve(
-    health: Health,
+    health: Health | None,
     host: str,
     port: int,
     store: StateStore | None = None,
@@ -137,3 +141,30 @@ async def serve(
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
+
+
+def serve_in_thread(host: str, port: int) -> threading.Thread | None:
+    """/metrics for a blocking process (the retrain job): the same server as the
+    worker's, on an event loop of its own in a daemon thread. Port 0 = off."""
+    if not port:
+        return None
+    started = threading.Event()
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(serve(None, host, port))
+        except BaseException as exc:  # e.g. the port is taken: said in the caller
+            failed.append(exc)
+            return
+        finally:
+            started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name="segmenter-metrics", daemon=True)
+    thread.start()
+    started.wait(10)
+    if failed:
+        raise failed[0]
+    return thread

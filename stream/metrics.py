@@ -10,7 +10,6 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
-    start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -90,12 +89,6 @@ AUDIENCE_USERS = Gauge(
 )
 STREAM_TIME = Gauge("segmenter_stream_time_seconds", "Stream time: the largest event time applied")
 MODEL_INFO = Gauge("segmenter_model_info", "The model version being served", ["version"])
-
-
-def serve(host: str, port: int) -> None:
-    """Expose /metrics on ``host:port`` (port 0 = off)."""
-    if port:
-        start_http_server(port, addr=host)
 
 
 CONSUMER_LAG = Gauge(

@@ -36,6 +36,7 @@ from stream import metrics
 from stream.announce import promote_and_announce
 from stream.events import iso
 from stream.fold import DAY_MS
+from stream.http import serve_in_thread
 from stream.redis_client import sync_client_from_url
 from stream.replay import replay_topics
 from stream.settings import Settings
@@ -135,7 +136,7 @@ def run_once(settings: Settings, cfg: RetrainConfig, client: Any) -> RunResult:
 
 def run_forever(settings: Settings, cfg: RetrainConfig, every_s: float, once: bool = False) -> int:
     metrics.init_series()
-    metrics.serve(settings.metrics_host, settings.metrics_port)
+    serve_in_thread(settings.metrics_host, settings.metrics_port)
     client = sync_client_from_url(
         settings.redis_url, cluster=settings.redis_cluster, **settings.redis_client_kwargs()
     )

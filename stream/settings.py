@@ -145,6 +145,12 @@ class Settings(BaseSettings):
         le=30_000,
         description="How long a fetch waits for records (Faust's own is 1500 ms; latency)",
     )
+    producer_linger_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1_000,
+        description="How long the change producer waits to fill a request (latency)",
+    )
     event_loop: Literal["asyncio", "uvloop"] = Field(
         "asyncio",
         description="Event loop of the worker (asyncio and uvloop measured alike: "

@@ -182,6 +182,8 @@ class Bench(LatencyPhases):
                     "event_loop",
                     "gc_gen0_threshold",
                     "commit_interval_s",
+                    "consumer_fetch_max_wait_ms",
+                    "producer_linger_ms",
                 )
             },
         )
