@@ -9,6 +9,7 @@ sees half a model.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -43,6 +44,10 @@ class LoadedModel:
         return self.scorer.classes
 
 
+#: What a segment class may be called (a Kafka topic name's characters).
+CLASS_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
 def read_manifest(version_dir: Path) -> dict[str, Any]:
     try:
         data: dict[str, Any] = orjson.loads((version_dir / MANIFEST).read_bytes())
@@ -62,9 +67,15 @@ def load_version(version_dir: Path) -> LoadedModel:
     if tuple(manifest.get("features", ())) != FEATURE_NAMES:
         raise ModelError(f"model {version_dir.name}: feature names differ from this code's")
     classes = tuple(manifest["classes"])
-    if len(str(manifest["version"]).encode()) > 255 or any(len(c.encode()) > 255 for c in classes):
-        # The worker stores both per user, each with a one-byte length.
-        raise ModelError(f"model {version_dir.name}: version or class names over 255 bytes")
+    if len(str(manifest["version"]).encode()) > 255:
+        # The worker stores it per user, with a one-byte length.
+        raise ModelError(f"model {version_dir.name}: version over 255 bytes")
+    if bad := [c for c in classes if not CLASS_NAME.fullmatch(c)]:
+        # Class names become topic names (segments.<class>), Redis key parts and
+        # words of the commit script's moves: a space would split one in two.
+        raise ModelError(
+            f"model {version_dir.name}: class names {bad} are not 1-64 of A-Z a-z 0-9 _ . -"
+        )
     scorer = Scorer.load(version_dir / WEIGHTS, classes)
     return LoadedModel(version=manifest["version"], manifest=manifest, scorer=scorer)
 

@@ -456,6 +456,10 @@ class StateStore:
             for raw in await pipe.execute():
                 for k, v in raw.items():
                     totals[k.decode()] = totals.get(k.decode(), 0) + int(v)
+        # Names other workers added (a newer audiences file) are learnt here,
+        # by the worker's housekeeping every few seconds: new records are
+        # cleaned out of those indexes too (prepare_commit).
+        self._names.update(totals)
         # An index everyone has left keeps 0 fields: no members, not listed.
         return {k: v for k, v in totals.items() if v}
 

@@ -23,6 +23,8 @@ from model.registry import (
 def test_numpy_forward_pass_matches_keras_on_10k_random_inputs() -> None:
     import keras
 
+    import model.network  # noqa: F401  (registers the custom layers the saved model names)
+
     boot = bootstrap_dir()
     served = load_version(boot)
     reference = keras.models.load_model(boot / "model.keras")
@@ -70,6 +72,19 @@ def test_empty_model_dir_is_seeded_with_the_bootstrap_model(tmp_path: Path) -> N
     version = ensure_serving_model(tmp_path / "models")
     assert current_version(tmp_path / "models") == version
     assert load_current(tmp_path / "models").version == version
+
+
+@pytest.mark.parametrize("name", ["high value", "p -q", "", "x" * 65, "é"])
+def test_a_class_name_that_cannot_be_a_topic_or_key_part_is_refused(
+    tmp_path: Path, name: str
+) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(bootstrap_dir(), bad)
+    manifest = orjson.loads((bad / "manifest.json").read_bytes())
+    manifest["classes"] = [name, *manifest["classes"][1:]]
+    (bad / "manifest.json").write_bytes(orjson.dumps(manifest))
+    with pytest.raises(ModelError, match="class names"):
+        load_version(bad)
 
 
 def test_model_with_another_feature_schema_is_refused(tmp_path: Path) -> None:
