@@ -1,7 +1,7 @@
 """Archetype customers: scripted histories whose right segment needs no model. Pure.
 
 Each archetype is a list of events run through the real fold
-(:func:`stream.fold.fold_all`) and feature vector, so it tests the model as
+(:func:`stream.core.fold.fold_all`) and feature vector, so it tests the model as
 the worker would serve it. ``expected`` is where the label definition
 (docs/design.md, "Segments and labels") puts that customer in any plausible
 population; every shipped model must place each archetype there. Archetypes
@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from model.features import raw_features, vector
-from stream.events import ClickEvent, Event, OrderEvent
-from stream.fold import DAY_MS, fold_all
+from stream.core.events import ClickEvent, Event, OrderEvent
+from stream.core.fold import DAY_MS, fold_all
 
 #: "Now" for every archetype: only differences in time matter to the features.
 NOW_MS = 1_719_705_600_000  # 2024-06-30T00:00:00Z

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from model.features import FEATURE_NAMES, LOG_MASK, RATE_DAYS, transform
-from stream.fold import HALF_LIVES
+from stream.core.fold import HALF_LIVES
 
 #: A move the other way smaller than this is float noise, not a violation.
 NOISE = 1e-6

@@ -13,7 +13,7 @@ import numpy as np
 from scipy.special import hyp2f1
 
 from model.features import raw_column
-from stream.fold import DAY_MS
+from stream.core.fold import DAY_MS
 
 WEEK_MS = 7 * DAY_MS
 # eq. 10 has removable singularities (a = 1; a + b + x = 1): it is evaluated this far off them.

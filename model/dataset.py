@@ -1,7 +1,7 @@
 """Training examples at cutoffs: features from events <= T, labels from (T, T + H].
 
 Point-in-time correctness comes from walking time forward once: the fold sees
-only events at or before each cutoff, through the same :func:`stream.fold.apply`
+only events at or before each cutoff, through the same :func:`stream.core.fold.apply`
 and :func:`model.features.vector` the worker uses, and the labels look only at
 the window after it.
 
@@ -27,9 +27,9 @@ import numpy as np
 from model.features import N_FEATURES, vector
 from model.labels import label_users, window_activity
 from model.segments import DEFAULT_SEGMENTS
-from stream.dedup import DEFAULT_CLICK_WINDOW_MS, admitted
-from stream.events import Folded
-from stream.fold import DAY_MS, UserState, apply
+from stream.core.dedup import DEFAULT_CLICK_WINDOW_MS, admitted
+from stream.core.events import Folded
+from stream.core.fold import DAY_MS, UserState, apply
 
 
 @dataclass
@@ -103,7 +103,7 @@ def drop_duplicate_events(
 ) -> list[Folded]:
     """The events the worker would count, in the given (arrival) order.
 
-    The worker drops a re-sent event by the rule of :mod:`stream.dedup`
+    The worker drops a re-sent event by the rule of :mod:`stream.core.dedup`
     (orders by ``(event_type, order_id)`` for the user's whole life, clicks by
     ``event_id`` within ``click_window_ms`` of the user's event time), plus a
     redelivered record by its offset. Training applies the same rule to the

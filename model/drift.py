@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from model.features import FEATURE_NAMES, N_FEATURES, raw_row, transform
-from stream.events import Folded
-from stream.fold import UserState, apply
+from stream.core.events import Folded
+from stream.core.fold import UserState, apply
 
 #: PSI at or above this is a "significant shift" (the alert's line).
 SIGNIFICANT_PSI = 0.25

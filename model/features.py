@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from stream.fold import DAY_MS, UserState, decayed_by
+from stream.core.fold import DAY_MS, UserState, decayed_by
 
 #: Bump when the meaning of any feature changes; it feeds the schema hash.
 FEATURE_VERSION = "features/v2"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream.events import Folded, OrderEvent, OrderFact
+from stream.core.events import Folded, OrderEvent, OrderFact
 
 
 @dataclass(slots=True)

@@ -25,7 +25,7 @@ from model.report_sections import (
     drift_section,
     gate_section,
 )
-from stream.events import DAY_MS
+from stream.core.events import DAY_MS
 
 CONFUSION_PNG = "confusion_matrix.png"
 F1_PNG = "f1_vs_baselines.png"

@@ -1,6 +1,6 @@
 """Turn raw records (from files, generators or topic replays) into validated events.
 
-Training decodes through the same :func:`stream.events.decode` as the worker,
+Training decodes through the same :func:`stream.core.events.decode` as the worker,
 so an event the worker would dead-letter is not silently trained on either.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from stream.events import DecodeLimits, Fact, Rejected, decode, fact
+from stream.core.events import DecodeLimits, Fact, Rejected, decode, fact
 
 
 @dataclass

@@ -30,7 +30,7 @@ from model.dataset import Examples, Prepared, prepare_examples
 from model.features import FEATURE_NAMES, SCHEMA_HASH
 from model.registry import KERAS, MANIFEST, WEIGHTS, publish_version, set_current
 from model.scorer import Scorer, save_weights
-from stream.events import DAY_MS
+from stream.core.events import DAY_MS
 
 __all__ = ["Fitted", "Prepared", "TrainConfig", "prepare_examples", "train_from_events"]
 

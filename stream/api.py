@@ -41,7 +41,7 @@ from aiohttp.typedefs import Middleware
 from redis.exceptions import RedisError
 
 from model.segments import DEFAULT_SEGMENTS
-from stream.events import MAX_ID_LEN, iso
+from stream.core.events import MAX_ID_LEN, iso
 from stream.forget import stored_id
 from stream.lookup import describe
 from stream.settings import Settings

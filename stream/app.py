@@ -26,8 +26,8 @@ from stream import consumer as batching
 from stream import metrics, runtime_tuning
 from stream.announce import AnnouncementListener
 from stream.audiences import AudienceFile, Audiences, AudiencesError
+from stream.core.events import DAY_MS
 from stream.drift import DriftTracker, report_max_age_s
-from stream.events import DAY_MS
 from stream.health import Health
 from stream.http import serve as serve_http
 from stream.pipeline import BatchProcessor, PipelineConfig

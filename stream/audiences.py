@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from model.features import FEATURE_NAMES
 from stream.cel_numpy import Unsupported, compile_numpy, thresholds
-from stream.events import DAY_MS
+from stream.core.events import DAY_MS
 from stream.yaml_files import line_of, load_yaml
 
 #: Audience names: they appear in topics' messages, metric labels and URLs.

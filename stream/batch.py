@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-from stream.dedup import admit
-from stream.events import Event
+from stream.core.dedup import admit
+from stream.core.events import Event
 from stream.record_codec import UserRecord
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from stream.audiences import Audiences, membership_walk
 from stream.batch import Timeline
-from stream.events import iso
+from stream.core.events import iso
 from stream.sinks import Outgoing
 
 

@@ -19,7 +19,7 @@ from importlib.metadata import version as dist_version
 
 import typer
 
-from stream.events import parse_instant
+from stream.core.events import parse_instant
 from stream.redaction import Redactor
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
@@ -92,7 +92,7 @@ def duration(text: str | int) -> int:
 
 
 def instant(text: str | int) -> int:
-    """A date or time typed by hand -> epoch ms (see :func:`stream.events.parse_instant`)."""
+    """A date or time typed by hand -> epoch ms (see :func:`stream.core.events.parse_instant`)."""
     if isinstance(text, int):
         return text
     try:

@@ -26,7 +26,7 @@ from stream.cli_common import (
     settings_or_exit,
     setup_logging,
 )
-from stream.events import DAY_MS
+from stream.core.events import DAY_MS
 from stream.settings import Settings
 
 

@@ -10,7 +10,7 @@ import hashlib
 import logging
 
 from stream import metrics
-from stream.events import Rejected
+from stream.core.events import Rejected
 from stream.records import RawRecord
 from stream.sinks import Outgoing
 

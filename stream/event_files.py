@@ -10,7 +10,7 @@ Reading (``segmenter produce``, ``segmenter train``):
   table of plain events.
 
 A plain event goes to the orders topic when its ``event_type`` is an order
-type (:data:`stream.events.ORDER_TYPES`) and to the clickstream otherwise, keyed
+type (:data:`stream.core.events.ORDER_TYPES`) and to the clickstream otherwise, keyed
 by its ``user_id``. Whether it is *valid* is the worker's call (it dead-letters
 what is not), so nothing here judges events beyond what routing needs; a row
 that cannot be routed is counted and skipped.
@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from stream.events import CLICK_TYPES, ORDER_TYPES
+from stream.core.events import CLICK_TYPES, ORDER_TYPES
 
 Record = tuple[str, bytes | None, bytes]
 

@@ -21,7 +21,7 @@ The output appears under its name only once it is complete; a failed export
 leaves nothing behind that could be mistaken for a whole one.
 
 Redelivered records (one event_id twice) are exported as they are in the
-topic; training drops the repeats (``stream.dedup``, the worker's own rule).
+topic; training drops the repeats (``stream.core.dedup``, the worker's own rule).
 
 For training, export without ``since``: features at a cutoff fold all of a
 user's earlier events, so a file cut at ``since`` gives users who were active
@@ -41,8 +41,8 @@ from typing import IO, Any
 
 import orjson
 
+from stream.core.events import _to_epoch_ms
 from stream.event_files import ParquetDatasetSink, Record
-from stream.events import _to_epoch_ms
 
 ROW_GROUP_ROWS = 50_000
 PROGRESS_EVERY = 10_000

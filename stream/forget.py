@@ -25,7 +25,7 @@ from confluent_kafka.admin import AdminClient
 
 from model.segments import DEFAULT_SEGMENTS
 from stream.changes import output_topics, tombstones
-from stream.events import DAY_MS
+from stream.core.events import DAY_MS
 from stream.privacy import pseudonym
 from stream.settings import Settings
 from stream.sinks import ConfluentSink

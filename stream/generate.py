@@ -31,7 +31,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from stream.events import DAY_MS, HOUR_MS
+from stream.core.events import DAY_MS, HOUR_MS
 
 LATENT_TYPES: tuple[str, ...] = ("whale", "regular", "window_shopper", "churner")
 

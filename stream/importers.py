@@ -1,7 +1,7 @@
 """Importers for two public e-commerce datasets, as records for our input topics.
 
 Pure: no Kafka. Each importer reads a CSV with the ``csv`` module, turns rows into
-``clickstream`` / ``orders`` values that pass :func:`stream.events.decode`, and
+``clickstream`` / ``orders`` values that pass :func:`stream.core.events.decode`, and
 counts every row it could not use under a reason, so a data team can see what
 was dropped instead of wondering why the numbers are smaller.
 
@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from stream.events import MAX_MONEY, DecodeLimits
+from stream.core.events import MAX_MONEY, DecodeLimits
 
 Kind = Literal["clickstream", "orders"]
 Record = tuple[Kind, str, dict[str, Any]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from model.features import raw_features, round_features
-from stream.events import iso
+from stream.core.events import iso
 from stream.settings import Settings
 from stream.store import StateStore, UserRecord
 

@@ -42,11 +42,11 @@ from stream.changes import (
     tombstones,
 )
 from stream.checkpoint import Checkpoint, Sink
+from stream.core.dedup import SeenEvents, admit
+from stream.core.events import DAY_MS, Event, Reason, Rejected, decode, iso
+from stream.core.fold import UserState, apply
 from stream.dead_letters import count_dead_letters, dlq_record
-from stream.dedup import SeenEvents, admit
-from stream.events import DAY_MS, Event, Reason, Rejected, decode, iso
 from stream.failures import Poisoned, Retrying
-from stream.fold import UserState, apply
 from stream.health import Health
 from stream.pipeline_config import PipelineConfig
 from stream.privacy import pseudonym
@@ -260,7 +260,7 @@ class BatchProcessor(Retrying):
                     counted[raw.topic, event.event_type, "erased"] += 1
                     continue
                 # Offsets first: a redelivered record is skipped whatever its
-                # age; then the rule training applies too (stream.dedup).
+                # age; then the rule training applies too (stream.core.dedup).
                 if redelivered(rec, tp, raw.offset) or not admit(
                     rec.seen, event, rec.state.last_seen, window
                 ):

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 from model.segments import Hysteresis
 from stream.audiences import Audiences
-from stream.dedup import DEFAULT_CLICK_WINDOW_MS
-from stream.events import DAY_MS, DecodeLimits
+from stream.core.dedup import DEFAULT_CLICK_WINDOW_MS
+from stream.core.events import DAY_MS, DecodeLimits
 from stream.playbook import Playbook
 
 
@@ -20,7 +20,7 @@ class PipelineConfig:
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     hysteresis: Hysteresis = field(default_factory=Hysteresis)
     #: Clicks re-sent within this much of their user's event time are dropped
-    #: (orders by order id, always: stream.dedup). 0 = by offset only.
+    #: (orders by order id, always: stream.core.dedup). 0 = by offset only.
     click_dedup_ms: int = DEFAULT_CLICK_WINDOW_MS
     #: Events older than stream time minus this are dead-lettered: their user
     #: may already have been expired by retention, and would come back wrong.

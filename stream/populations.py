@@ -36,7 +36,7 @@ from typing import Any, Final, Literal, TypedDict
 
 import numpy as np
 
-from stream.events import MIN_TIMESTAMP_MS
+from stream.core.events import MIN_TIMESTAMP_MS
 from stream.generate import (
     CATEGORIES,
     CURRENCY,

@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream import dedup
-from stream.dedup import SeenEvents
-from stream.fold import HALF_LIVES, UserState
+from stream.core import dedup
+from stream.core.dedup import SeenEvents
+from stream.core.fold import HALF_LIVES, UserState
 
 CODEC_VERSION = 5
 #: Older codecs this code still reads. 2 and 3 kept rings of recent event-id
@@ -39,7 +39,7 @@ class UserRecord:
     model_version: str | None = None
     #: ``topic:partition`` -> last applied offset, for this user's events.
     offsets: dict[str, int] = field(default_factory=dict)
-    #: The events already counted, against re-sends (``stream.dedup``).
+    #: The events already counted, against re-sends (``stream.core.dedup``).
     seen: SeenEvents = field(default_factory=SeenEvents)
     #: Event time as of which the user was last scored: scoring never goes back
     #: in time, even for a late event (their state is then valued at this time).

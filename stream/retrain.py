@@ -34,8 +34,8 @@ from model.sources import decode_records
 from model.train import TrainConfig, train_from_events
 from stream import metrics
 from stream.announce import promote_and_announce
-from stream.events import iso
-from stream.fold import DAY_MS
+from stream.core.events import iso
+from stream.core.fold import DAY_MS
 from stream.http import serve_in_thread
 from stream.redis_client import sync_client_from_url
 from stream.replay import replay_topics

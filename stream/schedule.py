@@ -7,7 +7,7 @@ import bisect
 from collections.abc import Sequence
 
 from stream.audiences import Audiences
-from stream.fold import UserState
+from stream.core.fold import UserState
 
 
 def next_due(

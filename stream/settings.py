@@ -24,7 +24,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
-from stream.events import MIN_TIMESTAMP_MS, DecodeLimits, parse_instant
+from stream.core.events import MIN_TIMESTAMP_MS, DecodeLimits, parse_instant
 from stream.redaction import Redactor, read_secret_file, redact_urls, url_passwords
 from stream.redaction import redact_url as redact
 from stream.settings_errors import (

@@ -2,7 +2,7 @@
 
 Delivery guarantee: **exactly once** for state. Each user record carries
 the last applied offset of every partition it has been fed from (against a
-redelivered record) and the user's deduplication memory (``stream.dedup``:
+redelivered record) and the user's deduplication memory (``stream.core.dedup``:
 against an event re-sent as a new record). A user's record, their schedule
 entry and their index memberships are written by one Lua script, so they move
 together or not at all, and a redelivered or re-sent event is recognised and
@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError, ResponseError
 
-from stream.events import DAY_MS
+from stream.core.events import DAY_MS
 from stream.record_codec import UserRecord, decode_record, encode_record
 from stream.redis_client import client_from_url, is_cluster
 from stream.settings import Settings

@@ -34,7 +34,7 @@ from __future__ import annotations
 import zlib
 from typing import NamedTuple
 
-from stream.events import DAY_MS
+from stream.core.events import DAY_MS
 
 #: Bumped when keys move: a store written in another layout is refused at start.
 LAYOUT_VERSION = 2

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from stream.events import ClickEvent, OrderEvent
+from stream.core.events import ClickEvent, OrderEvent
 
 DAY = 86_400_000
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z

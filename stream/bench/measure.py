@@ -210,18 +210,23 @@ def histogram_delta(
 # py-spy frames -> pipeline stage. The innermost pipeline stage on the stack
 # wins, so Redis time inside StateStore.load counts as "redis load", etc.
 _STAGES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("decode + validate", re.compile(r"BatchProcessor\._decode|\(stream/events\.py")),
+    ("decode + validate", re.compile(r"BatchProcessor\._decode|\(stream/core/events\.py")),
     ("dead-letter", re.compile(r"_dead_letter")),
     ("redis client (round trips)", re.compile(r"\(redis/")),
-    ("store: encode/decode records", re.compile(r"\(stream/store\.py")),
-    ("fold", re.compile(r"\(stream/fold\.py")),
+    (
+        "store: encode/decode records",
+        re.compile(r"\(stream/(store|store_writes|store_keys|record_codec)\.py"),
+    ),
+    ("fold", re.compile(r"\(stream/core/(fold|dedup)\.py")),
     ("features", re.compile(r"\(model/features\.py")),
     ("score + explain", re.compile(r"\(model/(scorer|explain|network)\.py")),
     ("publish changes", re.compile(r"FaustSink|Topic\.send|\(aiokafka/producer/")),
     ("metrics", re.compile(r"\(prometheus_client/")),
     (
         "pipeline (other)",
-        re.compile(r"\(stream/(pipeline|playbook)\.py|\(model/segments\.py"),
+        re.compile(
+            r"\(stream/(pipeline|playbook|batch|checkpoint|changes|schedule)\.py|\(model/segments\.py"
+        ),
     ),
 )
 # Only when no pipeline stage is on the stack: what the rest of the loop does.

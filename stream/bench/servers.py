@@ -137,7 +137,7 @@ async def redis_footprint(settings: Settings) -> dict[str, dict[str, int]]:
 
 
 async def dedup_bytes_per_user(settings: Settings, groups: int = 4) -> float:
-    """Mean bytes of the users' deduplication memory (stream.dedup) inside their
+    """Mean bytes of the users' deduplication memory (stream.core.dedup) inside their
     records, over the users of ``groups`` hash-tag groups: a part of the records' size."""
     from stream.store import StateStore, decode_record
 

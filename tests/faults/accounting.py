@@ -10,7 +10,7 @@ from typing import Any
 
 from model.dataset import drop_duplicate_events
 from model.sources import decode_records
-from stream.fold import UserState, fold_all
+from stream.core.fold import UserState, fold_all
 from stream.settings import Settings
 from stream.store import StateStore, UserRecord
 
@@ -78,7 +78,7 @@ def account(
     """Compare Redis with the offline fold of everything sent, user by user, exactly.
 
     Re-sent events (a producer's retries) count once: the offline side drops
-    them by the rule training uses (stream.dedup), in send order.
+    them by the rule training uses (stream.core.dedup), in send order.
     """
     decoded = decode_records(
         sent, clickstream_topic=settings.topic_clickstream, orders_topic=settings.topic_orders

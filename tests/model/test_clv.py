@@ -24,7 +24,7 @@ from model.dataset import Examples, build_examples, default_cutoffs, sort_events
 from model.evaluate import classification_report
 from model.features import FEATURE_NAMES, N_FEATURES, transform
 from model.sources import decode_records
-from stream.fold import DAY_MS
+from stream.core.fold import DAY_MS
 from stream.generate import GeneratorConfig, generate
 from stream.produce import encode_generated
 

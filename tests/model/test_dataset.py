@@ -18,8 +18,8 @@ from model.dataset import (
 )
 from model.features import N_FEATURES, vector
 from model.train import prepare_examples
-from stream.events import Event
-from stream.fold import fold_all
+from stream.core.events import Event
+from stream.core.fold import fold_all
 from tests.factories import DAY, T0, as_event, click, order
 
 HORIZON_MS = 30 * DAY

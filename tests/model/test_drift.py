@@ -25,7 +25,7 @@ from model.drift import (
     summary,
 )
 from model.features import FEATURE_NAMES, N_FEATURES, vector
-from stream.fold import UserState, apply
+from stream.core.fold import UserState, apply
 from tests.factories import DAY, T0, as_event, click, order
 
 NAMES = ("a", "b", "c")

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from model.features import FEATURE_NAMES, N_FEATURES, SCHEMA_HASH, raw_features, vector
-from stream.fold import fold_all
+from stream.core.fold import fold_all
 from tests.factories import DAY, T0, as_event, click, order
 from tests.stream.test_fold import user_events
 

@@ -12,8 +12,8 @@ import pytest
 from model.dataset import Examples, build_examples, sort_events
 from model.features import vector
 from model.sources import decode_records
+from stream.core.fold import DAY_MS
 from stream.export import export_records, read_export
-from stream.fold import DAY_MS
 from stream.replay import replay_topics
 from stream.settings import Settings
 from stream.store import StateStore

@@ -20,8 +20,8 @@ from model.dataset import (
 from model.registry import current_version, load_version
 from model.sources import decode_records
 from model.train import Fitted, TrainConfig, train_from_events
-from stream.events import Event
-from stream.fold import DAY_MS
+from stream.core.events import Event
+from stream.core.fold import DAY_MS
 from stream.generate import GeneratorConfig, generate
 from stream.produce import encode_generated
 

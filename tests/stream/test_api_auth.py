@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from stream.api import RateLimiter
+from stream.core.events import Reason, Rejected, decode
 from stream.dead_letters import dlq_headers
 from stream.embedded import free_port
-from stream.events import Reason, Rejected, decode
 from stream.health import Health
 from stream.http import is_loopback, serve
 from stream.records import RawRecord

@@ -25,8 +25,8 @@ from model.evaluate import classification_report
 from model.registry import current_version, ensure_serving_model
 from model.segments import DEFAULT_SEGMENTS
 from model.sources import decode_records
-from stream.events import iso
-from stream.fold import DAY_MS
+from stream.core.events import iso
+from stream.core.fold import DAY_MS
 from stream.populations import PopulationConfig, generate_population
 from stream.produce import encode_generated
 from stream.settings import Settings

@@ -1,13 +1,13 @@
-"""The deduplication rule (stream.dedup): properties over arbitrary streams of re-sends."""
+"""The deduplication rule (stream.core.dedup): properties over arbitrary streams of re-sends."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream import dedup
-from stream.dedup import HOUR_MS, SeenEvents, admit, admitted
-from stream.events import Event
+from stream.core import dedup
+from stream.core.dedup import HOUR_MS, SeenEvents, admit, admitted
+from stream.core.events import Event
 from tests.factories import DAY, T0, as_event, click, order
 
 WINDOW = 24 * HOUR_MS

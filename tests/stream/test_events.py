@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.events import ClickEvent, DecodeLimits, OrderEvent, Reason, Rejected, decode
+from stream.core.events import ClickEvent, DecodeLimits, OrderEvent, Reason, Rejected, decode
 from tests.factories import T0, click, order, raw
 
 NOW = T0 + 10 * 86_400_000

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from stream.core.events import MIN_TIMESTAMP_MS, DecodeLimits, Rejected, decode, parse_instant
 from stream.embedded import spawn_worker
-from stream.events import MIN_TIMESTAMP_MS, DecodeLimits, Rejected, decode, parse_instant
 from stream.settings import Settings
 from tests.conftest import REPO, TopicReader, WorkerProcess
 from tests.factories import T0, click, order

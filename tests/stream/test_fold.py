@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model.labels import window_activity
-from stream.events import Event, fact
-from stream.fold import HALF_LIVES, UserState, decay, fold, fold_all, linear_count
+from stream.core.events import Event, fact
+from stream.core.fold import HALF_LIVES, UserState, decay, fold, fold_all, linear_count
 from stream.store import UserRecord, decode_record, encode_record
 from tests.factories import DAY, T0, as_event, click, order
 
@@ -156,7 +156,7 @@ def test_sessions_are_counted_exactly_in_order_and_for_late_events_of_recent_ses
 def test_training_facts_fold_and_label_exactly_as_the_events_they_come_from(
     events: list[Event],
 ) -> None:
-    # Training keeps compact facts (stream.events.fact) instead of the validated
+    # Training keeps compact facts (stream.core.events.fact) instead of the validated
     # models; the fold and the labels must not tell them apart.
     facts = [fact(e) for e in events]
     assert fold_all(facts) == fold_all(events)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.events import DAY_MS
+from stream.core.events import DAY_MS
 from stream.generate import (
     LATENT_TYPES,
     GeneratedEvent,

@@ -14,8 +14,8 @@ import orjson
 import pytest
 
 from model.features import is_finite, vector
-from stream.events import Event, Rejected, decode
-from stream.fold import fold_all
+from stream.core.events import Event, Rejected, decode
+from stream.core.fold import fold_all
 from stream.importers import (
     ImportResult,
     Kind,

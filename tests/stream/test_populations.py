@@ -9,7 +9,7 @@ from typing import Literal
 
 import pytest
 
-from stream.events import MAX_MONEY, ClickEvent, OrderEvent, Rejected, decode
+from stream.core.events import MAX_MONEY, ClickEvent, OrderEvent, Rejected, decode
 from stream.generate import DAY_MS, GeneratedEvent
 from stream.populations import (
     PopulationConfig,

@@ -11,7 +11,7 @@ import pytest
 
 from model.registry import load_current
 from stream.app import faust_credentials
-from stream.events import iso
+from stream.core.events import iso
 from stream.pipeline import BatchResult
 from stream.settings import Settings, SettingsError, load_settings
 from stream.store import StateStore, UserRecord

@@ -17,7 +17,7 @@ from model.features import vector
 from model.registry import current_version, ensure_serving_model, list_versions
 from model.sources import decode_records
 from model.train import prepare_examples
-from stream.fold import DAY_MS, fold_all
+from stream.core.fold import DAY_MS, fold_all
 from stream.generate import GeneratorConfig, generate
 from stream.produce import encode_generated
 from stream.retrain import RetrainConfig, run_once

@@ -118,7 +118,7 @@ def test_inactive_buyer_drifts_to_at_risk_in_stream_time_and_a_replay_agrees(
         (c["segment"], c["event_time"]) for c in live if c["user_id"] == "loyal"
     ]
     last_activity = max(v["timestamp"] for v in history if v["user_id"] == "loyal")
-    from stream.events import _to_epoch_ms
+    from stream.core.events import _to_epoch_ms
 
     became_at_risk = _to_epoch_ms(drift[-1]["event_time"])
     assert last_activity + 14 * DAY <= became_at_risk <= last_activity + 121 * DAY

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream.dedup import SeenEvents, encode
-from stream.fold import HALF_LIVES, UserState, fold_all
+from stream.core.dedup import SeenEvents, encode
+from stream.core.fold import HALF_LIVES, UserState, fold_all
 from stream.redis_client import client_from_url
 from stream.store import (
     ConflictError,

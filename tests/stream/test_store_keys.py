@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from stream.fold import UserState
+from stream.core.fold import UserState
 from stream.record_codec import UserRecord
 from stream.store import StateStore, UserWrite, index_moves
 from stream.store_keys import GROUPS, MEMBER_SHARDS, KeyLayout, group_of, member_shard

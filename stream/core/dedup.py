@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from stream.events import HOUR_MS
+from stream.core.events import HOUR_MS
 
 DEFAULT_CLICK_WINDOW_MS = 24 * HOUR_MS
 
@@ -48,7 +48,7 @@ _ORDER_DIGEST_BITS = 37  # + 3 flag bits = 5 bytes
 
 
 class _Event(Protocol):
-    """What the rule reads of an event (stream.events.ClickEvent / OrderEvent)."""
+    """What the rule reads of an event (stream.core.events.ClickEvent / OrderEvent)."""
 
     @property
     def event_id(self) -> str: ...

@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
-from stream.events import DAY_MS, ClickEvent, ClickFact, Folded, OrderEvent, OrderFact
+from stream.core.events import DAY_MS, ClickEvent, ClickFact, Folded, OrderEvent, OrderFact
 
 #: Decayed counters and their half-lives in days. "x_30d" approximates "x in
 #: the last 30 days": an event 30 days old counts one half.
