@@ -33,6 +33,7 @@ from model.features import N_FEATURES, raw_row, transform
 from model.registry import LoadedModel
 from model.segments import clear_leaders, decide
 from stream import metrics
+from stream.audiences import Audiences
 from stream.batch import BatchResult, Step, Timeline, known, merged, redelivered
 from stream.changes import (
     audience_events,
@@ -101,6 +102,7 @@ class BatchProcessor(Retrying):
         self._poisoned: dict[tuple[str, int, int], Rejected] = {}
         self._health = health
         #: Replaced in place when the audiences file is reloaded (between batches).
+        self._audiences: Audiences | None = None
         self.audiences = config.audiences
         #: Stream time as of the last batch this processor committed (0 = not yet known).
         self.stream_time = 0
@@ -279,9 +281,7 @@ class BatchProcessor(Retrying):
                 rows.append(raw_row(rec.state, at))
                 tl.steps.append(Step(at, "events", len(rows) - 1))
                 rec.scored_at = at
-                rec.due = next_due(
-                    rec.state, at, self._step_offsets, self.audiences, self.cfg.retention_ms
-                )
+                rec.due = self._next_due(rec.state, at)
                 result.applied += 1
                 counted[raw.topic, event.event_type, "applied"] += 1
                 batch_time = max(batch_time, event.timestamp)
@@ -310,6 +310,18 @@ class BatchProcessor(Retrying):
         result.changes = [m for _, m in messages if m is not None]
         result.users = len(timelines)
         return result
+
+    @property
+    def audiences(self) -> Audiences | None:
+        return self._audiences
+
+    @audiences.setter
+    def audiences(self, audiences: Audiences | None) -> None:
+        """Set at start and on a reload: the store learns the names once, not per batch
+        (a new record is cleaned out of every index the store knows)."""
+        self._audiences = audiences
+        if audiences is not None:
+            self.store.know_audiences(audiences.names)
 
     def _next_due(self, state: UserState, at_ms: int) -> int:
         return next_due(state, at_ms, self._step_offsets, self.audiences, self.cfg.retention_ms)
@@ -346,9 +358,7 @@ class BatchProcessor(Retrying):
             if swept is not None:
                 swept.append(len(rows) - 1)
             rec.scored_at = at
-            rec.due = next_due(
-                rec.state, at, self._step_offsets, self.audiences, self.cfg.retention_ms
-            )
+            rec.due = self._next_due(rec.state, at)
 
     async def _score_publish_commit(
         self,
@@ -476,8 +486,6 @@ class BatchProcessor(Retrying):
                     side.extend(segment_events(template, uid, m))
 
         await self._bind_classes()
-        if self.audiences is not None and self.cfg.key_ttl_ms > 0:
-            self.store.know_audiences(self.audiences.names)
         # Publish before the Redis commit: if we die in between, the batch is
         # replayed from the old state and the same change (same version, same
         # content but emitted_at) is published again: a duplicate subscribers

@@ -58,8 +58,6 @@ def index_moves(
     new record whose earlier life expired with its bucket may still be listed).
     An audience's index name is ``a:<audience>``."""
     moves = [("-", name) for name in clean]
-    if old_segment == new_segment and tuple(old_audiences) == tuple(new_audiences):
-        return moves  # the common case: a user scored into where they were
     if old_segment != new_segment:
         if old_segment:
             moves.append(("-", old_segment))
