@@ -36,7 +36,7 @@ from stream import metrics
 from stream.announce import promote_and_announce
 from stream.core.events import iso
 from stream.core.fold import DAY_MS
-from stream.http import serve_in_thread
+from stream.http_metrics import serve_in_thread
 from stream.redis_client import sync_client_from_url
 from stream.replay import replay_topics
 from stream.settings import Settings
