@@ -67,12 +67,12 @@ def serving_rows(events: Iterable[Folded], since_ms: int | None = None) -> np.nd
     """The model inputs the worker scores as ``events`` arrive: one row per event.
 
     Each event is folded into its user's state and the user scored as of that
-    event, which is what the worker's batch path does (``stream/pipeline.py``)
+    event, which is what the worker's batch path does (``stream/worker/pipeline.py``)
     and what it feeds the drift monitor. Build the manifest's reference from
     these, not from training examples at cutoffs: a cutoff row describes a
     user some days after their last event, an arriving event's row describes
     them at it (``days_since_last_activity`` is 0), so the two never match.
-    ``events`` sorted by time and deduplicated (``model.dataset.sort_events``);
+    ``events`` sorted by time and deduplicated (``model.training.dataset.sort_events``);
     every one is folded, rows are kept from ``since_ms`` on.
     """
     states: dict[str, UserState] = {}

@@ -118,11 +118,11 @@ class Settings(BaseSettings):
     broker_heartbeat_interval_s: float = Field(3.0, gt=0)
     commit_interval_s: float = Field(1.0, gt=0)
 
-    # --- consumer tuning (stream/consumer.py; `segmenter bench` measures each)
+    # --- consumer tuning (stream/worker/consumer.py; `segmenter bench` measures each)
     consumer_batching: bool = Field(
         True,
-        description="Hand the agent whole fetches (stream/consumer.py); false = stock Faust, "
-        "one event per record",
+        description="Hand the agent whole fetches (stream/worker/consumer.py); "
+        "false = stock Faust, one event per record",
     )
     stream_buffer_maxsize: int = Field(
         20_000,

@@ -28,7 +28,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from stream.embedded import (
+from stream.devtools.embedded import (
     EmbeddedKafka,
     EmbeddedRedis,
     EmbeddedRedisCluster,
@@ -36,8 +36,8 @@ from stream.embedded import (
     stop_process,
 )
 from stream.settings import Settings
-from stream.store import StateStore
 from stream.topics import ensure_topics
+from stream.worker.store import StateStore
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_REDIS_DB = 13

@@ -9,12 +9,12 @@ from typing import Any
 import orjson
 
 from model.registry import load_current
-from stream.app import pipeline_config
-from stream.pipeline import BatchProcessor, BatchResult
-from stream.records import RawRecord
 from stream.settings import Settings
 from stream.sinks import ConfluentSink, new_producer
-from stream.store import StateStore, encode_record
+from stream.worker.app import pipeline_config
+from stream.worker.pipeline import BatchProcessor, BatchResult
+from stream.worker.records import RawRecord
+from stream.worker.store import StateStore, encode_record
 from tests.conftest import WorkerProcess
 
 

@@ -4,7 +4,10 @@
 - the README stays a front door (at most 250 lines);
 - no module in stream/ or model/ is over 600 lines;
 - the pure core (stream/core) imports neither the worker nor training, and
-  model/ takes only the core from stream/;
+  model/ takes only the core from stream/; serving model code never imports
+  model/training;
+- the worker and training never import each other, nor the CLI or the
+  development tools; the parts form no import cycle;
 - the worker's imports load no development tool (bench, demo, embedded
   servers) and no training module.
 """
@@ -15,6 +18,7 @@ import ast
 import re
 import subprocess
 import sys
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 import pytest
@@ -59,15 +63,70 @@ def test_no_module_is_over_600_lines() -> None:
     assert long == {}
 
 
+def _modules(package: str) -> dict[str, set[str]]:
+    """Every module under ``package`` (dotted) -> the stream/model modules it imports."""
+    root = REPO.joinpath(*package.split("."))
+    out = {}
+    for path in root.glob("**/*.py"):
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        out[name] = {m for m in _imports(path) if m.split(".")[0] in {"stream", "model"}}
+    return out
+
+
+def _within(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
 def test_the_core_imports_only_the_core_and_model_only_the_core_of_stream() -> None:
-    for path in (REPO / "stream" / "core").glob("*.py"):
-        outside = {m for m in _imports(path) if m.startswith(("stream", "model"))} - {
-            m for m in _imports(path) if m.startswith("stream.core")
-        }
-        assert outside == set(), path.name
-    for path in (REPO / "model").glob("**/*.py"):
-        from_stream = {m for m in _imports(path) if m.split(".")[0] == "stream"}
-        assert all(m.startswith("stream.core") for m in from_stream), (path.name, from_stream)
+    for name, imported in _modules("stream.core").items():
+        assert {m for m in imported if not _within(m, ("stream.core",))} == set(), name
+    for name, imported in _modules("model").items():
+        from_stream = {m for m in imported if _within(m, ("stream",))}
+        assert all(_within(m, ("stream.core",)) for m in from_stream), (name, from_stream)
+
+
+def test_serving_model_code_does_not_import_training() -> None:
+    serving = {n: i for n, i in _modules("model").items() if not _within(n, ("model.training",))}
+    assert serving, "no serving modules found"
+    for name, imported in serving.items():
+        assert not any(_within(m, ("model.training",)) for m in imported), name
+
+
+def test_the_worker_and_training_never_import_each_other_nor_the_edges() -> None:
+    edges = ("stream.cli", "stream.devtools")
+    for name, imported in _modules("stream.worker").items():
+        bad = {m for m in imported if _within(m, ("stream.training", "model.training", *edges))}
+        assert bad == set(), name
+    for name, imported in _modules("stream.training").items():
+        bad = {m for m in imported if _within(m, ("stream.worker", *edges))}
+        assert bad == set(), name
+    for name, imported in _modules("stream").items():
+        if _within(name, ("stream.core", "stream.worker", "stream.training", *edges)):
+            continue  # the shared modules at the top of stream/ import none of the parts
+        bad = {m for m in imported if _within(m, ("stream.worker", "stream.training", *edges))}
+        assert bad == set(), name
+
+
+def test_there_is_no_import_cycle_between_the_parts() -> None:
+    parts = ("stream.core", "stream.worker", "stream.training", "stream.cli", "stream.devtools")
+    parts += ("model.training",)
+
+    def part(module: str) -> str:
+        for p in parts:
+            if _within(module, (p,)):
+                return p
+        return module.split(".")[0] + " (shared)"
+
+    graph: dict[str, set[str]] = {}
+    for pkg in ("stream", "model"):
+        for n, imported in _modules(pkg).items():
+            graph.setdefault(part(n), set()).update(part(m) for m in imported if part(m) != part(n))
+    assert len(graph) >= len(parts)
+    try:
+        order = list(TopologicalSorter(graph).static_order())  # raises on any cycle
+    except CycleError as exc:
+        pytest.fail(f"the parts import each other in a cycle: {exc.args[1]}")
+    assert order.index("stream.core") < order.index("stream.worker") < order.index("stream.cli")
 
 
 def test_the_worker_loads_no_development_tool_and_no_training() -> None:
@@ -80,8 +139,8 @@ def test_the_worker_loads_no_development_tool_and_no_training() -> None:
     unwanted = {
         m
         for m in loaded
-        if m.startswith(("stream.bench", "stream.demo", "stream.embedded", "stream.generate"))
-        or m in {"model.train", "model.dataset", "model.gate", "model.network", "tensorflow"}
+        if _within(m, ("stream.devtools", "stream.training", "stream.cli", "model.training"))
+        or _within(m, ("tensorflow", "keras", "matplotlib"))
     }
     assert unwanted == set()
-    assert "stream.pipeline" in loaded  # it did import the worker
+    assert "stream.worker.pipeline" in loaded  # it did import the worker

@@ -1,8 +1,8 @@
 """The deduplication rule: which re-sent events a user's state must not count again.
 
 Pure, and the only implementation: the worker applies it per user before the
-fold (``stream/pipeline.py``) and training applies it per user before building
-features and labels (``model/dataset.py``), so both count the same events.
+fold (``stream/worker/pipeline.py``) and training applies it per user before building
+features and labels (``model/training/dataset.py``), so both count the same events.
 
 The rule, per user:
 

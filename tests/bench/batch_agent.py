@@ -12,7 +12,7 @@ import time
 import faust
 import orjson
 
-from stream.consumer import install, take_batches
+from stream.worker.consumer import install, take_batches
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from stream.produce import make_producer
+from stream.training.produce import make_producer
 
 pytestmark = pytest.mark.integration
 

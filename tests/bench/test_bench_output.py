@@ -11,9 +11,10 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from stream.bench import JSON_KEYS, BenchConfig, BenchError, BenchResult, render
-from stream.bench.config import Samples
-from stream.bench.measure import (
+from stream.cli import app
+from stream.devtools.bench import JSON_KEYS, BenchConfig, BenchError, BenchResult, render
+from stream.devtools.bench.config import Samples
+from stream.devtools.bench.measure import (
     agent_thread_shares,
     cpu_seconds,
     cpu_shares,
@@ -23,7 +24,6 @@ from stream.bench.measure import (
     percentile,
     profile_breakdown,
 )
-from stream.cli import app
 
 
 def _result(**overrides: object) -> BenchResult:
@@ -128,15 +128,15 @@ def test_breakdown_from_worker_histograms_splits_the_window() -> None:
 
 def test_profile_breakdown_attributes_each_sample_to_its_innermost_stage() -> None:
     root = (
-        "thread (1): MainThread;<module> (stream/cli.py:1);"
+        "thread (1): MainThread;<module> (stream/cli/__init__.py:1);"
         "Worker.execute_from_commandline (mode/worker.py:2)"
     )
     raw = "\n".join(
         [
             f"{root} 50",
-            f"{root};fold_agent (stream/app.py:3);process (stream/pipeline.py:4);"
-            "StateStore.load (stream/store.py:6);read (redis/connection.py:7) 20",
-            f"{root};fold_agent (stream/app.py:3);apply (stream/core/fold.py:8) 30",
+            f"{root};fold_agent (stream/worker/app.py:3);process (stream/worker/pipeline.py:4);"
+            "StateStore.load (stream/worker/store.py:6);read (redis/connection.py:7) 20",
+            f"{root};fold_agent (stream/worker/app.py:3);apply (stream/core/fold.py:8) 30",
             "thread (2): Thread-1;run (threading.py:1) 500",
         ]
     )
@@ -212,7 +212,7 @@ def test_main_thread_sched_reads_this_process_and_tolerates_a_missing_one() -> N
 
 
 def test_the_latency_curve_is_a_table_and_a_plot(tmp_path: Path) -> None:
-    from stream.bench.latency import CurvePoint, curve_table, plot_curve
+    from stream.devtools.bench.latency import CurvePoint, curve_table, plot_curve
 
     points = [
         CurvePoint(0.1, 4_000, 60.0, 95.0, 20.0, 35.0),

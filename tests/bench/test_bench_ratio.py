@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 from rich.console import Console
 
-from stream.bench import JSON_KEYS, BenchConfig, run_bench
+from stream.devtools.bench import JSON_KEYS, BenchConfig, run_bench
 
 pytestmark = pytest.mark.integration
 

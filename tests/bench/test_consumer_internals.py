@@ -1,6 +1,6 @@
-"""The faust-streaming internals stream/consumer.py relies on: fail loudly when they change.
+"""The faust-streaming internals stream/worker/consumer.py relies on: fail loudly when they change.
 
-stream/consumer.py mirrors ``Consumer._drain_messages`` and the Conductor's
+stream/worker/consumer.py mirrors ``Consumer._drain_messages`` and the Conductor's
 per-record delivery gates, reads ``Conductor._tp_index``, and sets aiokafka's
 fetch long-poll. pyproject pins faust-streaming to the checked versions; if a
 new version is allowed, these tests say what to re-read before trusting it.
@@ -25,8 +25,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from mode.utils.queues import FlowControlQueue
 
-from stream import consumer as batching
-from stream.records import RawRecord
+from stream.worker import consumer as batching
+from stream.worker.records import RawRecord
 
 # sha256[:16] of the upstream source this module copies or depends on.
 UPSTREAM = {
@@ -69,7 +69,7 @@ def _digest(fn: object) -> str:
 
 def test_faust_version_is_one_the_batching_consumer_was_checked_against() -> None:
     assert faust.__version__ in batching.SUPPORTED_FAUST_VERSIONS, (
-        f"faust-streaming {faust.__version__}: re-check stream/consumer.py against it, "
+        f"faust-streaming {faust.__version__}: re-check stream/worker/consumer.py against it, "
         "then add it to SUPPORTED_FAUST_VERSIONS and update the digests in this file"
     )
 
@@ -78,7 +78,7 @@ def test_faust_version_is_one_the_batching_consumer_was_checked_against() -> Non
 def test_upstream_method_mirrored_by_stream_consumer_is_unchanged(name: str) -> None:
     fn, expected = UPSTREAM[name]
     assert _digest(fn) == expected, (
-        f"{name} changed upstream: compare it with stream/consumer.py "
+        f"{name} changed upstream: compare it with stream/worker/consumer.py "
         "(BatchConsumer._drain_messages mirrors _drain_messages; BatchConductor.deliver_batch "
         "keeps the per-record handler's gates; BatchConsumerThread overrides the fetch wait), "
         "(_deliver_fetch does getmany's work per partition, ack_offsets is Consumer.ack "

@@ -25,10 +25,10 @@ import orjson
 import pytest
 
 from model.registry import current_version
-from model.sources import decode_records
-from model.train import TrainConfig, train_from_events
+from model.training.sources import decode_records
+from model.training.train import TrainConfig, train_from_events
 from stream.core.fold import DAY_MS
-from stream.embedded import free_port
+from stream.devtools.embedded import free_port
 from stream.settings import Settings
 from tests.conftest import REPO, WorkerProcess, settings_env
 from tests.faults.scenario import history

@@ -8,11 +8,11 @@ from collections import defaultdict
 from dataclasses import dataclass, fields
 from typing import Any
 
-from model.dataset import drop_duplicate_events
-from model.sources import decode_records
+from model.training.dataset import drop_duplicate_events
+from model.training.sources import decode_records
 from stream.core.fold import UserState, fold_all
 from stream.settings import Settings
-from stream.store import StateStore, UserRecord
+from stream.worker.store import StateStore, UserRecord
 
 
 @dataclass

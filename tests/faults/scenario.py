@@ -10,10 +10,10 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from stream.generate import GeneratorConfig, generate
-from stream.produce import encode_generated
 from stream.settings import Settings
-from stream.store import StateStore
+from stream.training.generate import GeneratorConfig, generate
+from stream.training.produce import encode_generated
+from stream.worker.store import StateStore
 from tests.conftest import TopicReader, WorkerProcess
 from tests.faults.accounting import Ledger, account
 from tests.helpers import produce, wait_applied

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from stream.embedded import EmbeddedKafka, free_port
+from stream.devtools.embedded import EmbeddedKafka, free_port
 from stream.settings import Settings
 from tests.conftest import TopicReader, WorkerProcess
 from tests.faults.proxy import TcpProxy

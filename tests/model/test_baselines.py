@@ -5,14 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.baselines import majority_class, previous_segment_baseline, rfm_baseline
-from model.dataset import Examples, build_examples, default_cutoffs, sort_events, temporal_split
-from model.evaluate import classification_report
 from model.features import N_FEATURES
-from model.sources import decode_records
+from model.training.baselines import majority_class, previous_segment_baseline, rfm_baseline
+from model.training.dataset import (
+    Examples,
+    build_examples,
+    default_cutoffs,
+    sort_events,
+    temporal_split,
+)
+from model.training.evaluate import classification_report
+from model.training.sources import decode_records
 from stream.core.fold import DAY_MS
-from stream.generate import GeneratorConfig, generate
-from stream.produce import encode_generated
+from stream.training.generate import GeneratorConfig, generate
+from stream.training.produce import encode_generated
 
 HORIZON_MS = 60 * DAY_MS
 STEP_MS = 14 * DAY_MS

@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
-from model import archetypes, behaviour
 from model.features import FEATURE_NAMES
 from model.registry import bootstrap_dir, load_version
+from model.training import archetypes, behaviour
 from tests.model.test_monotone import random_rows
 
 

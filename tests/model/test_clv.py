@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from scipy.special import hyp2f1
 from scipy.stats import spearmanr
 
-from model.baselines import rfm_baseline
-from model.clv import (
+from model.features import FEATURE_NAMES, N_FEATURES, transform
+from model.training.baselines import rfm_baseline
+from model.training.clv import (
     BGNBD,
     FitError,
     GammaGamma,
@@ -20,13 +21,18 @@ from model.clv import (
     fit_bgnbd,
     fit_gamma_gamma,
 )
-from model.dataset import Examples, build_examples, default_cutoffs, sort_events, temporal_split
-from model.evaluate import classification_report
-from model.features import FEATURE_NAMES, N_FEATURES, transform
-from model.sources import decode_records
+from model.training.dataset import (
+    Examples,
+    build_examples,
+    default_cutoffs,
+    sort_events,
+    temporal_split,
+)
+from model.training.evaluate import classification_report
+from model.training.sources import decode_records
 from stream.core.fold import DAY_MS
-from stream.generate import GeneratorConfig, generate
-from stream.produce import encode_generated
+from stream.training.generate import GeneratorConfig, generate
+from stream.training.produce import encode_generated
 
 HORIZON_MS = 60 * DAY_MS
 HOLDOUT_WEEKS = 52.0
@@ -305,7 +311,7 @@ def test_clv_falls_back_to_recent_spend_with_a_warning(caplog: pytest.LogCapture
     }
     train = _examples(rows, _labels(n, 0.1, 0.2, ("at_risk",)), classes)
     val = _examples(rows, ["at_risk"] * n, classes)
-    with caplog.at_level(logging.WARNING, logger="model.clv"):
+    with caplog.at_level(logging.WARNING, logger="model.training.clv"):
         pred = clv_baseline(train, val, horizon_ms=HORIZON_MS)
     assert "spend_90d" in caplog.text
     # No repeat buyers to fit: the highest 90-day spenders are the high_value ones.

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.dataset import (
+from model.features import N_FEATURES, vector
+from model.training.dataset import (
     Examples,
     build_examples,
     default_cutoffs,
@@ -16,8 +17,7 @@ from model.dataset import (
     sort_events,
     temporal_split,
 )
-from model.features import N_FEATURES, vector
-from model.train import prepare_examples
+from model.training.train import prepare_examples
 from stream.core.events import Event
 from stream.core.fold import fold_all
 from tests.factories import DAY, T0, as_event, click, order

@@ -11,12 +11,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from model.drift import reference
-from model.evaluate import classification_report, primary
 from model.features import FEATURE_NAMES, N_FEATURES, SCHEMA_HASH
-from model.gate import decide, judge
 from model.registry import set_current
 from model.scorer import save_weights
 from model.segments import DEFAULT_SEGMENTS
+from model.training.evaluate import classification_report, primary
+from model.training.gate import decide, judge
 
 PASSING = {
     "directional": [

@@ -2,7 +2,7 @@
 
 Random weights (hypothesis) are projected by the network's own Keras
 constraints, then served by the NumPy scorer; the expectations of
-model/behaviour.py must hold on random rows, however far outside any
+model/training/behaviour.py must hold on random rows, however far outside any
 training range. The same weights unconstrained violate them, so the test can
 fail.
 """
@@ -13,12 +13,12 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model import behaviour
 from model.features import FEATURE_NAMES, N_FEATURES, transform
-from model.monotone import MONOTONE, layout
-from model.network import HiddenConstraint, OutputConstraint
 from model.scorer import Scorer
 from model.segments import DEFAULT_SEGMENTS
+from model.training import behaviour
+from model.training.monotone import MONOTONE, layout
+from model.training.network import HiddenConstraint, OutputConstraint
 
 CLASSES = DEFAULT_SEGMENTS
 

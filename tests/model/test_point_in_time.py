@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.dataset import Examples, build_examples, sort_events
 from model.features import vector
-from model.sources import decode_records
+from model.training.dataset import Examples, build_examples, sort_events
+from model.training.sources import decode_records
 from stream.core.fold import DAY_MS
-from stream.export import export_records, read_export
-from stream.replay import replay_topics
 from stream.settings import Settings
-from stream.store import StateStore
+from stream.training.export import export_records, read_export
+from stream.training.replay import replay_topics
+from stream.worker.store import StateStore
 from tests.conftest import WorkerProcess
 from tests.faults.scenario import history
 from tests.helpers import produce, wait_applied

@@ -23,7 +23,7 @@ from model.registry import (
 def test_numpy_forward_pass_matches_keras_on_10k_random_inputs() -> None:
     import keras
 
-    import model.network  # noqa: F401  (registers the custom layers the saved model names)
+    import model.training.network  # noqa: F401  (registers the custom layers the saved model names)
 
     boot = bootstrap_dir()
     served = load_version(boot)

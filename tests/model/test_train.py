@@ -9,7 +9,8 @@ import numpy as np
 import orjson
 import pytest
 
-from model.dataset import (
+from model.registry import current_version, load_version
+from model.training.dataset import (
     Examples,
     build_examples,
     default_cutoffs,
@@ -17,13 +18,12 @@ from model.dataset import (
     sort_events,
     temporal_split,
 )
-from model.registry import current_version, load_version
-from model.sources import decode_records
-from model.train import Fitted, TrainConfig, train_from_events
+from model.training.sources import decode_records
+from model.training.train import Fitted, TrainConfig, train_from_events
 from stream.core.events import Event
 from stream.core.fold import DAY_MS
-from stream.generate import GeneratorConfig, generate
-from stream.produce import encode_generated
+from stream.training.generate import GeneratorConfig, generate
+from stream.training.produce import encode_generated
 
 
 @pytest.fixture(scope="module")
@@ -65,17 +65,17 @@ def test_fit_never_sees_the_validation_rows_the_report_and_gate_score(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Early stopping watches its own earlier cutoff, not the reported validation window."""
-    import model.train
+    import model.training.train
 
     horizon = 60 * DAY_MS
-    real_fit = model.train.fit
+    real_fit = model.training.train.fit
     seen: list[tuple[Examples, Examples]] = []
 
     def spy(train: Examples, early_stopping: Examples, *args: Any, **kwargs: Any) -> Fitted:
         seen.append((train, early_stopping))
         return real_fit(train, early_stopping, *args, **kwargs)
 
-    monkeypatch.setattr(model.train, "fit", spy)
+    monkeypatch.setattr(model.training.train, "fit", spy)
     target = train_from_events(
         events,
         tmp_path,
@@ -144,7 +144,7 @@ def test_train_writes_a_versioned_model_and_same_seed_gives_same_weights(
 
 
 def test_class_weights_are_balanced_tempered_and_zero_for_absent_classes() -> None:
-    from model.train import class_weights
+    from model.training.train import class_weights
 
     y = np.array([0] * 80 + [1] * 20)
     full = class_weights(y, 3, 1.0)

@@ -19,15 +19,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from stream.api import RateLimiter
 from stream.core.events import Reason, Rejected, decode
-from stream.dead_letters import dlq_headers
-from stream.embedded import free_port
-from stream.health import Health
-from stream.http import is_loopback, serve
-from stream.records import RawRecord
+from stream.devtools.embedded import free_port
 from stream.settings import Settings
-from stream.store import StateStore
+from stream.worker.api import RateLimiter
+from stream.worker.dead_letters import dlq_headers
+from stream.worker.health import Health
+from stream.worker.http import is_loopback, serve
+from stream.worker.records import RawRecord
+from stream.worker.store import StateStore
 from tests.conftest import WorkerProcess
 from tests.factories import DAY, T0, click
 from tests.stream.test_api import Server, feed, user_path

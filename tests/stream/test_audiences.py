@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from model.features import FEATURE_NAMES
 from model.segments import DEFAULT_SEGMENTS
-from stream.audiences import AudiencesError, _cel_env, parse, variables
-from stream.cel_numpy import compile_numpy
+from stream.worker.audiences import AudiencesError, _cel_env, parse, variables
+from stream.worker.cel_numpy import compile_numpy
 
 CLASSES = DEFAULT_SEGMENTS
 KNOWN = variables(CLASSES)
@@ -159,7 +159,7 @@ def test_a_bad_file_says_where_and_why_in_one_line(body: str, expect: str) -> No
 
 
 def test_an_unreadable_file_is_named(tmp_path: Path) -> None:
-    from stream.audiences import load
+    from stream.worker.audiences import load
 
     with pytest.raises(AudiencesError, match="cannot read"):
         load(tmp_path / "missing.yaml", CLASSES)
@@ -183,7 +183,7 @@ def walks(draw: st.DrawFn) -> tuple[tuple[str, ...], list[tuple[int, int | None]
 
 @given(walks())
 def test_membership_walk_reports_every_change_once_in_order(case) -> None:  # type: ignore[no-untyped-def]
-    from stream.audiences import membership_walk
+    from stream.worker.audiences import membership_walk
 
     current, steps, members = case
     names = ("a", "b", "c")

@@ -19,9 +19,9 @@ import jsonschema
 import orjson
 import pytest
 
-from stream.embedded import free_port
+from stream.devtools.embedded import free_port
 from stream.settings import Settings
-from stream.store import StateStore
+from stream.worker.store import StateStore
 from tests.conftest import REPO, TopicReader, WorkerProcess
 from tests.factories import DAY, T0, click, order
 from tests.helpers import as_items, produce, wait_applied
@@ -119,7 +119,7 @@ def test_a_user_enters_on_an_order_and_leaves_as_stream_time_passes(
     assert worker.stop() == 0
 
     # Erasure: a tombstone on the audiences topic too.
-    from stream.forget import forget
+    from stream.worker.forget import forget
 
     done = asyncio.run(forget(settings, "big"))
     assert settings.topic_audiences in done.tombstones
@@ -171,7 +171,7 @@ def test_a_replay_in_big_batches_gives_the_same_audience_events(
     settings_factory: Callable[..., Settings],
     reader_factory: Callable[[str], TopicReader],
 ) -> None:
-    from stream.audiences import parse
+    from stream.worker.audiences import parse
     from tests.stream.test_semantics import loyal_buyer, others_traffic, run
 
     text = BIG_RECENT + (

@@ -17,12 +17,12 @@ from hypothesis import strategies as st
 
 from model.registry import load_current
 from stream import metrics
-from stream.app import pipeline_config
-from stream.pipeline import BatchProcessor
-from stream.records import RawRecord
 from stream.settings import Settings
 from stream.sinks import ConfluentSink
-from stream.store import StateStore
+from stream.worker.app import pipeline_config
+from stream.worker.pipeline import BatchProcessor
+from stream.worker.records import RawRecord
+from stream.worker.store import StateStore
 from tests.conftest import TopicReader, WorkerProcess
 from tests.factories import DAY, T0, click, order
 from tests.helpers import feed, produce, raw_records, wait_applied

@@ -15,12 +15,12 @@ import orjson
 import pytest
 
 from model.registry import load_current
-from stream.app import pipeline_config
-from stream.pipeline import BatchProcessor
-from stream.records import RawRecord
 from stream.settings import Settings
 from stream.sinks import ConfluentSink
-from stream.store import StateStore
+from stream.worker.app import pipeline_config
+from stream.worker.pipeline import BatchProcessor
+from stream.worker.records import RawRecord
+from stream.worker.store import StateStore
 from tests.conftest import REPO, settings_env
 from tests.factories import DAY, T0, click, order
 

@@ -12,11 +12,11 @@ from collections.abc import Callable
 
 import pytest
 
-from stream.embedded import cluster_binaries
-from stream.record_codec import UserRecord
+from stream.devtools.embedded import cluster_binaries
 from stream.settings import Settings
-from stream.store import StateStore, UserWrite
-from stream.store_keys import GROUPS
+from stream.worker.record_codec import UserRecord
+from stream.worker.store import StateStore, UserWrite
+from stream.worker.store_keys import GROUPS
 from tests.conftest import TopicReader, WorkerProcess
 from tests.faults.scenario import PacedStream, finish_and_account, history, wait_progress
 

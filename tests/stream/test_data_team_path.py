@@ -8,7 +8,7 @@
    with what they actually spent in the 90 days after T.
 
 The log is an orders-only generated population (heavy-tailed purchase rates
-and order values: :mod:`stream.populations`); the real UCI sample goes
+and order values: :mod:`stream.training.populations`); the real UCI sample goes
 through ``segmenter train --input`` in ``tests/stream/test_cli_train.py``.
 """
 
@@ -20,16 +20,16 @@ import numpy as np
 import orjson
 import pytest
 
-from model.dataset import build_examples, sort_events
-from model.evaluate import classification_report
 from model.registry import current_version, ensure_serving_model
 from model.segments import DEFAULT_SEGMENTS
-from model.sources import decode_records
+from model.training.dataset import build_examples, sort_events
+from model.training.evaluate import classification_report
+from model.training.sources import decode_records
 from stream.core.events import iso
 from stream.core.fold import DAY_MS
-from stream.populations import PopulationConfig, generate_population
-from stream.produce import encode_generated
 from stream.settings import Settings
+from stream.training.populations import PopulationConfig, generate_population
+from stream.training.produce import encode_generated
 from tests.conftest import TopicReader, WorkerProcess, settings_env
 from tests.helpers import produce, wait_applied
 from tests.stream.test_cli import segmenter

@@ -15,8 +15,8 @@ from model.drift import DriftMonitor, psi_by_feature, reference
 from model.features import FEATURE_NAMES, N_FEATURES
 from model.registry import LoadedModel, bootstrap_dir, load_version
 from stream import metrics
-from stream.drift import DriftTracker, merge_reports
 from stream.settings import SettingsError, load_settings
+from stream.worker.drift import DriftTracker, merge_reports
 
 NOW = 1_800_000_000.0
 rng = np.random.default_rng(0)
@@ -54,7 +54,7 @@ def test_a_model_without_a_reference_exports_nothing_and_says_so_once(
 ) -> None:
     tracker = DriftTracker(1000, worker="w1", clock=lambda: NOW)
     old = model("old", with_reference=False)
-    with caplog.at_level(logging.INFO, logger="stream.drift"):
+    with caplog.at_level(logging.INFO, logger="stream.worker.drift"):
         for _ in range(3):
             tracker.observe(old, TRAIN[:100])
             assert tracker.publish(old) is None
@@ -87,7 +87,7 @@ def test_a_failure_to_observe_never_reaches_the_batch(caplog: pytest.LogCaptureF
     tracker = DriftTracker(1000, worker="w1")
     v1 = model("v1")
     tracker.observe(v1, TRAIN[:10])
-    with caplog.at_level(logging.WARNING, logger="stream.drift"):
+    with caplog.at_level(logging.WARNING, logger="stream.worker.drift"):
         tracker.observe(v1, np.zeros((3, 5)))  # wrong width: not this model's input
     assert "drift monitoring of model v1 stopped" in caplog.text
     assert tracker.publish(v1) is None and exported() == {}

@@ -15,17 +15,17 @@ import numpy as np
 import orjson
 import pytest
 
-from model.dataset import sort_events
 from model.drift import SIGNIFICANT_PSI, reference, serving_rows
 from model.registry import LoadedModel, bootstrap_dir, load_current, set_current
-from model.sources import decode_records
-from stream.app import pipeline_config
-from stream.embedded import free_port
-from stream.generate import GeneratorConfig, generate_events
-from stream.pipeline import BatchProcessor
+from model.training.dataset import sort_events
+from model.training.sources import decode_records
+from stream.devtools.embedded import free_port
 from stream.settings import Settings
 from stream.sinks import ConfluentSink
-from stream.store import StateStore
+from stream.training.generate import GeneratorConfig, generate_events
+from stream.worker.app import pipeline_config
+from stream.worker.pipeline import BatchProcessor
+from stream.worker.store import StateStore
 from tests.conftest import REPO, WorkerProcess, settings_env
 from tests.factories import DAY, T0, as_event, click, order
 from tests.helpers import as_items, produce, raw_records, wait_applied

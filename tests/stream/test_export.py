@@ -7,8 +7,8 @@ from typing import Any
 import orjson
 import pytest
 
-from stream import export
-from stream.export import ExportResult, export_records, read_export
+from stream.training import export
+from stream.training.export import ExportResult, export_records, read_export
 from tests.factories import DAY, T0, click, order
 
 Raw = tuple[str, bytes | None, bytes | None]

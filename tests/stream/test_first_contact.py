@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stream.core.events import MIN_TIMESTAMP_MS, DecodeLimits, Rejected, decode, parse_instant
-from stream.embedded import spawn_worker
+from stream.devtools.embedded import spawn_worker
 from stream.settings import Settings
 from tests.conftest import REPO, TopicReader, WorkerProcess
 from tests.factories import T0, click, order

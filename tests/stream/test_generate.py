@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream.core.events import DAY_MS
-from stream.generate import (
+from stream.training.generate import (
     LATENT_TYPES,
     GeneratedEvent,
     GeneratorConfig,

@@ -16,7 +16,7 @@ import pytest
 from model.features import is_finite, vector
 from stream.core.events import Event, Rejected, decode
 from stream.core.fold import fold_all
-from stream.importers import (
+from stream.training.importers import (
     ImportResult,
     Kind,
     import_online_retail,

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from model.registry import bootstrap_dir, set_current
-from stream.embedded import free_port
+from stream.devtools.embedded import free_port
 from stream.settings import Settings
 from tests.conftest import WorkerProcess
 from tests.factories import DAY, T0, click, order

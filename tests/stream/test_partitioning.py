@@ -27,11 +27,11 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream.forget import forget
-from stream.produce import make_producer, produce
 from stream.settings import Settings
 from stream.sinks import PARTITIONER, ConfluentSink, Outgoing, producer_config
 from stream.topics import COMPACTED, MAX_COMPACTION_LAG_MS, topic_specs
+from stream.training.produce import make_producer, produce
+from stream.worker.forget import forget
 from tests.conftest import REPO, TopicReader
 
 # ------------------------------------------------------------- Java's murmur2
@@ -140,7 +140,7 @@ def test_partition_is_in_range_and_depends_only_on_key_and_count(data: bytes, n:
 @given(st.binary(max_size=64), st.integers(min_value=1, max_value=1024))
 def test_faust_aiokafka_default_partitioner_is_javas(data: bytes, n: int) -> None:
     # Faust produces through aiokafka with its DefaultPartitioner unless
-    # producer_partitioner is set (stream/app.py does not set it).
+    # producer_partitioner is set (stream/worker/app.py does not set it).
     assert aiokafka_murmur2(data) == java_murmur2(data) & _U32
     parts = list(range(n))
     assert DefaultPartitioner()(data, parts, parts) == java_partition(data, n)

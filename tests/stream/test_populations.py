@@ -10,14 +10,14 @@ from typing import Literal
 import pytest
 
 from stream.core.events import MAX_MONEY, ClickEvent, OrderEvent, Rejected, decode
-from stream.generate import DAY_MS, GeneratedEvent
-from stream.populations import (
+from stream.training.generate import DAY_MS, GeneratedEvent
+from stream.training.populations import (
     PopulationConfig,
     generate_population,
     latent_rates,
     sample_populations,
 )
-from stream.produce import encode_generated
+from stream.training.produce import encode_generated
 
 CLICK_KEYS = {"event_id", "event_type", "user_id", "session_id", "timestamp"}
 PRODUCT_KEYS = {"product_id", "category", "price"}

@@ -10,12 +10,12 @@ import orjson
 import pytest
 
 from model.registry import load_current
-from stream.app import faust_credentials
 from stream.core.events import iso
-from stream.pipeline import BatchResult
 from stream.settings import Settings, SettingsError, load_settings
-from stream.store import StateStore, UserRecord
 from stream.topics import ensure_segment_topics
+from stream.worker.app import faust_credentials
+from stream.worker.pipeline import BatchResult
+from stream.worker.store import StateStore, UserRecord
 from tests.conftest import TopicReader, WorkerProcess, settings_env
 from tests.factories import DAY, T0, click, order
 from tests.helpers import as_items, produce, raw_records, wait_applied

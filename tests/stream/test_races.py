@@ -10,11 +10,11 @@ import orjson
 import pytest
 
 from model.registry import load_current
-from stream.app import pipeline_config
-from stream.pipeline import BatchProcessor, BatchResult
 from stream.settings import Settings
 from stream.sinks import ConfluentSink, Outgoing
-from stream.store import StateStore, StoreMismatch
+from stream.worker.app import pipeline_config
+from stream.worker.pipeline import BatchProcessor, BatchResult
+from stream.worker.store import StateStore, StoreMismatch
 from tests.conftest import TopicReader, settings_env
 from tests.factories import DAY, T0, click, order
 from tests.helpers import feed, raw_records

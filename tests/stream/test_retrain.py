@@ -11,17 +11,17 @@ import orjson
 import pytest
 import redis
 
-import stream.retrain
-from model.dataset import build_examples, sort_events
+import stream.training.retrain
 from model.features import vector
 from model.registry import current_version, ensure_serving_model, list_versions
-from model.sources import decode_records
-from model.train import prepare_examples
+from model.training.dataset import build_examples, sort_events
+from model.training.sources import decode_records
+from model.training.train import prepare_examples
 from stream.core.fold import DAY_MS, fold_all
-from stream.generate import GeneratorConfig, generate
-from stream.produce import encode_generated
-from stream.retrain import RetrainConfig, run_once
 from stream.settings import Settings
+from stream.training.generate import GeneratorConfig, generate
+from stream.training.produce import encode_generated
+from stream.training.retrain import RetrainConfig, run_once
 from tests.conftest import settings_env
 from tests.helpers import produce
 from tests.stream.test_cli import segmenter
@@ -114,7 +114,7 @@ def test_retrain_folds_all_history_and_windows_only_the_cutoffs(
         calls.append((events, kwargs))
         raise _Captured
 
-    monkeypatch.setattr(stream.retrain, "train_from_events", capture)
+    monkeypatch.setattr(stream.training.retrain, "train_from_events", capture)
     client = redis.Redis.from_url(settings.redis_url)
     with pytest.raises(_Captured):
         run_once(settings, cfg, client)

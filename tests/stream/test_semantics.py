@@ -13,14 +13,14 @@ import orjson
 import pytest
 
 from model.registry import load_current
-from stream.app import pipeline_config
-from stream.audiences import Audiences
-from stream.pipeline import BatchProcessor
-from stream.playbook import PlaybookError, parse
-from stream.records import RawRecord
 from stream.settings import Settings
 from stream.sinks import ConfluentSink
-from stream.store import StateStore
+from stream.worker.app import pipeline_config
+from stream.worker.audiences import Audiences
+from stream.worker.pipeline import BatchProcessor
+from stream.worker.playbook import PlaybookError, parse
+from stream.worker.records import RawRecord
+from stream.worker.store import StateStore
 from tests.conftest import TopicReader, WorkerProcess
 from tests.factories import DAY, T0, click, order
 from tests.helpers import as_items, produce, wait_applied
@@ -220,7 +220,7 @@ def test_bad_playbook_fails_with_line_and_reason() -> None:
 
 
 def test_playbook_resolves_transition_then_wildcard_then_segment_default() -> None:
-    from stream.playbook import default_path, load
+    from stream.worker.playbook import default_path, load
 
     book = load(default_path(), CLASSES)
     assert book.action_for("high_value", "at_risk")["params"]["channel"] == "account_manager"  # type: ignore[index]

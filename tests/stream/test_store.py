@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from stream.core.dedup import SeenEvents, encode
 from stream.core.fold import HALF_LIVES, UserState, fold_all
 from stream.redis_client import client_from_url
-from stream.store import (
+from stream.worker.store import (
     ConflictError,
     StateStore,
     StoreMismatch,
@@ -21,7 +21,7 @@ from stream.store import (
     decode_record,
     encode_record,
 )
-from stream.store_keys import GROUPS
+from stream.worker.store_keys import GROUPS
 from tests.factories import DAY, T0, as_event, order
 
 pytestmark = pytest.mark.integration

@@ -1,0 +1,150 @@
+"""How the processor meets failure: which are outages to wait out, which a
+batch's own fault, and the retry loop around both.
+
+Only a fault that recurs the same way is taken apart to find the record to
+dead-letter (stream.worker.pipeline); outages are waited out, never blamed on a record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+from confluent_kafka import KafkaError, KafkaException
+from redis.exceptions import RedisError
+
+from stream import metrics
+from stream.worker.health import Health
+from stream.worker.pipeline_config import PipelineConfig
+from stream.worker.store import ConflictError, StoreMismatch
+
+log = logging.getLogger("stream.worker.pipeline")  # the processor's log, as ever
+_T = TypeVar("_T")
+
+
+class Poisoned(Exception):
+    """A batch failed the same way ``max_batch_failures`` times: not an outage."""
+
+    def __init__(self, what: str, signature: str) -> None:
+        super().__init__(f"{what} failed the same way repeatedly: {signature}")
+        self.signature = signature
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is an outage to wait out rather than a fault of the batch.
+
+    Redis errors, and broker errors librdkafka calls retriable (or a timeout,
+    a transport failure, no broker up), are outages: no record is to blame,
+    and dead-lettering during one would throw good events away.
+    """
+    if isinstance(exc, RedisError | ConnectionError | TimeoutError):
+        return True
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        err: KafkaError = exc.args[0]
+        return bool(err.retriable()) or err.code() in _TRANSIENT_KAFKA
+    return False
+
+
+_TRANSIENT_KAFKA = frozenset(
+    {
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._RESOLVE,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NOT_ENOUGH_REPLICAS,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+    }
+)
+
+
+class Retrying:
+    """The processor's retry loop (mixed into stream.worker.pipeline.BatchProcessor,
+    which provides what is declared here)."""
+
+    cfg: PipelineConfig
+    _health: Health | None
+    _fatal: BaseException | None
+    _on_fatal: Callable[[BaseException], Awaitable[None]] | None
+    _should_stop: Callable[[], bool]
+
+    async def _tombstone(self, users: Sequence[str]) -> None:
+        raise NotImplementedError
+
+    async def _retrying(
+        self, run: Callable[[], Awaitable[_T]], what: str, poison: bool = False
+    ) -> tuple[_T, int]:
+        """Run ``run`` until it commits; return its result and the attempts it took.
+
+        Nothing escapes but cancellation, and (with ``poison``) :class:`Poisoned`
+        once a non-transient error has recurred ``max_batch_failures`` times in
+        a row: an exception out of the agent would let Faust move past an
+        unapplied batch, whose events dedup would then skip. A refused commit
+        re-runs at once; anything else backs off, with jitter.
+        """
+        attempt = 0
+        same, signature = 0, ""
+        while True:
+            attempt += 1
+            try:
+                out = await run()
+                if self._health is not None:
+                    self._health.redis_ok, self._health.redis_error = True, None
+                return out, attempt
+            except ConflictError as exc:
+                metrics.COMMIT_CONFLICTS.inc()
+                log.info("%s re-run after a concurrent write: %s", what, exc)
+                if gone := exc.gone:
+                    # Erased (`forget`) since we read them, after we published
+                    # their changes: say again that they are gone, so
+                    # subscribers drop those changes and accept the re-run's.
+                    await self._retrying(lambda: self._tombstone(gone), "tombstone")
+                if attempt > 1:  # a rebalance in progress: let the other writer finish
+                    await self._backoff(attempt - 1, exc)
+            except StoreMismatch as exc:
+                # Fatal: stored state belongs to another set of classes. Stop
+                # the worker with an error (the batch stays unacked) instead
+                # of retrying forever.
+                log.critical("%s; stopping the worker", exc)
+                self._fatal = exc
+                if self._on_fatal is None:
+                    raise
+                await self._on_fatal(exc)
+                raise asyncio.CancelledError(str(exc)) from None
+            except RedisError as exc:
+                metrics.REDIS_ERRORS.labels(what).inc()
+                if self._health is not None:
+                    self._health.redis_ok = False
+                    self._health.redis_error = f"{type(exc).__name__}: {exc}"
+                await self._backoff(attempt, exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a failed publish, say
+                if poison and not transient(exc):
+                    now = f"{type(exc).__name__}: {str(exc)[:300]}"
+                    same, signature = (same + 1, now) if now == signature else (1, now)
+                    if same >= self.cfg.max_batch_failures:
+                        metrics.POISONED_BATCHES.labels(what).inc()
+                        raise Poisoned(what, signature) from exc
+                log.exception("%s failed; retrying it", what)
+                await self._backoff(attempt, exc)
+
+    async def _backoff(self, attempt: int, exc: Exception) -> None:
+        if self._should_stop() or self._fatal is not None:
+            raise asyncio.CancelledError(f"stopping with the batch unapplied: {exc}")
+        # Equal jitter: workers that failed together do not retry together.
+        ceiling = min(self.cfg.retry_max_s, self.cfg.retry_initial_s * 2 ** (attempt - 1))
+        delay = ceiling * random.uniform(0.5, 1.0)
+        log.warning(
+            "%s: %s; batch not applied, retry %d in %.1fs",
+            type(exc).__name__,
+            exc,
+            attempt,
+            delay,
+        )
+        await asyncio.sleep(delay)
