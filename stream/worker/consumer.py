@@ -46,11 +46,22 @@ and never acked through: a carrier the Stream drops as stale (fetched before
 a rebalance) leaves its records unacked, so they are fetched again rather
 than committed unprocessed.
 
-This reaches into faust-streaming internals (``Consumer._drain_messages``,
-``getmany`` and ``ack``, ``Conductor._tp_index``), so pyproject pins
-faust-streaming to the versions it was checked against, and
+How it meets Faust: by subclassing, installed with :func:`install` (the
+app's transport is this module's :class:`Transport`); no upstream function
+is patched. Acks go through upstream's own ``Consumer.ack``
+(:func:`ack_offsets`). One method is overridden with a copy of upstream's
+loop, ``Consumer._drain_messages``, because Faust has no hook for handing a
+whole fetch on: the hook it has, ``getmany``, is where upstream's drain
+keeps each record's read offset and the gaps between them, so a ``getmany``
+yielding one carrier per fetch would record one offset per fetch, and the
+records in between would count as gaps, committed without being processed.
+:meth:`BatchConsumer._deliver_fetch` does that per-record bookkeeping for
+the whole fetch instead, and :class:`BatchConductor` reads
+``Conductor._tp_index`` to find a partition's channels.
+
+That copy is why pyproject pins faust-streaming to one release, and why
 ``tests/bench/test_consumer_internals.py`` fails if the upstream methods it
-mirrors change. Installed with :func:`install`.
+mirrors change.
 """
 
 from __future__ import annotations
@@ -444,44 +455,45 @@ class Batch:
             notify(consumer._waiting_for_ack)
 
 
-def ack_offsets(consumer: Any, records: Sequence[RawRecord]) -> int:
-    """Faust's ``Consumer.ack`` for many records at once: the same bookkeeping, per partition.
+class _AckedRecord:
+    """What ``Consumer.ack`` reads of a message, for one record at a time.
 
-    Mirrors faust-streaming 0.15.3's ``Consumer.ack`` (checked by
-    tests/bench/test_consumer_internals.py): under ``ack_lock``, an offset of a
-    topic with acks enabled, at or past the partition's committed offset and
-    not acked before, joins ``_acked``/``_acked_index`` and counts towards
-    ``_n_acked``. Returns how many were new.
+    Upstream's ack takes a Message; building one per record (with its
+    headers, timestamps and refcount) would cost more than the ack itself, so
+    one of these is filled in and handed over per record.
     """
-    by_tp: dict[tuple[str, int], list[int]] = {}
-    for r in records:
-        key = (r.topic, r.partition)
-        offsets = by_tp.get(key)
-        if offsets is None:
-            offsets = by_tp[key] = []
-        offsets.append(r.offset)
-    acks_enabled_for = consumer.app.topics.acks_enabled_for
+
+    __slots__ = ("__weakref__", "acked", "offset", "topic", "tp")
+
+    def __init__(self) -> None:
+        self.acked = False
+        self.topic = ""
+        self.tp: TP | None = None
+        self.offset = -1
+
+
+def ack_offsets(consumer: Any, records: Sequence[RawRecord]) -> int:
+    """Ack many records through upstream's own ``Consumer.ack``; return how many were new.
+
+    One ``ack_lock`` hold for the batch (the lock is reentrant, so each
+    ``ack`` inside re-enters it cheaply). Upstream keeps all the bookkeeping:
+    offsets of topics without acks, below the committed offset or acked
+    before are left out exactly as for a record delivered one by one.
+    """
+    ack = consumer.ack
+    message = _AckedRecord()
+    tps: dict[tuple[str, int], TP] = {}
     new = 0
     with ack_lock:
-        try:
-            for (topic, partition), offsets in by_tp.items():
-                if not acks_enabled_for(topic):
-                    continue
-                tp = TP(topic, partition)
-                committed = consumer._committed_offset[tp]
-                index = consumer._acked_index[tp]
-                # dict.fromkeys: an offset listed twice is acked once, as upstream.
-                fresh = [
-                    o
-                    for o in dict.fromkeys(offsets)
-                    if (committed is None or o >= committed) and o not in index
-                ]
-                index.update(fresh)
-                consumer._acked[tp].extend(fresh)
-                new += len(fresh)
-            consumer._n_acked += new
-        finally:
-            notify(consumer._waiting_for_ack)
+        for r in records:
+            tp = tps.get((r.topic, r.partition))
+            if tp is None:
+                tp = tps[(r.topic, r.partition)] = TP(r.topic, r.partition)
+            message.acked = False
+            message.topic = r.topic
+            message.tp = tp
+            message.offset = r.offset
+            new += ack(message)
     return new
 
 
