@@ -10,7 +10,7 @@ import pytest
 
 from model.registry import bootstrap_dir, ensure_serving_model, load_current, set_current
 from stream.settings import SettingsError, load_settings
-from stream.worker.app import ModelHolder
+from stream.worker.model_holder import ModelHolder
 
 
 @pytest.mark.parametrize("days", ["[14, Infinity]", "[NaN]", "[30, 14]", "[0]", "[-3]"])
