@@ -1,5 +1,6 @@
-"""What the worker publishes about a user besides the change itself: the
-per-segment entered/exited events, and the tombstones of erasure."""
+"""The shapes of what the worker publishes about a user: the segment change
+(``customer-segments``), the per-segment entered/exited events, the audience
+events, and the tombstones of erasure. JSON Schemas: ``stream/schemas/``."""
 
 from __future__ import annotations
 
@@ -132,3 +133,33 @@ def audience_events(
             rec.audience_version = 0
         rec.audiences = now
     return out
+
+
+def segment_change(
+    user_id: str,
+    segment: str,
+    previous: str | None,
+    probabilities: dict[str, float],
+    *,
+    model_version: str,
+    event_time: str,
+    emitted_at: str,
+    version: int,
+    trigger: str,
+    action: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """A ``customer-segments`` message (stream/schemas/segment-change); the
+    explanation is filled in after, for all of a batch's changes at once."""
+    return {
+        "user_id": user_id,
+        "segment": segment,
+        "previous_segment": previous,
+        "probabilities": probabilities,
+        "model_version": model_version,
+        "event_time": event_time,
+        "emitted_at": emitted_at,
+        "version": version,
+        "trigger": trigger,
+        "explanation": [],
+        "action": action,
+    }

@@ -31,7 +31,6 @@ import orjson
 from model.explain import top_reasons
 from model.features import N_FEATURES, raw_row, transform
 from model.registry import LoadedModel
-from model.segments import clear_leaders, decide
 from stream import metrics
 from stream.core.dedup import SeenEvents, admit
 from stream.core.events import DAY_MS, Event, Reason, Rejected, decode, iso
@@ -41,13 +40,13 @@ from stream.worker.audiences import Audiences
 from stream.worker.batch import BatchResult, Step, Timeline, known, merged, redelivered
 from stream.worker.changes import (
     audience_events,
-    exited_event,
     output_topics,
     segment_events,
     tombstones,
 )
 from stream.worker.checkpoint import Checkpoint, Sink
 from stream.worker.dead_letters import count_dead_letters, dlq_record
+from stream.worker.decisions import decide_batch
 from stream.worker.failures import Poisoned, Retrying
 from stream.worker.health import Health
 from stream.worker.pipeline_config import PipelineConfig
@@ -369,115 +368,43 @@ class BatchProcessor(Retrying):
         partition_times: dict[int, int],
         swept: list[int] | None = None,
     ) -> list[tuple[str, dict[str, Any] | None]]:
-        """Score every step in one forward pass, apply hysteresis in each user's
-        order, publish the changes, commit. Shared by event batches and the
-        time-driven sweep, so both follow one rule. ``None`` = a tombstone.
+        """Score every step in one forward pass, decide in each user's order
+        (:func:`~stream.worker.decisions.decide_batch`), explain the changes,
+        publish, commit. Shared by event batches and the time-driven sweep, so
+        both follow one rule. ``None`` = a tombstone.
 
         An event batch passes ``swept``, the rows of its inactivity re-scores:
         the others, one per arriving event, are what drift is measured on.
         """
         model = self.model()
-        messages: list[tuple[str, dict[str, Any] | None]] = []
-        side: list[tuple[str, str, dict[str, Any] | None]] = []  # (topic, user, message)
         # The raw rows as one array: the model's input is made from it, and the
         # rule audiences read it as it is (before log1p).
         raw = np.asarray(rows, dtype=np.float64).reshape(-1, N_FEATURES)
         x = transform(raw)
         scores = model.scorer.predict(x) if rows else np.zeros((0, len(model.classes)))
-        # As Python objects, converted once for the batch, not per row.
-        probs: list[list[float]] = scores.tolist()
-        leaders = clear_leaders(scores)
-        classes = model.classes
-
-        def rounded(row: int) -> dict[str, float]:
-            return dict(zip(classes, [round(v, 4) for v in probs[row]], strict=True))
-
         emitted_at = iso(self._clock_ms())
-        playbook = self.cfg.playbook
-        explain: list[tuple[int, int, dict[str, Any]]] = []  # (row, class, message)
-        expired = 0
-        segment_at = [""] * len(rows)  # each row's segment once decided: audiences read it
-        for uid, tl in timelines.items():
-            rec = tl.record
-            unrounded = -1  # the row of a scoring rec.probabilities does not hold yet
-            for step in tl.steps:
-                if step.row >= 0:
-                    segment_at[step.row] = rec.segment or ""
-                if step.trigger == "audience":
-                    continue  # audiences only (below): the segment stays as decided
-                if step.row < 0:  # retention erasure
-                    unrounded = -1
-                    expired += 1
-                    if rec.segment is not None and self.cfg.segment_topic_template:
-                        side.append(
-                            exited_event(
-                                self.cfg.segment_topic_template,
-                                uid,
-                                rec.segment,
-                                None,
-                                rec.version,  # that of the change that put them there
-                                iso(step.at),
-                                emitted_at,
-                                model.version,
-                                "retention",
-                            )
-                        )
-                    messages.append((uid, None))
-                    rec.segment, rec.version = None, 0
-                    rec.probabilities, rec.model_version = None, None
-                    continue
-                rec.model_version = model.version
-                leader = leaders[step.row]
-                if leader >= 0 and classes[leader] == rec.segment:
-                    # Already in the segment that leads by more than rounding
-                    # can change: decide() would keep it. Only the user's last
-                    # scoring needs its rounded probabilities (below).
-                    unrounded = step.row
-                    continue
-                # Decided on the published (rounded) values, which are what
-                # subscribers see. A row's scores do not depend on the rest of
-                # its batch (Scorer.predict), so a re-run decides the same way.
-                p = rounded(step.row)
-                new = decide(rec.segment, p, self.cfg.hysteresis)
-                rec.probabilities = p
-                unrounded = -1
-                if new == rec.segment:
-                    continue
-                rec.version += 1
-                previous = rec.segment
-                msg: dict[str, Any] = {
-                    "user_id": uid,
-                    "segment": new,
-                    "previous_segment": previous,
-                    "probabilities": rec.probabilities,
-                    "model_version": model.version,
-                    "event_time": iso(step.at),
-                    "emitted_at": emitted_at,
-                    "version": rec.version,
-                    "trigger": step.trigger,
-                    "explanation": [],
-                    "action": playbook.action_for(previous, new) if playbook else None,
-                }
-                messages.append((uid, msg))
-                explain.append((step.row, model.classes.index(new), msg))
-                rec.segment = new
-                segment_at[step.row] = new
-            if unrounded >= 0:
-                rec.probabilities = rounded(unrounded)
-        if explain and self.cfg.explain_top_k:
+        decided = decide_batch(timelines, scores, model, self.cfg, emitted_at)
+        messages, side = decided.messages, decided.side
+        if decided.explain and self.cfg.explain_top_k:
             # One extra forward pass for all changes, none for the rest.
             reasons = top_reasons(
                 model.scorer,
-                x[[r for r, _, _ in explain]],
-                [c for _, c, _ in explain],
+                x[[r for r, _, _ in decided.explain]],
+                [c for _, c, _ in decided.explain],
                 self.cfg.explain_top_k,
             )
-            for (_, _, msg), why in zip(explain, reasons, strict=True):
+            for (_, _, msg), why in zip(decided.explain, reasons, strict=True):
                 msg["explanation"] = why
         audiences = self.audiences
         if audiences is not None:
             side += audience_events(
-                audiences, self.cfg.audiences_topic, timelines, raw, segment_at, scores, emitted_at
+                audiences,
+                self.cfg.audiences_topic,
+                timelines,
+                raw,
+                decided.segment_at,
+                scores,
+                emitted_at,
             )
         template = self.cfg.segment_topic_template
         if template:
@@ -522,8 +449,8 @@ class BatchProcessor(Retrying):
         for topic, _, m in side:
             if m is not None and topic == self.cfg.audiences_topic:
                 metrics.AUDIENCE_CHANGES.labels(m["audience"], m["action"]).inc()
-        if expired:
-            metrics.EXPIRED_USERS.inc(expired)
+        if decided.expired:
+            metrics.EXPIRED_USERS.inc(decided.expired)
         if swept is not None and self._observe_inputs is not None and rows:
             # After the commit, so a re-run batch is not counted twice. Only the
             # rows of arriving events: the training reference is made of those
