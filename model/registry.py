@@ -43,6 +43,12 @@ class LoadedModel:
     def classes(self) -> tuple[str, ...]:
         return self.scorer.classes
 
+    @property
+    def decision_weights(self) -> dict[str, float] | None:
+        """Per-class decision weights (model.segments.decision_scores), or None."""
+        weights = (self.manifest.get("decision") or {}).get("weights")
+        return {str(k): float(v) for k, v in weights.items()} if weights else None
+
 
 #: What a segment class may be called (a Kafka topic name's characters).
 CLASS_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")

@@ -15,6 +15,27 @@ from pathlib import Path
 import numpy as np
 
 
+#: The predictive traits a scorer gives per user, in this column order
+#: (docs/contracts.md). ``days_to_next_order`` is from the scoring time; the
+#: worker turns it into ``expected_next_order_at``. NaN = the model cannot say.
+TRAITS: tuple[str, ...] = (
+    "p_purchase_90d",
+    "predicted_spend_90d",
+    "p_active_90d",
+    "days_to_next_order",
+)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One forward pass: segment probabilities and predictive traits, row for row."""
+
+    #: (n, len(classes)) published probabilities (calibrated, no decision offsets)
+    probabilities: np.ndarray
+    #: (n, len(TRAITS)) float64, NaN where the model cannot say
+    traits: np.ndarray
+
+
 @dataclass(frozen=True)
 class Scorer:
     classes: tuple[str, ...]
@@ -48,6 +69,11 @@ class Scorer:
     def n_features(self) -> int:
         return int(self.mean.shape[0])
 
+    def score(self, x: np.ndarray) -> Scores:
+        """Probabilities and traits for a (n, n_features) matrix, in one forward pass."""
+        probs = self.predict(x)
+        return Scores(probs, legacy_traits(self.classes, probs))
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities for a (n, n_features) matrix, one forward pass.
 
@@ -72,6 +98,19 @@ class Scorer:
         e = np.exp(logits)
         out: np.ndarray = e / e.sum(axis=1, keepdims=True)
         return out
+
+
+def legacy_traits(classes: tuple[str, ...], probs: np.ndarray) -> np.ndarray:
+    """Traits read off a classifier that has no value head: activity and purchase
+    from the class probabilities; spend and timing unknown (NaN)."""
+    out = np.full((probs.shape[0], len(TRAITS)), np.nan)
+    idx = {c: i for i, c in enumerate(classes)}
+    if "at_risk" in idx:
+        out[:, 2] = 1.0 - probs[:, idx["at_risk"]]
+    buyers = [idx[c] for c in ("high_value", "regular") if c in idx]
+    if buyers:
+        out[:, 0] = probs[:, buyers].sum(axis=1)
+    return out
 
 
 def _rowwise(h: np.ndarray, w: np.ndarray) -> np.ndarray:

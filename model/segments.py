@@ -32,10 +32,34 @@ def argmax(probabilities: Mapping[str, float]) -> str:
     return max(probabilities, key=lambda s: probabilities[s])
 
 
+def decision_scores(
+    probabilities: Mapping[str, float], weights: Mapping[str, float] | None
+) -> Mapping[str, float]:
+    """What segments are decided on: the published probabilities, times the model's
+    decision weights (renormalised), if it has any.
+
+    A weight is a decision offset (e.g. tuned for high_value F1 at training):
+    it moves where the line between segments falls, never the probabilities
+    that are published, which stay calibrated (docs/model.md).
+    """
+    if not weights:
+        return probabilities
+    scored = {k: p * weights.get(k, 1.0) for k, p in probabilities.items()}
+    total = sum(scored.values())
+    return {k: v / total for k, v in scored.items()} if total > 0 else probabilities
+
+
 def decide(
-    current: str | None, probabilities: Mapping[str, float], rule: Hysteresis = Hysteresis()
+    current: str | None,
+    probabilities: Mapping[str, float],
+    rule: Hysteresis = Hysteresis(),
+    weights: Mapping[str, float] | None = None,
 ) -> str:
-    """The segment the user should be in, given where they are now."""
+    """The segment the user should be in, given where they are now.
+
+    ``weights``: the model's decision weights (:func:`decision_scores`).
+    """
+    probabilities = decision_scores(probabilities, weights)
     best = argmax(probabilities)
     if current is None or current not in probabilities or best == current:
         return best
@@ -57,19 +81,36 @@ def _bp(p: float) -> int:
 ROUNDING_SAFE_LEAD = 1.01e-4
 
 
-def clear_leaders(probs: np.ndarray) -> list[int]:
+def weighted(probs: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """:func:`decision_scores` for a (n, classes) matrix; ``weights`` per class."""
+    if weights is None:
+        return probs
+    scored = probs * weights
+    total = scored.sum(axis=1, keepdims=True)
+    out: np.ndarray = np.where(total > 0, scored / np.where(total > 0, total, 1.0), probs)
+    return out
+
+
+def clear_leaders(probs: np.ndarray, weights: np.ndarray | None = None) -> list[int]:
     """Per row of ``probs`` (n, classes): the index of the class that is the argmax
     of the row *rounded to 4 decimals* whatever rounding does, or -1 if the lead
     is too narrow to tell without rounding.
 
     A user already in that segment stays there (:func:`decide`), so the worker
     can skip rounding and deciding for such rows, which are most of them.
+    With decision ``weights`` (per class), the lead is taken on the weighted,
+    renormalised scores and must be wider: rounding moves a weighted score by
+    up to max(w)/min(w) times as much, and the renormalisation once more.
     """
     if probs.shape[0] == 0:
         return []
     if probs.shape[1] < 2:
         return [0] * probs.shape[0]
+    lead = ROUNDING_SAFE_LEAD
+    if weights is not None:
+        probs = weighted(probs, weights)
+        lead *= 2.0 * float(np.max(weights) / max(float(np.min(weights)), 1e-12))
     top2 = np.partition(probs, -2, axis=1)[:, -2:]
-    clear = (top2[:, 1] - top2[:, 0]) > ROUNDING_SAFE_LEAD
+    clear = (top2[:, 1] - top2[:, 0]) > lead
     leaders: list[int] = np.where(clear, probs.argmax(axis=1), -1).tolist()
     return leaders
