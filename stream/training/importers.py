@@ -6,11 +6,16 @@ counts every row it could not use under a reason, so a data team can see what
 was dropped instead of wondering why the numbers are smaller.
 
 * UCI Online Retail (orders only): invoice lines are grouped into one order event
-  per ``InvoiceNo``; ``C``-prefixed invoices become ``order_cancelled``.
+  per invoice number; ``C``-prefixed invoices become ``order_cancelled``. Both
+  published layouts are read, told apart by their header: Online Retail
+  (``InvoiceNo``, ``UnitPrice``, ``CustomerID``) and Online Retail II (``Invoice``,
+  ``Price``, ``Customer ID``); see :data:`RETAIL_LAYOUTS`.
 * REES46 e-commerce behaviour (2019-Oct/Nov...): views, carts and removals become
   clickstream events; purchases become ``order_placed`` events (one per row).
 
 ``ImportResult.skipped`` counts CSV *rows* (invoice lines for Online Retail).
+:func:`read_input` refuses a file of which every row was skipped (a ValueError
+with the counts and the layout it was read as), rather than return nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import csv
 import math
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -58,6 +63,8 @@ class ImportResult:
     skipped: Counter[str] = field(default_factory=Counter)
     #: orders whose item list was shortened to fit the decoder's limits
     truncated_items: int = 0
+    #: what the file was read as, with the columns that layout takes, for messages
+    layout: str = ""
 
     def count(self, kind: Kind, event_type: str | None = None) -> int:
         return sum(
@@ -78,6 +85,66 @@ def records_for_topics(
 
 
 # --------------------------------------------------------------------------- Online Retail
+
+
+@dataclass(frozen=True)
+class RetailLayout:
+    """One published layout of the UCI file: the header name of each field we read."""
+
+    name: str
+    invoice: str
+    stock_code: str
+    quantity: str
+    date: str
+    price: str
+    customer: str
+
+    def columns(self) -> dict[str, str]:
+        """Field → header name."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}
+
+    def describe(self) -> str:
+        return f"UCI {self.name} (columns {', '.join(self.columns().values())})"
+
+
+#: Same rows, renamed columns (Online Retail II also publishes ISO dates and,
+#: from Excel, customer ids as floats; the parsing below takes both forms).
+RETAIL_LAYOUTS = (
+    RetailLayout(
+        name="Online Retail",
+        invoice="InvoiceNo",
+        stock_code="StockCode",
+        quantity="Quantity",
+        date="InvoiceDate",
+        price="UnitPrice",
+        customer="CustomerID",
+    ),
+    RetailLayout(
+        name="Online Retail II",
+        invoice="Invoice",
+        stock_code="StockCode",
+        quantity="Quantity",
+        date="InvoiceDate",
+        price="Price",
+        customer="Customer ID",
+    ),
+)
+
+
+def _retail_columns(header: list[str]) -> tuple[RetailLayout, dict[str, int]]:
+    """The layout whose columns the header has, and each field's column index.
+
+    Surrounding spaces in header names are ignored; a header that fits neither
+    layout is a ValueError naming what each one needs.
+    """
+    index = {name.strip(): i for i, name in enumerate(header)}
+    for layout in RETAIL_LAYOUTS:
+        columns = layout.columns()
+        if all(column in index for column in columns.values()):
+            return layout, {f: index[column] for f, column in columns.items()}
+    expected = " or ".join(layout.describe() for layout in RETAIL_LAYOUTS)
+    found = ", ".join(name.strip() for name in header) or "no header"
+    raise ValueError(f"not an Online Retail file: expected {expected}; found {found}")
 
 
 def _customer_id(text: str) -> str | None:
@@ -115,11 +182,18 @@ class _Invoice:
 
 
 def import_online_retail(path: Path) -> ImportResult:
-    """UCI Online Retail CSV → one ``orders`` event per invoice with a customer."""
+    """UCI Online Retail (either layout) CSV → one ``orders`` event per invoice with a customer."""
     result = ImportResult()
     invoices: dict[str, _Invoice] = {}
-    with path.open(newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
+    # utf-8-sig: a CSV saved from Excel starts with a byte-order mark.
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        layout, columns = _retail_columns(next(reader, []))
+        result.layout = layout.describe()
+        for line in reader:
+            if not line:
+                continue  # csv yields [] for a blank line; DictReader skipped those too
+            row = {f: line[i] if i < len(line) else "" for f, i in columns.items()}
             reason = _add_invoice_line(invoices, row)
             if reason is not None:
                 result.skipped[reason] += 1
@@ -148,24 +222,25 @@ def import_online_retail(path: Path) -> ImportResult:
     return result
 
 
-def _add_invoice_line(invoices: dict[str, _Invoice], row: dict[str, str | None]) -> str | None:
-    """Add one CSV line to its invoice; return a skip reason, or None when used."""
-    invoice_no = (row.get("InvoiceNo") or "").strip()
-    stock_code = (row.get("StockCode") or "").strip()
+def _add_invoice_line(invoices: dict[str, _Invoice], row: dict[str, str]) -> str | None:
+    """Add one CSV line (by field, see :class:`RetailLayout`) to its invoice; return a
+    skip reason, or None when used."""
+    invoice_no = row["invoice"].strip()
+    stock_code = row["stock_code"].strip()
     if not invoice_no or not stock_code:
         return "malformed"
-    user_id = _customer_id(row.get("CustomerID") or "")
+    user_id = _customer_id(row["customer"])
     if user_id is None:
         return "no_customer"
     try:
-        quantity_f = float(row.get("Quantity") or "")
-        price = float(row.get("UnitPrice") or "")
+        quantity_f = float(row["quantity"])
+        price = float(row["price"])
     except ValueError:
         return "malformed"
     if not (math.isfinite(quantity_f) and math.isfinite(price)) or not quantity_f.is_integer():
         return "malformed"
     try:
-        ts = _london_ms(row.get("InvoiceDate") or "")
+        ts = _london_ms(row["date"])
     except ValueError:
         return "bad_timestamp"
     quantity = int(quantity_f)
@@ -222,9 +297,15 @@ def _rees46_ms(text: str) -> int:
     return int(parsed.timestamp() * 1000)
 
 
+_REES46_LAYOUT = (
+    "REES46 (columns event_time, event_type, product_id, category_id, category_code, "
+    "price, user_id, user_session)"
+)
+
+
 def import_rees46(path: Path) -> ImportResult:
     """REES46 behaviour CSV → clickstream events, plus one ``orders`` event per purchase."""
-    result = ImportResult()
+    result = ImportResult(layout=_REES46_LAYOUT)
     with path.open(newline="", encoding="utf-8") as fh:
         # Row numbers start at 1 for the first data row, after the header.
         for row_number, row in enumerate(csv.DictReader(fh), 1):
@@ -324,4 +405,16 @@ def read_input(
         return reader(path, router), router.skipped
     else:
         raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+    _require_records(result)
     return records_for_topics(result, clickstream_topic, orders_topic), result.skipped
+
+
+def _require_records(result: ImportResult) -> None:
+    """A file of which every row was skipped is a mistake to report, not 0 records."""
+    if result.records or not result.skipped:
+        return
+    counts = ", ".join(f"{reason} {n:,}" for reason, n in result.skipped.most_common())
+    raise ValueError(
+        f"no records: all {result.skipped.total():,} rows were skipped ({counts}); "
+        f"read as {result.layout}"
+    )

@@ -21,8 +21,10 @@ from stream.training.importers import (
     Kind,
     import_online_retail,
     import_rees46,
+    read_input,
     records_for_topics,
 )
+from tests.stream.test_cli import segmenter
 
 # The two real samples from ../shared/data, committed gzipped (108 KB) so the
 # tests never depend on a file outside the checkout.
@@ -43,6 +45,7 @@ RETAIL = _sample("online_retail_sample.csv")
 REES46 = _sample("rees46_2019-Oct-sample.csv")
 NOW = int(time.time() * 1000)
 
+RETAIL_II_HEADER = "Invoice,StockCode,Description,Quantity,InvoiceDate,Price,Customer ID,Country\n"
 RETAIL_HEADER = '"","InvoiceNo","StockCode","Description","Quantity","InvoiceDate","UnitPrice","CustomerID","Country"\n'  # noqa: E501
 REES46_HEADER = (
     "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
@@ -286,3 +289,112 @@ def test_records_for_topics_uses_the_given_topic_names(tmp_path: Path) -> None:
         assert key == b"7"
         kind: Kind = "clickstream" if topic == "t-clicks" else "orders"
         assert not isinstance(decode(kind, key, value, now_ms=NOW), Rejected)
+
+
+# ------------------------------------------------------------------ Online Retail II
+
+
+def _as_online_retail_ii(tmp_path: Path, *, iso_dates: bool) -> Path:
+    """The shared sample in the Online Retail II layout: renamed columns, no index
+    column, ids as Excel writes them ("12488.0", empty when missing), and with
+    ``iso_dates`` the ``2009-12-01 07:45:00`` form of the dates."""
+    with RETAIL.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    path = tmp_path / "online_retail_II.csv"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        out = csv.writer(fh)
+        out.writerow(RETAIL_II_HEADER.strip().split(","))
+        for r in rows:
+            date = r["InvoiceDate"]
+            if iso_dates:
+                date = datetime.strptime(date, "%m/%d/%Y %H:%M").strftime("%Y-%m-%d %H:%M:%S")
+            customer = "" if r["CustomerID"] == "NA" else f"{float(r['CustomerID']):.1f}"
+            line = {**r, "InvoiceDate": date, "CustomerID": customer}
+            # The classic columns in the order of RETAIL_II_HEADER, minus the index.
+            out.writerow(line[c] for c in RETAIL_HEADER.replace('"', "").strip().split(",")[1:])
+    return path
+
+
+@pytest.mark.parametrize("iso_dates", [False, True], ids=["us-dates", "iso-dates"])
+def test_online_retail_ii_layout_gives_the_same_events_as_the_classic_one(
+    tmp_path: Path, iso_dates: bool
+) -> None:
+    classic = import_online_retail(RETAIL)
+    second = import_online_retail(_as_online_retail_ii(tmp_path, iso_dates=iso_dates))
+
+    assert len(classic.records) > 100
+    assert second.records == classic.records
+    # "NA" and an empty cell are both no customer; every other reason is the same.
+    assert second.skipped == classic.skipped
+    assert "Online Retail II" in second.layout and "Customer ID" in second.layout
+    assert "Online Retail II" not in classic.layout and "CustomerID" in classic.layout
+
+
+def test_online_retail_ii_rows_as_published(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "online_retail_II.csv",
+        RETAIL_II_HEADER
+        + "489434,85048,15CM CHRISTMAS GLASS BALL 20 LIGHTS,12,2009-12-01 07:45:00,6.95,13085.0,United Kingdom\n"  # noqa: E501
+        + "489434,79323P,PINK CHERRY LIGHTS,12,2009-12-01 07:45:00,6.75,13085.0,United Kingdom\n"
+        + "C489449,22087,PAPER BUNTING WHITE LACE,-12,2009-12-01 10:33:00,2.95,16321.0,Australia\n"
+        + "489464,21733,85123a mixed,-96,2009-12-01 10:52:00,0.0,,United Kingdom\n",
+    )
+    result = import_online_retail(path)
+
+    assert result.skipped == {"no_customer": 1}
+    placed, cancelled = (v for _, _, v in result.records)
+    assert placed["user_id"] == "13085"  # not "13085.0"
+    assert placed["order_id"] == "489434"
+    assert placed["timestamp"] == _utc_ms(2009, 12, 1, 7, 45)  # GMT in December
+    assert placed["total"] == 164.4  # 12 * 6.95 + 12 * 6.75
+    assert cancelled["event_type"] == "order_cancelled"
+    assert cancelled["user_id"] == "16321"
+    assert [i["quantity"] for i in cancelled["items"]] == [12]
+    _decode_all(result)
+
+
+def test_a_header_of_neither_layout_names_both(tmp_path: Path) -> None:
+    path = _write(tmp_path, "orders.csv", "order,sku,qty\n1,A,2\n")
+    with pytest.raises(ValueError, match=r"Online Retail .*InvoiceNo.* or .*Online Retail II"):
+        import_online_retail(path)
+
+
+# ------------------------------------------------------------------ every row skipped
+
+
+def test_a_file_of_which_every_row_is_skipped_is_refused_with_the_counts(
+    tmp_path: Path,
+) -> None:
+    path = _write(
+        tmp_path,
+        "rees.csv",
+        REES46_HEADER
+        + "2019-10-01 10:00:00 UTC,view,1,5,,,5.00,,s1\nyesterday,view,1,5,,,5,7,s1\n",
+    )
+    with pytest.raises(ValueError, match=r"all 2 rows .*no_user 1.*bad_timestamp 1.*REES46"):
+        read_input(path, "rees46", clickstream_topic="c", orders_topic="o")
+
+
+def test_cli_refuses_an_all_skipped_file_in_one_line_with_counts_and_layout(
+    tmp_path: Path,
+) -> None:
+    path = _write(
+        tmp_path,
+        "retail.csv",
+        RETAIL_HEADER
+        + '"1","536365","85123A","HEART",6,"12/1/2010 8:26",2.55,NA,"United Kingdom"\n'
+        + '"2","536365","71053","LANTERN",6,"12/1/2010 8:27",3.39,NA,"United Kingdom"\n'
+        + '"3","536366","22633","HAND WARMER",six,"12/1/2010 8:28",1.85,17850,"UK"\n',
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGMENTER_")}
+    # No broker answers here: the file must be refused before one is needed.
+    env["SEGMENTER_KAFKA_URL"] = "kafka://127.0.0.1:1"
+    out = segmenter("produce", str(path), "--format", "online-retail", env=env)
+
+    assert out.returncode == 2, out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert str(path) in line
+    assert "all 3 rows" in line and "no_customer 2" in line and "malformed 1" in line
+    assert "UCI Online Retail (columns InvoiceNo," in line
+    assert "Traceback" not in out.stderr
