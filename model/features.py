@@ -20,7 +20,7 @@ import numpy as np
 from stream.core.fold import DAY_MS, UserState, decayed_by
 
 #: Bump when the meaning of any feature changes; it feeds the schema hash.
-FEATURE_VERSION = "features/v2"
+FEATURE_VERSION = "features/v3"
 
 #: For users who never ordered: "days since last order" is their tenure plus a
 #: year, so "never" sorts after "long ago" without an infinity in the input.
@@ -28,6 +28,11 @@ NEVER_ORDERED_EXTRA_DAYS = 365.0
 #: Rates are per this many days of tenure, and tenure is floored at it, so a
 #: customer seen for one day with one order is not read as 30 orders a month.
 RATE_DAYS = 30.0
+#: The gap between orders assumed for a customer with fewer than two orders,
+#: whose own cadence is unknown: silence is measured against it instead.
+PRIOR_GAP_DAYS = 60.0
+#: Orders on the same day do not make a cadence of zero days.
+MIN_GAP_DAYS = 1.0
 
 FEATURE_NAMES: tuple[str, ...] = (
     "days_since_last_activity",
@@ -53,6 +58,13 @@ FEATURE_NAMES: tuple[str, ...] = (
     # network cannot divide two log inputs with ReLUs, so it gets the ratio.
     "orders_per_30d",
     "spend_per_30d",
+    # Cadence (buy-till-you-die's frequency and recency, from the first order):
+    # the same silence means "gone" after buying every week and "on time"
+    # after buying twice a year, so silence is also measured against the
+    # customer's own mean gap between orders.
+    "days_since_first_order",
+    "mean_order_gap_days",
+    "silence_ratio",
 )
 
 #: Which features are log1p-transformed (counts, money, day spans).
@@ -88,6 +100,15 @@ def raw_row(state: UserState, now_ms: int) -> tuple[float, ...]:
         days_since_order = (now_ms - state.last_order_at) / DAY_MS
     sessions = state.session_count
     orders = state.order_count
+    first_order = state.first_order_at
+    if first_order is None or state.last_order_at is None:
+        since_first_order = 0.0
+    else:
+        since_first_order = (now_ms - first_order) / DAY_MS
+    if orders >= 2 and first_order is not None and state.last_order_at is not None:
+        gap = max((state.last_order_at - first_order) / DAY_MS / (orders - 1), MIN_GAP_DAYS)
+    else:
+        gap = PRIOR_GAP_DAYS
     # Counters are valued at last_seen; decayed to now_ms (no growth backwards).
     elapsed = now_ms - state.last_seen
     d = decayed_by(state.decayed, elapsed) if elapsed > 0 else state.decayed
@@ -114,6 +135,9 @@ def raw_row(state: UserState, now_ms: int) -> tuple[float, ...]:
         float(orders > 0),
         orders * RATE_DAYS / max(tenure, RATE_DAYS),
         state.total_spend * RATE_DAYS / max(tenure, RATE_DAYS),
+        since_first_order,
+        gap,
+        days_since_order / gap,
     )
 
 

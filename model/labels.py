@@ -48,6 +48,18 @@ def window_activity(events: Iterable[Folded]) -> dict[str, WindowActivity]:
     return out
 
 
+def high_value_line(
+    users: Iterable[str], activity: Mapping[str, WindowActivity], top_quantile: float = 0.2
+) -> float:
+    """The window spend at or above which one of ``users`` who bought is ``high_value``.
+
+    Taken over this window's buyers only, so a label means "top spender among
+    those who bought", whatever the season. 0 when nobody bought.
+    """
+    spend = [max(activity[u].spend, 0.0) for u in users if u in activity and activity[u].orders > 0]
+    return float(np.quantile(spend, 1.0 - top_quantile)) if spend else 0.0
+
+
 def label_users(
     users: Iterable[str],
     activity: Mapping[str, WindowActivity],
@@ -56,12 +68,7 @@ def label_users(
 ) -> dict[str, str]:
     """Label each of ``users`` from their window activity (absent = no activity)."""
     users = list(users)
-    buyer_spend = [
-        max(activity[u].spend, 0.0) for u in users if u in activity and activity[u].orders > 0
-    ]
-    # The top-q threshold is taken over this window's buyers only, so a label
-    # means "top spender among those who bought", whatever the season.
-    threshold = float(np.quantile(buyer_spend, 1.0 - top_quantile)) if buyer_spend else 0.0
+    threshold = high_value_line(users, activity, top_quantile)
     labels: dict[str, str] = {}
     for user in users:
         act = activity.get(user)

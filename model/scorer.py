@@ -1,29 +1,33 @@
-"""Serve a trained MLP with NumPy: no TensorFlow in the worker.
+"""Serve a trained network with NumPy: no TensorFlow in the worker.
 
 The artifact's ``weights.npz`` holds the standardisation statistics and each
 Dense layer's kernel and bias, exported from the Keras model at training time.
-A test checks this forward pass against Keras to 1e-5 on 10,000 inputs.
+Tests check this forward pass against Keras to 1e-5 on 10,000 inputs.
 Models that record their training range (``clip_lo``/``clip_hi``) have every
 input clamped to it first, as the Keras model's ``ClipToRange`` layer does.
+
+Two kinds of network are served:
+
+* ``mlp`` (models before the value head): Dense(ReLU) layers, then softmax
+  over the classes; traits are read off the class probabilities.
+* ``towers`` (:mod:`model.training.network`): the cadence inputs
+  (:mod:`model.cadence`) appended to the feature row, one layer of three
+  monotone towers with a linear skip each, and the value head
+  (:mod:`model.value`) turning their outputs into probabilities and traits.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from model.cadence import CADENCE_FIELDS, Cadence, extend
+from model.value import SEGMENT_ORDER, TRAITS, ValueHead
 
-#: The predictive traits a scorer gives per user, in this column order
-#: (docs/contracts.md). ``days_to_next_order`` is from the scoring time; the
-#: worker turns it into ``expected_next_order_at``. NaN = the model cannot say.
-TRAITS: tuple[str, ...] = (
-    "p_purchase_90d",
-    "predicted_spend_90d",
-    "p_active_90d",
-    "days_to_next_order",
-)
+__all__ = ["TRAITS", "Scorer", "Scores", "Towers", "save_weights"]
 
 
 @dataclass(frozen=True)
@@ -37,13 +41,27 @@ class Scores:
 
 
 @dataclass(frozen=True)
+class Towers:
+    """The ``towers`` kind's parts beside its two layers (see the module docstring)."""
+
+    #: hidden units per head; the first layer's remaining columns are the skips
+    units: int
+    #: the value head's lognormal log-scale
+    sigma: float
+    value: ValueHead
+    cadence: Cadence | None
+
+
+@dataclass(frozen=True)
 class Scorer:
     classes: tuple[str, ...]
+    #: standardisation of the model input (the feature row, then any cadence inputs)
     mean: np.ndarray
     scale: np.ndarray
     layers: tuple[tuple[np.ndarray, np.ndarray], ...]
-    #: per-feature training range, or None for models trained before it was kept
+    #: per-input training range, or None for models trained before it was kept
     clip: tuple[np.ndarray, np.ndarray] | None = None
+    towers: Towers | None = None
 
     @classmethod
     def load(cls, weights_path: Path, classes: tuple[str, ...]) -> Scorer:
@@ -58,6 +76,9 @@ class Scorer:
             clip = None
             if "clip_lo" in data.files:
                 clip = (data["clip_lo"].astype(np.float64), data["clip_hi"].astype(np.float64))
+            towers = _load_towers(data, classes) if "towers_units" in data.files else None
+        if towers is not None:
+            return cls(classes, mean, scale, layers, clip, towers)
         if layers[-1][0].shape[1] != len(classes):
             raise ValueError(
                 f"{weights_path}: output layer has {layers[-1][0].shape[1]} units "
@@ -66,13 +87,23 @@ class Scorer:
         return cls(classes=classes, mean=mean, scale=scale, layers=layers, clip=clip)
 
     @property
-    def n_features(self) -> int:
+    def n_inputs(self) -> int:
+        """Width of the network's input: the feature row plus any cadence inputs."""
         return int(self.mean.shape[0])
 
     def score(self, x: np.ndarray) -> Scores:
         """Probabilities and traits for a (n, n_features) matrix, in one forward pass."""
-        probs = self.predict(x)
-        return Scores(probs, legacy_traits(self.classes, probs))
+        if self.towers is None:
+            probs = self._softmax(x)
+            return Scores(probs, legacy_traits(self.classes, probs))
+        t = self.towers
+        h = self._standardised(extend(np.asarray(x, dtype=np.float64), t.cadence))
+        (w_in, b_in), (w_out, b_out) = self.layers
+        a = _rowwise(h, w_in) + b_in
+        n_hidden = w_out.shape[0]
+        heads = _rowwise(np.maximum(a[:, :n_hidden], 0.0), w_out) + b_out + a[:, n_hidden:]
+        probs, traits = t.value.compose(heads, t.sigma, self.classes)
+        return Scores(probs, traits)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities for a (n, n_features) matrix, one forward pass.
@@ -86,10 +117,19 @@ class Scorer:
         for every row (``tests/model/test_scorer_registry.py``), at about 1.4×
         the cost of one matrix product, which is small beside the batch.
         """
+        if self.towers is not None:
+            return self.score(x).probabilities
+        return self._softmax(x)
+
+    def _standardised(self, x: np.ndarray) -> np.ndarray:
         h = np.asarray(x, dtype=np.float64)
         if self.clip is not None:
             h = np.clip(h, self.clip[0], self.clip[1])
-        h = (h - self.mean) / self.scale
+        out: np.ndarray = (h - self.mean) / self.scale
+        return out
+
+    def _softmax(self, x: np.ndarray) -> np.ndarray:
+        h = self._standardised(x)
         *hidden, (w_out, b_out) = self.layers
         for w, b in hidden:
             h = np.maximum(_rowwise(h, w) + b, 0.0)
@@ -98,6 +138,42 @@ class Scorer:
         e = np.exp(logits)
         out: np.ndarray = e / e.sum(axis=1, keepdims=True)
         return out
+
+
+def _load_towers(data: Any, classes: tuple[str, ...]) -> Towers:
+    if set(classes) != set(SEGMENT_ORDER):
+        raise ValueError(f"a value-head model serves the classes {SEGMENT_ORDER}, not {classes}")
+    cadence = None
+    if "cadence" in data.files:
+        stored = data["cadence"].tolist()
+        cadence = Cadence.from_dict(dict(zip(CADENCE_FIELDS, stored, strict=True)))
+    value = ValueHead(
+        platt=data["platt"].astype(np.float64).reshape(3, 2),
+        log_cut=float(data["log_cut"]),
+        log_offset=float(data["log_offset"]),
+        horizon_days=float(data["horizon_days"]),
+    )
+    return Towers(int(data["towers_units"]), float(data["sigma"]), value, cadence)
+
+
+def towers_arrays(towers: Towers) -> dict[str, np.ndarray]:
+    """What :func:`save_weights` stores for the ``towers`` kind."""
+    v = towers.value
+    out = {
+        "towers_units": np.asarray(towers.units),
+        "sigma": np.asarray(towers.sigma, dtype=np.float64),
+        "platt": np.asarray(v.platt, dtype=np.float64),
+        "log_cut": np.asarray(v.log_cut, dtype=np.float64),
+        "log_offset": np.asarray(v.log_offset, dtype=np.float64),
+        "horizon_days": np.asarray(v.horizon_days, dtype=np.float64),
+    }
+    if towers.cadence is not None:
+        c = towers.cadence.to_dict()
+        # None (no Gamma-Gamma fit) as NaN: one float array, read back by name.
+        out["cadence"] = np.asarray(
+            [np.nan if c[k] is None else c[k] for k in CADENCE_FIELDS], dtype=np.float64
+        )
+    return out
 
 
 def legacy_traits(classes: tuple[str, ...], probs: np.ndarray) -> np.ndarray:
@@ -125,6 +201,7 @@ def save_weights(
     scale: np.ndarray,
     layers: list[tuple[np.ndarray, np.ndarray]],
     clip: tuple[np.ndarray, np.ndarray] | None = None,
+    towers: Towers | None = None,
 ) -> None:
     arrays: dict[str, np.ndarray] = {
         "mean": np.asarray(mean, dtype=np.float64),
@@ -137,4 +214,6 @@ def save_weights(
     for i, (kernel, bias) in enumerate(layers):
         arrays[f"kernel_{i}"] = np.asarray(kernel, dtype=np.float32)
         arrays[f"bias_{i}"] = np.asarray(bias, dtype=np.float32)
+    if towers is not None:
+        arrays.update(towers_arrays(towers))
     np.savez(path, **arrays)  # type: ignore[arg-type]

@@ -86,6 +86,9 @@ class UserState:
     first_seen: int = 0
     last_seen: int = 0
     last_order_at: int | None = None
+    #: Time of the first order: buy-till-you-die models measure a customer's
+    #: age from it, and the mean gap between orders needs it.
+    first_order_at: int | None = None
     order_count: int = 0
     cancel_count: int = 0
     refund_count: int = 0
@@ -163,6 +166,9 @@ def _apply_order(state: UserState, event: OrderEvent | OrderFact, ts: int) -> No
         state.order_count += 1
         state.total_spend += event.total
         state.last_order_at = ts if state.last_order_at is None else max(state.last_order_at, ts)
+        state.first_order_at = (
+            ts if state.first_order_at is None else min(state.first_order_at, ts)
+        )
         _add_decayed(state, "orders_30d", 1.0, ts)
         _add_decayed(state, "orders_90d", 1.0, ts)
         _add_decayed(state, "spend_30d", event.total, ts)

@@ -19,12 +19,13 @@ from stream.core import dedup
 from stream.core.dedup import SeenEvents
 from stream.core.fold import HALF_LIVES, UserState
 
-CODEC_VERSION = 5
+CODEC_VERSION = 6
 #: Older codecs this code still reads. 2 and 3 kept rings of recent event-id
 #: digests, which cannot be turned into order-id digests: their users start
 #: with an empty deduplication memory (offset marks still hold). 4 had no
 #: audiences (its users are in none until they are next scored) and other
-#: click digests (its users' click memory starts empty).
+#: click digests (its users' click memory starts empty). 5 had no first-order
+#: time: its buyers take their first activity as it (exact on orders-only data).
 _READABLE_CODECS = (2, 3, 4, CODEC_VERSION)
 _DECAYED = tuple(HALF_LIVES)
 
@@ -119,6 +120,7 @@ _RECORD_AT = _DECAYED_AT + len(_DECAYED)
 _U32 = struct.Struct("<I")
 _OFFSET = struct.Struct("<Hq")
 _ERASED = struct.Struct("<q")
+_FIRST_ORDER = struct.Struct("<q")
 _PROB_SCALE = 10_000  # probabilities are kept to 4 decimals, as published
 
 
@@ -159,6 +161,9 @@ def encode_record(rec: UserRecord, rev: int | None = None) -> bytes:
     parts.append(bytes([len(rec.audiences)]))
     parts += [_short(name) for name in rec.audiences]
     parts.append(_U32.pack(rec.audience_version))
+    # After the variable parts, so the fixed part (which the commit script
+    # reads the revision from) keeps its layout across codecs.
+    parts.append(_FIRST_ORDER.pack(-1 if s.first_order_at is None else s.first_order_at))
     if rec.erased_at:
         parts.append(_ERASED.pack(rec.erased_at))
     return b"".join(parts)
@@ -230,6 +235,12 @@ def decode_record(data: bytes, classes: Sequence[str] | None) -> UserRecord:
         audiences = [short() or "" for _ in range(n)]
         (audience_version,) = _U32.unpack_from(data, pos)
         pos += 4
+    if fixed[1] >= 6:
+        (first_order,) = _FIRST_ORDER.unpack_from(data, pos)
+        pos += _FIRST_ORDER.size
+        s.first_order_at = None if first_order < 0 else first_order
+    elif s.last_order_at is not None:
+        s.first_order_at = s.first_seen
     if fixed[1] >= 4 and len(data) >= pos + _ERASED.size:
         (erased_at,) = _ERASED.unpack_from(data, pos)
     rec = UserRecord(

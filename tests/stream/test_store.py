@@ -210,6 +210,7 @@ stamps = st.integers(min_value=0, max_value=2**62)
         first_seen=stamps,
         last_seen=stamps,
         last_order_at=st.none() | stamps,
+        first_order_at=st.none() | stamps,
         order_count=counts,
         cancel_count=counts,
         refund_count=counts,
@@ -258,7 +259,10 @@ def test_binary_record_round_trips(  # type: ignore[no-untyped-def]
     # still reads; the rings cannot become order digests, so memory starts empty.
     head = encode_record(dataclasses.replace(rec, seen=SeenEvents()))[: -len(encode(SeenEvents()))]
     rings = bytes([2]) + bytes(12) + bytes([1]) + bytes(6)
-    upgraded = dataclasses.replace(rec, seen=SeenEvents())
+    # Before codec 6 there was no first-order time: a buyer's first activity stands in.
+    old_state = state.copy()
+    old_state.first_order_at = state.first_seen if state.last_order_at is not None else None
+    upgraded = dataclasses.replace(rec, state=old_state, seen=SeenEvents())
     assert decode_record(head[:4] + bytes([3]) + head[5:] + rings, classes) == upgraded
     assert decode_record(head[:4] + bytes([2]) + head[5:] + rings[:13], classes) == upgraded
 

@@ -1,0 +1,103 @@
+"""Buy-till-you-die quantities per user, from the feature row: P(alive), expected purchases
+and expected spend over the horizon. Pure NumPy: the worker serves them.
+
+BG/NBD (Fader, Hardie & Lee 2005) needs only frequency, recency and age, and
+Gamma-Gamma (Fader & Hardie 2013) only frequency and mean order value; the
+feature row carries all four (``order_count``, ``days_since_first_order``,
+``days_since_last_order``, ``avg_order_value``). Their parameters are fitted
+at training (:mod:`model.training.clv`, on buyers, with age measured from the
+first purchase) and travel in the model's weights, so the network reads the
+same quantities at training and in the worker. Time is in weeks, as there.
+
+The one approximation: the expected number of purchases is P(alive) times the
+alive customer's posterior mean rate times the horizon. BG/NBD's exact
+conditional expectation (eq. 10) also lets a customer die *during* the
+horizon, through a Gauss hypergeometric function that NumPy lacks; this
+ceiling ranks customers alike where it matters (it is monotone in the same
+inputs) and is what the network is given, not what is published.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from model.features import raw_column
+
+WEEK_DAYS = 7.0
+#: The extra model inputs, appended to the feature row in this order.
+CADENCE_INPUTS: tuple[str, ...] = ("btyd_p_alive", "btyd_purchases", "btyd_spend")
+
+
+@dataclass(frozen=True, slots=True)
+class Cadence:
+    """Fitted BG/NBD (r, alpha, a, b; weeks) and Gamma-Gamma (p, q, v; None when
+    unfittable, and then a customer's own mean order value is their expected value)."""
+
+    r: float
+    alpha: float
+    a: float
+    b: float
+    horizon_days: float
+    p: float | None = None
+    q: float | None = None
+    v: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Cadence:
+        """From :meth:`to_dict`; NaN (how the weights file stores None) reads as None."""
+
+        def value(v: Any) -> float | None:
+            return None if v is None or math.isnan(float(v)) else float(v)
+
+        return cls(**{k: value(v) for k, v in data.items()})  # type: ignore[arg-type]
+
+    def quantities(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(P(alive), expected purchases, expected spend) over the horizon, per row of
+        model input ``x``. Customers who never ordered get 0 for all three: the
+        buy-till-you-die process starts at the first purchase."""
+        orders = np.rint(raw_column(x, "order_count"))
+        buyer = orders >= 1
+        age = np.maximum(raw_column(x, "days_since_first_order"), 0.0) / WEEK_DAYS
+        since = np.maximum(raw_column(x, "days_since_last_order"), 0.0) / WEEK_DAYS
+        t_x = np.clip(age - since, 0.0, age)
+        repeat = np.maximum(orders - 1.0, 0.0)
+        r, alpha, a, b = self.r, self.alpha, self.a, self.b
+        # Odds of being dead, in logs: a / (b + x - 1) * ((alpha + T) / (alpha + t_x)) ** (r + x)
+        log_odds = (
+            np.log(a)
+            - np.log(np.where(repeat > 0, b + repeat - 1.0, 1.0))
+            + (r + repeat) * (np.log(alpha + age) - np.log(alpha + t_x))
+        )
+        dead = np.where(repeat > 0, np.exp(np.minimum(log_odds, 700.0)), 0.0)
+        p_alive = np.where(buyer, 1.0 / (1.0 + dead), 0.0)
+        rate = (r + repeat) / (alpha + age)
+        purchases = p_alive * rate * (self.horizon_days / WEEK_DAYS)
+        aov = np.maximum(raw_column(x, "avg_order_value"), 0.0)
+        if self.p is not None and self.q is not None and self.v is not None:
+            value = self.p * (self.v + repeat * aov) / (self.p * repeat + self.q - 1.0)
+        else:
+            value = aov
+        return p_alive, purchases, purchases * value
+
+    def inputs(self, x: np.ndarray) -> np.ndarray:
+        """The :data:`CADENCE_INPUTS` columns for model input ``x`` (counts and money log1p'd)."""
+        p_alive, purchases, spend = self.quantities(x)
+        return np.stack([p_alive, np.log1p(purchases), np.log1p(spend)], axis=1)
+
+
+#: The fields of :class:`Cadence`, in the order a weights file stores them.
+CADENCE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Cadence))
+
+
+def extend(x: np.ndarray, cadence: Cadence | None) -> np.ndarray:
+    """Model input ``x`` with the cadence inputs appended (as is without a cadence)."""
+    if cadence is None:
+        return x
+    return np.concatenate([x, cadence.inputs(x)], axis=1)

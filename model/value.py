@@ -1,0 +1,103 @@
+"""From the network's three heads to segment probabilities and predictive traits. Pure NumPy.
+
+The network predicts the next horizon's spend as a zero-inflated lognormal
+(Wang, Liu & Miao 2019, "A Deep Probabilistic Model for Customer Lifetime
+Value Prediction"), with the zero part split in two so that the four segments
+of the label definition fall out of one distribution:
+
+* P(active) = sigmoid(active logit): any activity in the horizon;
+* P(buy | active) = sigmoid(buy logit); P(purchase) = P(active) P(buy | active);
+* spend | purchase ~ lognormal with mean exp(value) and log-scale sigma.
+
+Then, with ``cut`` the high_value line (the top-quantile spend of buyers in the
+latest closed label window at training: no oracle is consulted at serving)::
+
+    P(high_value) = P(purchase) * P(spend >= cut | purchase)
+    P(regular)    = P(purchase) * P(spend <  cut | purchase)
+    P(potential)  = P(active) * (1 - P(buy | active))
+    P(at_risk)    = 1 - P(active)
+
+P(spend >= cut | purchase) uses the logistic form of the normal CDF,
+sigmoid(1.702 z), in training and here alike, since NumPy has no erf.
+
+Each of the three probabilities is recalibrated with a Platt scale (a > 0, b)
+fitted on the early-stopping rows, never the validation rows; a positive scale
+keeps every monotone direction of the heads. The published probabilities are
+these, with no decision offset in them: a class-weight prior or an F1 offset
+lives in the manifest's decision weights (model.segments.decision_scores).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: The predictive traits per user, in this column order (docs/contracts.md).
+#: ``days_to_next_order`` is from the scoring time; the worker turns it into
+#: ``expected_next_order_at``. NaN = the model cannot say.
+TRAITS: tuple[str, ...] = (
+    "p_purchase_90d",
+    "predicted_spend_90d",
+    "p_active_90d",
+    "days_to_next_order",
+)
+#: Logistic approximation of the standard normal CDF: Phi(z) ~ sigmoid(1.702 z).
+PROBIT_SCALE = 1.702
+#: Below this P(purchase), no next order is expected: its time is not published.
+MIN_P_NEXT_ORDER = 0.01
+SEGMENT_ORDER: tuple[str, ...] = ("high_value", "regular", "potential", "at_risk")
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    out: np.ndarray = 0.5 * (1.0 + np.tanh(0.5 * z))  # no overflow warning for large |z|
+    return out
+
+
+@dataclass(frozen=True)
+class ValueHead:
+    """What turns the heads' outputs into probabilities and traits."""
+
+    #: Platt scales (a, b) for the active, buy and above-the-cut probabilities
+    platt: np.ndarray  # (3, 2)
+    #: log of the high_value line (money)
+    log_cut: float
+    #: added to the value head's output: log E[spend | purchase] = value + offset
+    log_offset: float
+    horizon_days: float
+
+    def compose(
+        self, heads: np.ndarray, sigma: float, classes: tuple[str, ...]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``heads`` (n, 3): active logit, buy logit, value. Returns (probabilities, traits)."""
+        (a_act, b_act), (a_buy, b_buy), (a_hv, b_hv) = self.platt
+        p_active = sigmoid(a_act * heads[:, 0] + b_act)
+        p_buy = sigmoid(a_buy * heads[:, 1] + b_buy)
+        log_mean = heads[:, 2] + self.log_offset
+        mu = log_mean - 0.5 * sigma * sigma
+        above = sigmoid(a_hv * PROBIT_SCALE * (mu - self.log_cut) / sigma + b_hv)
+        p_purchase = p_active * p_buy
+        by_name = {
+            "high_value": p_purchase * above,
+            "regular": p_purchase * (1.0 - above),
+            "potential": p_active * (1.0 - p_buy),
+            "at_risk": 1.0 - p_active,
+        }
+        probs = np.stack([by_name[c] for c in classes], axis=1)
+        traits = np.empty((heads.shape[0], len(TRAITS)))
+        traits[:, 0] = p_purchase
+        traits[:, 1] = p_purchase * np.exp(np.minimum(log_mean, 700.0))
+        traits[:, 2] = p_active
+        traits[:, 3] = days_to_next_order(p_purchase, self.horizon_days)
+        return probs, traits
+
+
+def days_to_next_order(p_purchase: np.ndarray, horizon_days: float) -> np.ndarray:
+    """Median days to the next order if orders came as a Poisson process with the rate
+    that gives ``p_purchase`` within the horizon: H ln 2 / -ln(1 - p). NaN below
+    :data:`MIN_P_NEXT_ORDER`."""
+    p = np.clip(p_purchase, 0.0, 1.0 - 1e-9)
+    with np.errstate(divide="ignore"):
+        days = horizon_days * np.log(2.0) / -np.log1p(-p)
+    out: np.ndarray = np.where(p >= MIN_P_NEXT_ORDER, days, np.nan)
+    return out
