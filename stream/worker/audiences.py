@@ -9,8 +9,15 @@ A file (``SEGMENTER_AUDIENCES_PATH``) names the audiences::
 
 Conditions are CEL, the Common Expression Language. Their variables are the
 model's raw feature names (:data:`model.features.FEATURE_NAMES`, doubles, as
-``segmenter user --json`` shows them under ``model.``), ``segment`` (a string)
-and ``p_<segment>`` (the model's probabilities, doubles).
+``segmenter user --json`` shows them under ``model.``), ``segment`` (a string),
+``p_<segment>`` (the model's probabilities, doubles) and the predictive traits
+(:data:`model.scorer.TRAITS`, doubles: ``p_purchase_90d``,
+``predicted_spend_90d``, ``p_active_90d``, ``days_to_next_order``).
+
+A trait the model cannot say is NaN, and IEEE comparisons make every ordered
+comparison and ``==`` with NaN false (``!=`` true), in the CEL runtime and in
+NumPy alike: ``predicted_spend_90d >= 100.0`` never selects a user whose spend
+the model cannot predict (``tests/stream/test_audiences.py``).
 
 Each condition is **type-checked by Google's CEL runtime** (``cel-expr-python``)
 when the file is loaded, so an unknown variable, a type error (``segment > 5.0``,
@@ -37,6 +44,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from model.features import FEATURE_NAMES
+from model.scorer import TRAITS
 from stream.core.events import DAY_MS
 from stream.worker.cel_numpy import Unsupported, compile_numpy, thresholds
 from stream.worker.yaml_files import line_of, load_yaml
@@ -108,9 +116,15 @@ class Audiences:
         """Each audience's bit in :meth:`codes`."""
         return {name: 1 << j for j, name in enumerate(self.names)}
 
-    def codes(self, raw: np.ndarray, segments: Sequence[str], probs: np.ndarray) -> list[int]:
+    def codes(
+        self,
+        raw: np.ndarray,
+        segments: Sequence[str],
+        probs: np.ndarray,
+        traits: np.ndarray | None = None,
+    ) -> list[int]:
         """Each row's memberships as an int, bit j for audience j (see :meth:`members`)."""
-        members = self.members(raw, segments, probs)
+        members = self.members(raw, segments, probs, traits)
         k = members.shape[1]
         if not k:
             return [0] * len(members)
@@ -121,9 +135,16 @@ class Audiences:
         packed = np.packbits(members, axis=1, bitorder="little")
         return [int.from_bytes(row.tobytes(), "little") for row in packed]
 
-    def members(self, raw: np.ndarray, segments: Sequence[str], probs: np.ndarray) -> np.ndarray:
+    def members(
+        self,
+        raw: np.ndarray,
+        segments: Sequence[str],
+        probs: np.ndarray,
+        traits: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Membership, rows x audiences: ``raw`` are raw feature rows (before log1p),
-        ``segments`` each row's segment, ``probs`` the model's probabilities."""
+        ``segments`` each row's segment, ``probs`` the model's probabilities,
+        ``traits`` its predictive traits (:data:`TRAITS` columns; None = all NaN)."""
         n = len(raw)
         out = np.zeros((n, len(self.audiences)), dtype=bool)
         if not n or not self.audiences:
@@ -132,6 +153,10 @@ class Audiences:
         columns["segment"] = np.asarray(segments, dtype=object)
         for j, cls in enumerate(self.classes):
             columns[f"p_{cls}"] = probs[:, j]
+        if traits is None:
+            traits = np.full((n, len(TRAITS)), np.nan)
+        for j, name in enumerate(TRAITS):
+            columns[name] = traits[:, j]
         for k, audience in enumerate(self.audiences):
             out[:, k] = audience.evaluate(columns, n)
         return out
@@ -178,6 +203,10 @@ def variables(classes: Sequence[str]) -> dict[str, str]:
     out = {name: "double" for name in FEATURE_NAMES}
     out["segment"] = "string"
     out.update({f"p_{c}": "double" for c in classes})
+    if clash := sorted(set(TRAITS) & set(out)):
+        # A class named e.g. "purchase_90d" would make p_purchase_90d mean two things.
+        raise AudiencesError(f"the model's classes make {clash} both a probability and a trait")
+    out.update(dict.fromkeys(TRAITS, "double"))
     return out
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from model.scorer import Scores
 from stream.core.events import iso
 from stream.sinks import Outgoing
 from stream.worker.audiences import Audiences, membership_walk
@@ -88,6 +89,9 @@ def segment_events(
                 "segment": change["segment"],
                 "previous_segment": change["previous_segment"],
                 "probability": change["probabilities"][change["segment"]],
+                # The traits of the scoring that put them here: a subscriber of
+                # one segment's topic needs no second lookup to act on value.
+                "traits": change["traits"],
                 "action": change["action"],
                 "version": change["version"],
                 "event_time": change["event_time"],
@@ -106,11 +110,11 @@ def audience_events(
     timelines: dict[str, Timeline],
     raw: np.ndarray,
     segment_at: list[str],
-    scores: np.ndarray,
+    scores: Scores,
     emitted_at: str,
 ) -> list[tuple[str, str, dict[str, Any] | None]]:
     """Entered/exited events for every scoring of the batch, in each user's order."""
-    codes = audiences.codes(raw, segment_at, scores)
+    codes = audiences.codes(raw, segment_at, scores.probabilities, scores.traits)
     names, bits = audiences.names, audiences.bits
     out: list[tuple[str, str, dict[str, Any] | None]] = []
     for uid, tl in timelines.items():
@@ -147,14 +151,17 @@ def segment_change(
     version: int,
     trigger: str,
     action: dict[str, Any] | None,
+    traits: dict[str, Any],
 ) -> dict[str, Any]:
     """A ``customer-segments`` message (stream/schemas/segment-change); the
-    explanation is filled in after, for all of a batch's changes at once."""
+    explanation is filled in after, for all of a batch's changes at once.
+    ``traits``: :func:`stream.worker.traits.published` of the same scoring."""
     return {
         "user_id": user_id,
         "segment": segment,
         "previous_segment": previous,
         "probabilities": probabilities,
+        "traits": traits,
         "model_version": model_version,
         "event_time": event_time,
         "emitted_at": emitted_at,

@@ -1,7 +1,10 @@
 """A batch's segment decisions: each user's steps, in order, through hysteresis.
 
-No I/O. Given the batch's scores, :func:`decide_batch` updates every touched
-user record (segment, version, probabilities) and says what to publish. Event
+No I/O. Given the batch's scores (probabilities and traits, one forward pass),
+:func:`decide_batch` updates every touched user record (segment, version,
+probabilities) and says what to publish. Segments are decided with the model's
+decision weights (``model.segments.decide``); the messages carry the published
+probabilities, never the weighted ones. Event
 batches and the time-driven sweep both go through it
 (:meth:`~stream.worker.pipeline.BatchProcessor._score_publish_commit`), so
 both follow one rule.
@@ -15,11 +18,13 @@ from typing import Any
 import numpy as np
 
 from model.registry import LoadedModel
+from model.scorer import Scores
 from model.segments import clear_leaders, decide
 from stream.core.events import iso
 from stream.worker.batch import Timeline
 from stream.worker.changes import exited_event, segment_change
 from stream.worker.pipeline_config import PipelineConfig
+from stream.worker.traits import published
 
 Message = dict[str, Any]
 
@@ -38,17 +43,29 @@ class Decisions:
     expired: int = 0
 
 
+def weights_array(model: LoadedModel) -> np.ndarray | None:
+    """The model's decision weights per class, in its class order (1.0 if unnamed)."""
+    weights = model.decision_weights
+    if not weights:
+        return None
+    return np.asarray([weights.get(c, 1.0) for c in model.classes], dtype=np.float64)
+
+
 def decide_batch(
     timelines: dict[str, Timeline],
-    scores: np.ndarray,
+    scores: Scores,
     model: LoadedModel,
     cfg: PipelineConfig,
     emitted_at: str,
 ) -> Decisions:
-    """Walk every user's steps in order; ``scores`` has one row per scored step."""
+    """Walk every user's steps in order; ``scores`` has one row per scored step,
+    its traits cleaned (:func:`stream.worker.traits.clean`)."""
     # As Python objects, converted once for the batch, not per row.
-    probs: list[list[float]] = scores.tolist()
-    leaders = clear_leaders(scores)
+    probs: list[list[float]] = scores.probabilities.tolist()
+    weights = model.decision_weights
+    # The fast path below must agree with decide() on the weighted scores:
+    # clear_leaders widens the lead it asks for by what weighting can amplify.
+    leaders = clear_leaders(scores.probabilities, weights_array(model))
     classes = model.classes
     playbook = cfg.playbook
 
@@ -63,7 +80,13 @@ def decide_batch(
             if step.row >= 0:
                 out.segment_at[step.row] = rec.segment or ""
             if step.trigger == "audience":
-                continue  # audiences only: the segment stays as decided
+                # Audiences only: the segment stays as decided. The record's
+                # probabilities still follow this scoring, so that what the read
+                # API shows (probabilities, and traits recomputed at scored_at)
+                # comes from one scoring.
+                rec.model_version = model.version
+                unrounded = step.row
+                continue
             if step.row < 0:  # retention erasure
                 unrounded = -1
                 out.expired += 1
@@ -97,7 +120,7 @@ def decide_batch(
             # subscribers see. A row's scores do not depend on the rest of
             # its batch (Scorer.predict), so a re-run decides the same way.
             p = rounded(step.row)
-            new = decide(rec.segment, p, cfg.hysteresis)
+            new = decide(rec.segment, p, cfg.hysteresis, weights)
             rec.probabilities = p
             unrounded = -1
             if new == rec.segment:
@@ -115,6 +138,7 @@ def decide_batch(
                 version=rec.version,
                 trigger=step.trigger,
                 action=playbook.action_for(previous, new) if playbook else None,
+                traits=published(scores.traits[step.row], step.at),
             )
             out.messages.append((uid, msg))
             out.explain.append((step.row, classes.index(new), msg))

@@ -31,6 +31,7 @@ import orjson
 from model.explain import top_reasons
 from model.features import N_FEATURES, raw_row, transform
 from model.registry import LoadedModel
+from model.scorer import TRAITS, Scores
 from stream import metrics
 from stream.core.dedup import SeenEvents, admit
 from stream.core.events import DAY_MS, Event, Reason, Rejected, decode, iso
@@ -57,6 +58,7 @@ from stream.worker.store import (
     StateStore,
     UserWrite,
 )
+from stream.worker.traits import clean as clean_traits
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -368,8 +370,8 @@ class BatchProcessor(Retrying):
         partition_times: dict[int, int],
         swept: list[int] | None = None,
     ) -> list[tuple[str, dict[str, Any] | None]]:
-        """Score every step in one forward pass, decide in each user's order
-        (:func:`~stream.worker.decisions.decide_batch`), explain the changes,
+        """Score every step in one forward pass (probabilities and traits), decide
+        in each user's order (:func:`~stream.worker.decisions.decide_batch`), explain the changes,
         publish, commit. Shared by event batches and the time-driven sweep, so
         both follow one rule. ``None`` = a tombstone.
 
@@ -381,7 +383,13 @@ class BatchProcessor(Retrying):
         # rule audiences read it as it is (before log1p).
         raw = np.asarray(rows, dtype=np.float64).reshape(-1, N_FEATURES)
         x = transform(raw)
-        scores = model.scorer.predict(x) if rows else np.zeros((0, len(model.classes)))
+        if rows:
+            # One forward pass gives both; traits held to the contract once, so
+            # rule audiences and the messages read the same values.
+            scored = model.scorer.score(x)
+            scores = Scores(scored.probabilities, clean_traits(scored.traits))
+        else:
+            scores = Scores(np.zeros((0, len(model.classes))), np.zeros((0, len(TRAITS))))
         emitted_at = iso(self._clock_ms())
         decided = decide_batch(timelines, scores, model, self.cfg, emitted_at)
         messages, side = decided.messages, decided.side

@@ -62,6 +62,9 @@ def conditions(draw: st.DrawFn) -> str:
 
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
+#: What a trait is when the model cannot say (model.scorer.TRAITS): every variable
+#: may be NaN here, so both paths are held to the same IEEE comparisons.
+NAN = float("nan")
 
 
 @st.composite
@@ -69,7 +72,9 @@ def rows(draw: st.DrawFn) -> tuple[dict[str, np.ndarray], list[dict[str, object]
     n = draw(st.integers(1, 6))
     values = {
         v: draw(
-            st.lists(st.one_of(finite, st.sampled_from([0.0, 1.0, 14.0])), min_size=n, max_size=n)
+            st.lists(
+                st.one_of(finite, st.sampled_from([0.0, 1.0, 14.0, NAN])), min_size=n, max_size=n
+            )
         )
         for v in DOUBLES
     }
@@ -214,3 +219,38 @@ def test_more_audiences_than_an_int64_has_bits() -> None:
     raw[:, FEATURE_NAMES.index("spend_90d")] = [69.0, 5.0]
     codes = audiences.codes(raw, ["regular"] * 2, np.zeros((2, len(CLASSES))))
     assert codes == [2**70 - 1, 2**6 - 1]
+
+
+def test_traits_are_variables_and_a_nan_trait_compares_false_in_both_paths() -> None:
+    from model.scorer import TRAITS
+
+    assert {t: KNOWN[t] for t in TRAITS} == dict.fromkeys(TRAITS, "double")
+    text = (
+        "audiences:\n"
+        "  - name: big_spender\n"  # compiled to NumPy
+        "    when: 'predicted_spend_90d >= 100.0 && p_purchase_90d > 0.5'\n"
+        "  - name: small_spender\n"
+        "    when: 'predicted_spend_90d < 100.0'\n"
+        "  - name: soon\n"  # size() is a function: the CEL runtime, row by row
+        "    when: 'size(segment) > 0 && days_to_next_order <= 7.0 && p_active_90d >= 0.5'\n"
+        "  - name: unknown_spend\n"  # != is the one comparison NaN makes true (IEEE)
+        "    when: 'predicted_spend_90d != predicted_spend_90d'\n"
+    )
+    audiences = parse(text, "a.yaml", CLASSES)
+    assert [a.vectorised for a in audiences.audiences] == [True, True, False, True]
+    traits = np.full((3, len(TRAITS)), NAN)
+    col = {t: i for i, t in enumerate(TRAITS)}
+    traits[0] = [0.9, 250.0, 0.95, 3.0]  # known, and in all three
+    traits[1, col["p_purchase_90d"]] = 0.9  # spend and days unknown: in none of them
+    traits[1, col["p_active_90d"]] = 0.95
+    # row 2: nothing known
+    raw = np.zeros((3, len(FEATURE_NAMES)))
+    members = audiences.members(raw, ["regular"] * 3, np.zeros((3, len(CLASSES))), traits)
+    assert members.tolist() == [
+        [True, False, True, False],
+        [False, False, False, True],
+        [False, False, False, True],
+    ]
+    # Without traits (a caller that has none), every trait is NaN: the same answer as row 2.
+    none = audiences.members(raw[:1], ["regular"], np.zeros((1, len(CLASSES))))
+    assert none.tolist() == [[False, False, False, True]]
