@@ -225,7 +225,8 @@ def user(
     user_id: Annotated[str, typer.Argument(help="The user to look up")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
 ) -> None:
-    """Show one user's segment, probabilities and features, as the worker holds them in Redis."""
+    """Show one user's segment, probabilities, predictive traits and features, as the
+    worker holds them in Redis (traits recomputed with the model that scored them)."""
     from stream.worker.lookup import lookup_user
 
     settings = settings_or_exit()
@@ -239,6 +240,19 @@ def user(
     console.print(f"[bold]{user_id}[/]: {found['segment']} (model {found['model_version']})")
     for k, v in (found["probabilities"] or {}).items():
         console.print(f"  p({k}) = {v:.3f}")
+    # The predictive traits of the last scoring; "unknown" where the model cannot say.
+    t = found["traits"]
+    shown = {
+        "p_purchase_90d": None if t["p_purchase_90d"] is None else f"{t['p_purchase_90d']:.3f}",
+        "predicted_spend_90d": (
+            None if t["predicted_spend_90d"] is None else f"{t['predicted_spend_90d']:.2f}"
+        ),
+        "p_active_90d": None if t["p_active_90d"] is None else f"{t['p_active_90d']:.3f}",
+        "expected_next_order_at": t["expected_next_order_at"],
+    }
+    for k, text in shown.items():
+        console.print(f"  {k:<26} {text or 'unknown'}")
+    console.print(f"  scored at: {found['scored_at']}")
     console.print(f"  audiences: {', '.join(found['audiences']) or 'none'}")
     for k, v in found["features"].items():
         console.print(f"  {k:<26} {v}")

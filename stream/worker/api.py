@@ -46,6 +46,7 @@ from stream.settings import Settings
 from stream.worker.forget import stored_id
 from stream.worker.lookup import describe
 from stream.worker.store import AUDIENCE_PREFIX, StateStore
+from stream.worker.traits import ModelVersions
 
 log = logging.getLogger("segmenter.api")
 
@@ -187,6 +188,7 @@ def mount_api(
     settings: Settings | None = None,
     classes: Classes = DEFAULT_SEGMENTS,
     audiences: Callable[[], Sequence[str]] = tuple,
+    models: ModelVersions | None = None,
 ) -> None:
     """Add the read API's routes to ``app``.
 
@@ -194,7 +196,12 @@ def mount_api(
     the worker passes one so that a promoted model with other classes is
     reflected without a restart. ``settings`` carries the pseudonymisation
     key: with one, ``/users/{user_id}`` takes the raw id, as ``segmenter user`` does.
+    ``models`` finds the model that scored a user, to recompute their traits
+    (the worker's shares its served model); by default, the registry in
+    ``settings.model_dir``. Without either, traits are null.
     """
+    if models is None and settings is not None:
+        models = ModelVersions(settings.model_dir)
 
     def current_classes() -> tuple[str, ...]:
         return tuple(classes() if callable(classes) else classes)
@@ -216,7 +223,8 @@ def mount_api(
         rec = records[key]
         if not rec.exists:
             return _error(404, "unknown user", user_id=user_id)
-        return _json(describe(user_id, rec, stream_time))
+        traits = models.traits(rec) if models is not None else None
+        return _json(describe(user_id, rec, stream_time, traits))
 
     @_guarded
     async def get_segments(_: web.Request) -> web.Response:

@@ -21,6 +21,7 @@ from stream.settings import Settings
 from stream.worker.api import Classes, Middleware, api_middlewares, mount_api
 from stream.worker.health import Health
 from stream.worker.store import StateStore
+from stream.worker.traits import ModelVersions
 
 log = logging.getLogger("segmenter.http")
 
@@ -35,6 +36,7 @@ def make_app(
     settings: Settings | None = None,
     classes: Classes = DEFAULT_SEGMENTS,
     audiences: Callable[[], Sequence[str]] = tuple,
+    models: ModelVersions | None = None,
 ) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         assert health is not None
@@ -53,7 +55,7 @@ def make_app(
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", readyz)
     if store is not None:
-        mount_api(app, store, settings, classes, audiences)
+        mount_api(app, store, settings, classes, audiences, models)
     return app
 
 
@@ -75,6 +77,7 @@ async def serve(
     settings: Settings | None = None,
     classes: Classes = DEFAULT_SEGMENTS,
     audiences: Callable[[], Sequence[str]] = tuple,
+    models: ModelVersions | None = None,
 ) -> web.AppRunner:
     open_api = store is not None and (settings is None or settings.api_token is None)
     if open_api and not is_loopback(host):
@@ -84,4 +87,4 @@ async def serve(
             host,
             port,
         )
-    return await start(make_app(health, store, settings, classes, audiences), host, port)
+    return await start(make_app(health, store, settings, classes, audiences, models), host, port)

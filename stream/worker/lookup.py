@@ -8,9 +8,14 @@ from model.features import raw_features, round_features
 from stream.core.events import iso
 from stream.settings import Settings
 from stream.worker.store import StateStore, UserRecord
+from stream.worker.traits import ModelVersions, unknown
 
 
-def describe(user_id: str, rec: UserRecord, stream_time: int) -> dict[str, Any]:
+def describe(
+    user_id: str, rec: UserRecord, stream_time: int, traits: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``traits``: those of the user's last scoring (:meth:`ModelVersions.traits`);
+    None = unknown, every trait null."""
     s = rec.state
     features: dict[str, Any] = {
         "order_count": s.order_count,
@@ -34,8 +39,11 @@ def describe(user_id: str, rec: UserRecord, stream_time: int) -> dict[str, Any]:
         "user_id": user_id,
         "segment": rec.segment,
         "probabilities": rec.probabilities,
+        "traits": traits if traits is not None else unknown(),
         "model_version": rec.model_version,
         "version": rec.version,
+        # When the probabilities and traits were computed (the user's last scoring).
+        "scored_at": iso(rec.scored_at) if rec.scored_at else None,
         "stream_time": iso(stream_time),
         "audiences": list(rec.audiences),
         "features": features,
@@ -50,6 +58,8 @@ async def lookup_user(settings: Settings, user_id: str) -> dict[str, Any] | None
         rec = await store.get(stored_id(settings, user_id))
         if rec is None:
             return None
-        return describe(user_id, rec, await store.stream_time())
+        # Recomputed with the model version that scored the user, as the read API does.
+        traits = ModelVersions(settings.model_dir).traits(rec)
+        return describe(user_id, rec, await store.stream_time(), traits)
     finally:
         await store.close()

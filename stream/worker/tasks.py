@@ -28,6 +28,7 @@ from stream.worker.drift import report_max_age_s
 from stream.worker.health import Health
 from stream.worker.http import serve as serve_http
 from stream.worker.parts import WorkerParts
+from stream.worker.traits import ModelVersions
 
 log = logging.getLogger("segmenter.worker")
 
@@ -72,6 +73,9 @@ def _serve_http(w: WorkerParts) -> None:
             settings,
             lambda: w.holder.current.classes,
             lambda: processor.audiences.names if processor.audiences is not None else (),
+            # Traits are recomputed with the served model, without a disk read,
+            # for every user it scored.
+            ModelVersions(settings.model_dir, w.holder),
         )
         log.info(
             "serving /metrics, /healthz, /readyz and the read API (%s) on %s:%d",

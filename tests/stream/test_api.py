@@ -41,6 +41,7 @@ from stream.worker.http import make_app
 from stream.worker.pipeline import BatchProcessor
 from stream.worker.records import RawRecord
 from stream.worker.store import StateStore, member_shard
+from stream.worker.traits import ModelVersions
 from tests.factories import DAY, T0, click, order
 
 pytestmark = pytest.mark.integration
@@ -101,8 +102,10 @@ class Server:
         classes: Sequence[str],
         redis_url: str | None = None,
         health: Health | None = None,
+        models: ModelVersions | None = None,
     ) -> None:
         self.settings = settings
+        self.models = models
         self.classes = classes
         self.redis_url = redis_url
         self.health = health or Health()
@@ -117,7 +120,7 @@ class Server:
             self._store = StateStore.from_settings(self.settings)
         else:
             self._store = StateStore.from_url(self.redis_url, self.settings.redis_prefix)
-        app = make_app(self.health, self._store, self.settings, self.classes)
+        app = make_app(self.health, self._store, self.settings, self.classes, models=self.models)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -197,9 +200,11 @@ def test_known_user_has_the_documented_fields(server: Server) -> None:
         "user_id",
         "segment",
         "probabilities",
+        "traits",
         "audiences",
         "version",
         "model_version",
+        "scored_at",
         "stream_time",
         "features",
     }
@@ -207,7 +212,18 @@ def test_known_user_has_the_documented_fields(server: Server) -> None:
     assert data["segment"] in server.classes and set(data["probabilities"]) == set(server.classes)
     assert abs(sum(data["probabilities"].values()) - 1) < 1e-3
     assert data["version"] >= 1 and data["model_version"]
-    assert data["stream_time"].endswith("Z")
+    assert data["stream_time"].endswith("Z") and data["scored_at"].endswith("Z")
+    # The bootstrap model is a classifier: purchase and activity from its classes,
+    # spend and timing unknown (tests/stream/test_traits.py has a model that says).
+    traits = data["traits"]
+    assert set(traits) == {
+        "p_purchase_90d",
+        "predicted_spend_90d",
+        "p_active_90d",
+        "expected_next_order_at",
+    }
+    assert 0 <= traits["p_purchase_90d"] <= 1 and 0 <= traits["p_active_90d"] <= 1
+    assert traits["predicted_spend_90d"] is None and traits["expected_next_order_at"] is None
     assert data["features"]["events"] == 2 and data["features"]["last_order_at"] is None
     # The same answer as `segmenter user --json`: both come from lookup.describe.
     assert data["features"]["first_seen_at"] == "2024-01-01T00:00:00Z"

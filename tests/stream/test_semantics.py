@@ -24,6 +24,7 @@ from stream.worker.store import StateStore
 from tests.conftest import TopicReader, WorkerProcess
 from tests.factories import DAY, T0, click, order
 from tests.helpers import as_items, produce, wait_applied
+from tests.stream.test_traits import CHANGE, EVENT, check_message
 
 CLASSES = ("high_value", "regular", "potential", "at_risk")
 
@@ -166,9 +167,14 @@ def test_worker_sweeps_by_itself_and_publishes_entered_and_exited_events_with_sc
         timeout_s=60,
     )
     change_schema = schema("segment-change")
-    loyal = [orjson.loads(m.value()) for m in changes if m.key() == b"loyal"]
+    # Strict JSON (no NaN) and the schema with its date-time format checked:
+    # the live worker's own messages, traits included (tests/stream/test_traits.py).
+    loyal = [check_message(m.value(), CHANGE) for m in changes if m.key() == b"loyal"]
     for msg in loyal:
         jsonschema.validate(msg, change_schema)
+        # The bootstrap classifier: purchase and activity from its classes, spend unknown.
+        assert msg["traits"]["p_purchase_90d"] is not None and msg["traits"]["p_active_90d"]
+        assert msg["traits"]["predicted_spend_90d"] is None
         assert len(msg["explanation"]) == 3
         assert msg["action"] is None or msg["action"]["action"]
     assert loyal[-1]["segment"] == "at_risk" and loyal[-1]["action"]["action"] == "win_back_offer"
@@ -179,7 +185,10 @@ def test_worker_sweeps_by_itself_and_publishes_entered_and_exited_events_with_sc
         lambda m: any(x.key() == b"loyal" for x in m)
     )
     for m in entered:
-        jsonschema.validate(orjson.loads(m.value()), event_schema)
+        event = check_message(m.value(), EVENT)
+        if event["user_id"] == "loyal" and event["type"] == "segment-entered":
+            # The traits of the change that put them there.
+            assert event["traits"] == loyal[event["version"] - 1]["traits"]
     exits = [loyal[-1]["previous_segment"]]
     left = reader_factory(settings.segment_topic_template.format(segment=exits[0])).wait_for(
         lambda m: any(
