@@ -1,4 +1,14 @@
-"""Topic creation (idempotent). Tansu does not auto-create topics on produce."""
+"""Topic creation (idempotent). Tansu does not auto-create topics on produce, and a
+Kafka that does would create them with its defaults: uncompacted. So the service
+creates every topic it writes, before it writes it.
+
+Every keyed output topic is compacted (``customer-segments``, ``segments.<segment>``,
+``customer-audiences``, the models topic): a subscriber that starts late reads the
+latest message per key, and a `forget` tombstone removes the user's earlier
+messages for good once the broker has cleaned the log. Compaction needs a key on
+every record (Kafka refuses keyless ones there); every producer of these topics
+sets one.
+"""
 
 from __future__ import annotations
 
@@ -89,7 +99,12 @@ def ensure_segment_topics(settings: Settings, classes: tuple[str, ...]) -> list[
     admin = AdminClient(settings.kafka_client_config())
     existing = set(admin.list_topics(timeout=15).topics)
     wanted = [
-        NewTopic(settings.segment_topic_template.format(segment=c), settings.topic_partitions, 1)
+        NewTopic(
+            settings.segment_topic_template.format(segment=c),
+            settings.topic_partitions,
+            1,
+            config=dict(COMPACTED),
+        )
         for c in classes
     ]
     wanted = [t for t in wanted if t.topic not in existing]
@@ -108,7 +123,7 @@ def ensure_audience_topic(settings: Settings) -> bool:
     admin = AdminClient(settings.kafka_client_config())
     if settings.topic_audiences in admin.list_topics(timeout=15).topics:
         return False
-    topic = NewTopic(settings.topic_audiences, settings.topic_partitions, 1)
+    topic = NewTopic(settings.topic_audiences, settings.topic_partitions, 1, config=dict(COMPACTED))
     for fut in admin.create_topics([topic]).values():
         try:
             fut.result(timeout=15)

@@ -1,7 +1,11 @@
 """Shared fixtures: a real Kafka-protocol broker and a real Redis, and factories over them.
 
-* Broker: ``SEGMENTER_TEST_KAFKA_BOOTSTRAP`` if set, else an embedded Tansu
-  broker started for the session (and stopped by its PID).
+* Broker: Tansu by default: ``SEGMENTER_TEST_KAFKA_BOOTSTRAP`` if set, else an
+  embedded Tansu broker started for the session (and stopped by its PID).
+  A test marked ``@pytest.mark.brokers("tansu", "kafka")`` runs once on each;
+  "kafka" is one Apache Kafka JVM for the whole session (tests/kafka/fixtures.py),
+  started by the first test that needs it. A test may also parametrise
+  ``broker`` itself (indirectly) to pick which of its variants run where.
 * Redis: ``SEGMENTER_TEST_REDIS_URL`` if set; else the shared server on
   127.0.0.1:6379 if it answers, using db 13 and a unique key prefix per test
   (only that prefix is ever deleted: never FLUSHDB/FLUSHALL); else an embedded
@@ -38,6 +42,7 @@ from stream.devtools.embedded import (
 from stream.settings import Settings
 from stream.topics import ensure_topics
 from stream.worker.store import StateStore
+from tests.kafka.fixtures import KafkaUnderTest, kafka_under_test
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_REDIS_DB = 13
@@ -52,17 +57,64 @@ def _redis_answers(host: str = "127.0.0.1", port: int = 6379) -> bool:
         return False
 
 
+BROKERS = ("tansu", "kafka")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "brokers(*names): run the test on each named broker (tansu, kafka); "
+        "unmarked tests run on Tansu only",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("brokers")
+    if marker is None:
+        return
+    unknown = set(marker.args) - set(BROKERS)
+    if unknown or not marker.args:
+        raise pytest.UsageError(f"brokers(...) takes names from {BROKERS}, got {marker.args}")
+    if "broker" not in metafunc.fixturenames:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: brokers(...) on a test without one")
+    metafunc.parametrize("broker", marker.args, indirect=True)
+
+
+@pytest.fixture
+def broker(request: pytest.FixtureRequest) -> str:
+    """Which broker this test runs on: "tansu" unless parametrised (see ``brokers``)."""
+    name: str = getattr(request, "param", "tansu")
+    return name
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
+def tansu_bootstrap() -> Iterator[str]:
     given = os.environ.get("SEGMENTER_TEST_KAFKA_BOOTSTRAP")
     if given:
         yield given
         return
-    broker = EmbeddedKafka().start()
+    tansu = EmbeddedKafka().start()
     try:
-        yield broker.bootstrap
+        yield tansu.bootstrap
     finally:
-        broker.stop()
+        tansu.stop()
+
+
+@pytest.fixture(scope="session")
+def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaUnderTest]:
+    """One Apache Kafka for the session, with SCRAM, TLS and ACLs beside PLAINTEXT."""
+    with kafka_under_test(tmp_path_factory.mktemp("kafka")) as kafka:
+        yield kafka
+
+
+@pytest.fixture
+def kafka_bootstrap(broker: str, request: pytest.FixtureRequest) -> str:
+    """The PLAINTEXT address of the broker this test runs on."""
+    if broker == "kafka":
+        kafka: KafkaUnderTest = request.getfixturevalue("apache_kafka")
+        return kafka.broker.bootstrap
+    bootstrap: str = request.getfixturevalue("tansu_bootstrap")
+    return bootstrap
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,13 @@ import typer
 from rich.console import Console
 
 from stream.cli.common import console, progress, require_broker, settings_or_exit, setup_logging
+
+
+class BrokerChoice(StrEnum):
+    """The broker `demo` and `bench` start when none is given."""
+
+    tansu = "tansu"
+    kafka = "kafka"
 
 
 def generate(
@@ -57,12 +65,19 @@ def demo(
     days: Annotated[float, typer.Option(help="Days of synthetic history")] = 120.0,
     seed: Annotated[int, typer.Option()] = 7,
     rate: Annotated[float, typer.Option(help="Events/s to stream, 0 = flat out")] = 3000.0,
+    broker: Annotated[
+        BrokerChoice,
+        typer.Option(
+            help="Broker to start when SEGMENTER_KAFKA_URL is unset: the embedded Tansu, or a "
+            "local Apache Kafka (Java 17+; Maven resolves deploy/kafka/pom.xml once)",
+        ),
+    ] = BrokerChoice.tansu,
 ) -> None:
     """Start (or use) a broker and Redis, run a worker, stream traffic, show changes live."""
     from stream.devtools.demo import run_demo
 
     setup_logging("WARNING")
-    code = run_demo(users=users, days=days, seed=seed, rate=rate)
+    code = run_demo(users=users, days=days, seed=seed, rate=rate, broker=broker.value)
     raise typer.Exit(code)
 
 
@@ -111,6 +126,13 @@ def bench(
     kafka_url: Annotated[
         str | None, typer.Option(help="Use this broker (own bench-* topics) instead of Tansu")
     ] = None,
+    broker: Annotated[
+        BrokerChoice,
+        typer.Option(
+            help="Broker to start without --kafka-url: the embedded Tansu, or a local "
+            "Apache Kafka (Java 17+; Maven resolves deploy/kafka/pom.xml once)",
+        ),
+    ] = BrokerChoice.tansu,
     redis_url: Annotated[
         str | None,
         typer.Option(help="Use this Redis (own key prefix, deleted after) instead of embedded"),
@@ -159,6 +181,7 @@ def bench(
         seed=seed,
         audiences=audiences,
         kafka_url=kafka_url,
+        broker=broker.value,
         redis_url=redis_url,
         redis_cluster=redis_cluster,
         pin=pin,

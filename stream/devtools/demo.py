@@ -1,7 +1,8 @@
 """`segmenter demo`: the whole path on one machine, in one command.
 
 With no SEGMENTER_KAFKA_URL / SEGMENTER_REDIS_URL in the environment it starts
-an embedded Tansu broker and an embedded redis-server on free loopback ports;
+an embedded Tansu broker (or, with ``--broker kafka``, a local Apache Kafka:
+stream/devtools/apache_kafka.py) and an embedded redis-server on free loopback ports;
 with them set it uses those servers (under the prefix ``demo`` unless
 SEGMENTER_REDIS_PREFIX says otherwise). It then runs a real `segmenter worker`
 process, streams generated traffic, shows segment changes as they are
@@ -26,6 +27,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from stream.devtools.apache_kafka import ApacheKafka
 from stream.devtools.embedded import (
     EmbeddedKafka,
     EmbeddedRedis,
@@ -59,12 +61,18 @@ class DemoState:
 
 
 @contextlib.contextmanager
-def _servers() -> Iterator[dict[str, str]]:
+def _servers(broker_kind: str = "tansu") -> Iterator[dict[str, str]]:
     """Environment overrides for whichever servers we had to start ourselves."""
     env: dict[str, str] = {}
-    started: list[EmbeddedKafka | EmbeddedRedis] = []
+    started: list[ApacheKafka | EmbeddedKafka | EmbeddedRedis] = []
     try:
-        if not os.environ.get(f"{ENV_PREFIX}KAFKA_URL"):
+        if not os.environ.get(f"{ENV_PREFIX}KAFKA_URL") and broker_kind == "kafka":
+            console.print("starting Apache Kafka (a JVM: a few seconds)")
+            kafka = ApacheKafka().start()
+            started.append(kafka)
+            env[f"{ENV_PREFIX}KAFKA_URL"] = kafka.url
+            console.print(f"started Apache Kafka on {kafka.bootstrap}")
+        elif not os.environ.get(f"{ENV_PREFIX}KAFKA_URL"):
             broker = EmbeddedKafka().start()
             started.append(broker)
             env[f"{ENV_PREFIX}KAFKA_URL"] = broker.url
@@ -177,8 +185,16 @@ async def _caught_up(settings: Settings, st: DemoState) -> bool:
     return bool(wanted) and all(applied.get(tp, -1) >= off for tp, off in wanted.items())
 
 
-def run_demo(*, users: int, days: float, seed: int, rate: float, timeout_s: float = 600.0) -> int:
-    with _servers() as env:
+def run_demo(
+    *,
+    users: int,
+    days: float,
+    seed: int,
+    rate: float,
+    timeout_s: float = 600.0,
+    broker: str = "tansu",
+) -> int:
+    with _servers(broker) as env:
         os.environ.update(env)
         metrics_port = free_port()
         settings = load_settings(

@@ -6,6 +6,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 log = logging.getLogger("segmenter.bench")
 
@@ -38,6 +39,9 @@ class BenchConfig:
     profile_dir: Path | None = None
     #: External servers; None starts embedded ones.
     kafka_url: str | None = None
+    #: Which broker to start when ``kafka_url`` is None: the embedded Tansu, or
+    #: a local Apache Kafka from Maven (stream.devtools.apache_kafka; needs Java).
+    broker: Literal["tansu", "kafka"] = "tansu"
     redis_url: str | None = None
     #: Keep state on Redis Cluster: ``redis_url`` names a node of one, or
     #: without it an embedded cluster of three masters is started.
@@ -51,7 +55,19 @@ class BenchConfig:
     #: them in the same run, for ``audiences_vs_none``.
     audiences: int = 0
 
+    @property
+    def broker_label(self) -> str:
+        """What the run measured: "tansu", "kafka" (both started here) or "external"."""
+        return "external" if self.kafka_url is not None else self.broker
+
     def validate(self) -> None:
+        if self.broker not in ("tansu", "kafka"):
+            raise ValueError(f"broker must be tansu or kafka, got {self.broker!r}")
+        if self.kafka_url is not None and self.broker != "tansu":
+            raise ValueError(
+                "--broker kafka starts a local Apache Kafka and --kafka-url uses a running "
+                "one: give one of them"
+            )
         if self.events < 1000:
             raise ValueError(f"events must be at least 1000, got {self.events}")
         if self.users < 1 or self.partitions < 1 or self.workers < 1:

@@ -63,6 +63,8 @@ class BenchResult:
     redis_cluster: bool = False
     #: Whether servers and workers were pinned to separate cores (--pin).
     pinned: bool = False
+    #: The broker measured: "tansu" or "kafka" (started by the run), or "external".
+    broker: str = "tansu"
 
     @property
     def audiences_vs_none(self) -> float | None:
@@ -109,6 +111,7 @@ class BenchResult:
             "audiences_vs_none": r(self.audiences_vs_none, 2),
             "redis_cluster": self.redis_cluster,
             "pinned": self.pinned,
+            "broker": self.broker,
             "latency_rate_eps": r(self.latency_rate_eps, 0),
             "latency_samples": self.latency_samples,
             "latency_curve": self.latency_curve,

@@ -169,6 +169,7 @@ class Bench(LatencyPhases):
             workers=cfg.workers,
             redis_cluster=cfg.redis_cluster,
             pinned=cfg.pin,
+            broker=cfg.broker_label,
             raw_eps=raw_eps,
             faust_passthrough_eps=faust_eps,
             pipeline_eps=0.0,

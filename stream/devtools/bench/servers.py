@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
+from stream.devtools.apache_kafka import ApacheKafka
 from stream.devtools.bench.config import BenchConfig
 from stream.devtools.embedded import (
     EmbeddedKafka,
@@ -30,10 +31,17 @@ def run_servers(
 
     Fills ``pids`` with the embedded servers' process ids (for CPU accounting).
     """
-    started: list[EmbeddedKafka | EmbeddedRedis | EmbeddedRedisCluster] = []
+    started: list[ApacheKafka | EmbeddedKafka | EmbeddedRedis | EmbeddedRedisCluster] = []
     try:
         kafka_url = cfg.kafka_url
-        if kafka_url is None:
+        if kafka_url is None and cfg.broker == "kafka":
+            kafka = ApacheKafka().start()
+            started.append(kafka)
+            kafka_url = kafka.url
+            if kafka.proc is not None:
+                pids["broker (Apache Kafka)"] = kafka.proc.pid
+            log.info("Apache Kafka on %s (pid %s)", kafka.bootstrap, kafka.proc and kafka.proc.pid)
+        elif kafka_url is None:
             broker = EmbeddedKafka().start()
             started.append(broker)
             kafka_url = broker.url
