@@ -19,12 +19,14 @@ import jsonschema
 import orjson
 import pytest
 
+from model.registry import load_current
 from stream.devtools.embedded import free_port
 from stream.settings import Settings
 from stream.worker.store import StateStore
 from tests.conftest import REPO, TopicReader, WorkerProcess
 from tests.factories import DAY, T0, click, order
 from tests.helpers import as_items, produce, wait_applied
+from tests.stream.test_traits import offline_scoring
 
 BIG_RECENT = """\
 audiences:
@@ -116,6 +118,16 @@ def test_a_user_enters_on_an_order_and_leaves_as_stream_time_passes(
     rec, counts = asyncio.run(state())
     assert rec.audiences == () and counts == {}
     assert api(port, "/audiences/big_recent/users")["users"] == []
+    # The read API's probabilities and traits are those of the last scoring,
+    # here the audience step that moved "big" out, recomputed by the worker
+    # with its served model (tests/stream/test_traits.py).
+    user = api(port, "/users/big")
+    assert user["scored_at"] == big[1]["event_time"]
+    probabilities, traits = offline_scoring(
+        load_current(settings.model_dir), history, "big", user["scored_at"]
+    )
+    assert user["probabilities"] == probabilities and user["traits"] == traits
+    assert traits["p_purchase_90d"] is not None
     assert worker.stop() == 0
 
     # Erasure: a tombstone on the audiences topic too.

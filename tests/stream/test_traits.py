@@ -269,10 +269,11 @@ def last_changes(reader: TopicReader, n: int) -> dict[str, dict[str, Any]]:
 USERS = [f"t{i:02d}" for i in range(16)]
 
 
-def offline_traits(
+def offline_scoring(
     model: LoadedModel, values: list[dict[str, Any]], user: str, at: str
-) -> dict[str, Any]:
-    """A user's traits at ``at`` from their events folded offline (no Redis, no worker)."""
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """A user's published probabilities and traits at ``at``, from their events
+    folded offline (no Redis, no worker)."""
     state = UserState()
     for v in values:
         if v["user_id"] == user:
@@ -283,8 +284,16 @@ def offline_traits(
             assert isinstance(event, Event)
             apply(state, event)
     at_ms = _to_epoch_ms(at)
-    x = transform(np.asarray([raw_row(state, at_ms)]))
-    return published(clean(model.scorer.score(x).traits)[0], at_ms)
+    scores = model.scorer.score(transform(np.asarray([raw_row(state, at_ms)])))
+    rounded = [round(p, 4) for p in scores.probabilities[0].tolist()]
+    probs = dict(zip(model.classes, rounded, strict=True))
+    return probs, published(clean(scores.traits)[0], at_ms)
+
+
+def offline_traits(
+    model: LoadedModel, values: list[dict[str, Any]], user: str, at: str
+) -> dict[str, Any]:
+    return offline_scoring(model, values, user, at)[1]
 
 
 @pytest.mark.integration
@@ -406,3 +415,54 @@ def test_contracts_doc_example_is_a_valid_message() -> None:
     block = text[begin : text.index("```", begin)]
     msg = check_message(block.encode(), CHANGE)
     assert set(msg["traits"]) == set(NAMES)
+
+
+@pytest.mark.integration
+def test_the_read_api_shows_one_scoring_even_when_the_last_was_an_audience_step(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """An audience-only step (a clock condition flipping) is a scoring too: the
+    record's probabilities follow it, so that they and the traits, recomputed
+    at scored_at, come from the same scoring."""
+    settings = settings_factory()
+    model = load_current(settings.model_dir)
+    audiences = "audiences:\n  - name: lately\n    when: 'days_since_last_activity <= 45.0'\n"
+    values = [click("quiet", T0, "page_view"), order("quiet", T0 + 1000, total=90.0)]
+    # Others move partition 0's stream time 50 days on; "quiet" sends nothing more.
+    values += [click(f"o{d}", T0 + d * DAY, "page_view") for d in (10, 20, 31, 40, 46, 50)]
+    parsed = parse(audiences, "a.yaml", model.classes)
+
+    async def run() -> None:
+        store = StateStore.from_settings(settings)
+        sink = ConfluentSink(settings.kafka_client_config())
+        proc = BatchProcessor(
+            store, sink, lambda: model, pipeline_config(settings, audiences=parsed)
+        )
+        try:
+            for i, v in enumerate(values):  # event by event, swept after each
+                topic = (
+                    settings.topic_orders
+                    if v["event_type"].startswith("order")
+                    else settings.topic_clickstream
+                )
+                raw = RawRecord(topic, 0, i, v["user_id"].encode(), orjson.dumps(v))
+                await proc.process([raw])
+                while (await proc.reevaluate([0], limit=50)).records:
+                    pass
+        finally:
+            sink.close()
+            await store.close()
+
+    asyncio.run(run())
+    left = iso(T0 + 1000 + 45 * DAY + 1)  # just past 45 days of silence: out of "lately"
+    inactivity = iso(T0 + 1000 + 30 * DAY)  # the last regular step before it
+    assert (
+        offline_scoring(model, values, "quiet", left)[0]
+        != (offline_scoring(model, values, "quiet", inactivity)[0])
+    ), "the two scorings must differ for this test to tell them apart"
+    with Server(settings, model.classes) as srv:  # the registry's model, by version
+        body = strict(srv.get(user_path("quiet")).content)
+    assert body["scored_at"] == left and body["audiences"] == []
+    probabilities, traits = offline_scoring(model, values, "quiet", left)
+    assert body["probabilities"] == probabilities
+    assert body["traits"] == traits and body["traits"]["p_active_90d"] is not None
