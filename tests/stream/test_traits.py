@@ -28,7 +28,7 @@ import pytest
 
 from model.features import raw_column, raw_row, transform
 from model.registry import LoadedModel, load_current
-from model.scorer import TRAITS, Scorer, Scores, legacy_traits
+from model.scorer import TRAITS, Scorer, Scores
 from stream.core.events import DAY_MS, Event, _to_epoch_ms, decode, iso
 from stream.core.fold import UserState, apply
 from stream.settings import Settings
@@ -182,19 +182,20 @@ class ValueScorer(Scorer):
     gets NaN for both (the model cannot say)."""
 
     def score(self, x: np.ndarray) -> Scores:
-        probs = self.predict(x)
-        traits = legacy_traits(self.classes, probs)
+        base = super().score(x)  # probabilities, purchase and activity as the model gives them
+        traits = np.array(base.traits, copy=True)
         bought = raw_column(x, "has_ordered") > 0
         spend = 1.37 * raw_column(x, "spend_90d") + 0.123
         days = 30.0 / (1.0 + raw_column(x, "orders_90d")) + 0.3
         traits[:, TRAITS.index("predicted_spend_90d")] = np.where(bought, spend, np.nan)
         traits[:, TRAITS.index("days_to_next_order")] = np.where(bought, days, np.nan)
-        return Scores(probs, traits)
+        return Scores(base.probabilities, traits)
 
 
 def value_model(base: LoadedModel) -> LoadedModel:
     s = base.scorer
-    scorer = ValueScorer(s.classes, s.mean, s.scale, s.layers, s.clip)
+    # Every field copied, whatever kind of network the bootstrap model is.
+    scorer = ValueScorer(**{f.name: getattr(s, f.name) for f in dataclasses.fields(s)})
     return dataclasses.replace(base, version="value-head-test", scorer=scorer)
 
 
