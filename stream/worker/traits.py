@@ -50,16 +50,25 @@ _P_PURCHASE, _SPEND, _P_ACTIVE, _DAYS = (
 )
 
 
+#: Days to the next order past which the model is taken to say "none expected":
+#: a century. Beyond it the date means nothing, and past year 9999 it cannot be
+#: written at all (a batch would fail on it).
+MAX_DAYS_TO_NEXT_ORDER = 36_500.0
+
+
 def clean(traits: np.ndarray) -> np.ndarray:
     """The scorer's traits held to the contract, before anyone reads them.
 
-    Non-finite values become NaN (the model cannot say); probabilities are
-    clipped to [0, 1], spend and days below at 0 (an order expected before the
-    scoring would already have been seen). Rule audiences and the messages read
-    the same cleaned values, so a condition never sees a value no message shows.
+    Non-finite values become NaN (the model cannot say), and so do days to the
+    next order over :data:`MAX_DAYS_TO_NEXT_ORDER`; probabilities are clipped
+    to [0, 1], spend and days below at 0 (an order expected before the scoring
+    would already have been seen). Rule audiences and the messages read the
+    same cleaned values, so a condition never sees a value no message shows.
     """
     out = np.array(traits, dtype=np.float64, copy=True)
     out[~np.isfinite(out)] = np.nan
+    with np.errstate(invalid="ignore"):
+        out[out[:, _DAYS] > MAX_DAYS_TO_NEXT_ORDER, _DAYS] = np.nan
     with np.errstate(invalid="ignore"):
         out[:, [_P_PURCHASE, _P_ACTIVE]] = np.clip(out[:, [_P_PURCHASE, _P_ACTIVE]], 0.0, 1.0)
         out[:, [_SPEND, _DAYS]] = np.maximum(out[:, [_SPEND, _DAYS]], 0.0)

@@ -106,9 +106,14 @@ def test_published_rounds_like_the_probabilities_and_says_null_for_nan() -> None
 
 
 def test_clean_holds_the_scorers_traits_to_the_contract() -> None:
-    got = clean(np.asarray([[1.2, -5.0, np.inf, -1.0], [-0.1, np.nan, 0.5, 3.0]]))
-    expected = [[1.0, 0.0, math.nan, 0.0], [0.0, math.nan, 0.5, 3.0]]
+    got = clean(
+        np.asarray([[1.2, -5.0, np.inf, -1.0], [-0.1, np.nan, 0.5, 3.0], [0.5, 1e300, 0.5, 1e12]])
+    )
+    expected = [[1.0, 0.0, math.nan, 0.0], [0.0, math.nan, 0.5, 3.0], [0.5, 1e300, 0.5, math.nan]]
     np.testing.assert_array_equal(got, np.asarray(expected))
+    # Every cleaned row can be published: no date past year 9999, no NaN.
+    for row in got:
+        assert b"NaN" not in orjson.dumps(published(row, T0))
 
 
 def _good_change() -> dict[str, Any]:
