@@ -24,6 +24,7 @@ from tests.faults.scenario import (
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.brokers("tansu", "kafka")
 def test_redis_unreachable_for_ten_seconds_pauses_then_resumes(
     settings_factory: Callable[..., Settings],
     worker_factory: Callable[[Settings], WorkerProcess],

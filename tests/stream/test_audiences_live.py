@@ -51,6 +51,7 @@ def _schema() -> dict[str, Any]:
     return json.loads(text)
 
 
+@pytest.mark.brokers("tansu", "kafka")
 @pytest.mark.integration
 def test_a_user_enters_on_an_order_and_leaves_as_stream_time_passes(
     tmp_path: Path,

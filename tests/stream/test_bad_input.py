@@ -153,6 +153,7 @@ def test_every_hostile_record_is_applied_or_dead_lettered_and_counted(
     assert _counted() - before == len(records)
 
 
+@pytest.mark.brokers("tansu", "kafka")
 def test_worker_survives_a_hostile_corpus_and_dead_letters_each_bad_record(
     settings_factory: Callable[..., Settings],
     worker_factory: Callable[[Settings], WorkerProcess],
@@ -254,6 +255,7 @@ class _FailingSink:
         return self.real.publish(records)
 
 
+@pytest.mark.brokers("tansu", "kafka")
 def test_a_batch_failing_the_same_way_k_times_dead_letters_the_record_at_fault(
     settings_factory: Callable[..., Settings], reader_factory: Callable[[str], TopicReader]
 ) -> None:

@@ -53,6 +53,7 @@ def orders_only_log(settings: Settings) -> tuple[list[tuple[str, bytes | None, b
     return records, cfg.start_ms + int(cfg.days * DAY_MS) - HORIZON
 
 
+@pytest.mark.brokers("tansu", "kafka")
 def test_retrain_on_an_orders_only_log_promotes_a_model_the_worker_serves(
     settings_factory: Callable[..., Settings],
     worker_factory: Callable[[Settings], WorkerProcess],

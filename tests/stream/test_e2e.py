@@ -43,6 +43,7 @@ def scripted() -> list[dict[str, Any]]:
     return events
 
 
+@pytest.mark.brokers("tansu", "kafka")
 def test_worker_publishes_changes_dead_letters_bad_input_and_replays_idempotently(
     settings_factory: Callable[..., Settings],
     worker_factory: Callable[[Settings], WorkerProcess],

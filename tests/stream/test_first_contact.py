@@ -218,6 +218,7 @@ def test_a_worker_starts_from_an_empty_directory_with_three_settings(
     assert list(cwd.iterdir()) == []  # nothing written where it happened to be started
 
 
+@pytest.mark.brokers("tansu", "kafka")
 @pytest.mark.integration
 def test_export_of_inputs_and_of_segment_changes_through_the_cli(
     tmp_path: Path, settings_factory: Callable[..., Settings]

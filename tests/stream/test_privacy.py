@@ -60,6 +60,7 @@ async def dump_prefix(settings: Settings) -> bytes:
         await store.close()
 
 
+@pytest.mark.brokers("tansu", "kafka")
 @pytest.mark.integration
 def test_forget_tombstones_every_output_topic_and_a_replay_does_not_bring_the_user_back(
     settings_factory: Callable[..., Settings],

@@ -27,6 +27,7 @@ from tests.helpers import produce
 from tests.stream.test_cli import segmenter
 
 
+@pytest.mark.brokers("tansu", "kafka")
 @pytest.mark.integration
 def test_retrain_once_replays_the_topics_and_gates_against_the_serving_model(
     settings_factory: Callable[..., Settings],
