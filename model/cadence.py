@@ -9,7 +9,8 @@ at training (:mod:`model.training.clv`, on buyers, with age measured from the
 first purchase) and travel in the model's weights, so the network reads the
 same quantities at training and in the worker. Time is in weeks, as there.
 
-The one approximation: the expected number of purchases is P(alive) times the
+P(alive) takes the MBG/NBD form (see :meth:`Cadence.quantities`). The one
+further approximation: the expected number of purchases is P(alive) times the
 alive customer's posterior mean rate times the horizon. BG/NBD's exact
 conditional expectation (eq. 10) also lets a customer die *during* the
 horizon, through a Gauss hypergeometric function that NumPy lacks; this
@@ -69,13 +70,17 @@ class Cadence:
         t_x = np.clip(age - since, 0.0, age)
         repeat = np.maximum(orders - 1.0, 0.0)
         r, alpha, a, b = self.r, self.alpha, self.a, self.b
-        # Odds of being dead, in logs: a / (b + x - 1) * ((alpha + T) / (alpha + t_x)) ** (r + x)
+        # Odds of being dead, in the MBG/NBD form (Batislam, Denizel & Filiztekin
+        # 2007): a / (b + x) * ((alpha + T) / (alpha + t_x)) ** (r + x). BG/NBD's
+        # own form (b + x - 1, and 0 odds at x = 0) holds every one-order
+        # customer alive forever, so a second order would *lower* P(alive);
+        # here an order placed now always raises it, and age always lowers it.
         log_odds = (
             np.log(a)
-            - np.log(np.where(repeat > 0, b + repeat - 1.0, 1.0))
+            - np.log(b + repeat)
             + (r + repeat) * (np.log(alpha + age) - np.log(alpha + t_x))
         )
-        dead = np.where(repeat > 0, np.exp(np.minimum(log_odds, 700.0)), 0.0)
+        dead = np.exp(np.minimum(log_odds, 700.0))
         p_alive = np.where(buyer, 1.0 / (1.0 + dead), 0.0)
         rate = (r + repeat) / (alpha + age)
         purchases = p_alive * rate * (self.horizon_days / WEEK_DAYS)

@@ -26,6 +26,8 @@ class WindowActivity:
     events: int = 0
     orders: int = 0
     spend: float = 0.0
+    #: event time of the first order in the window (0 = none)
+    first_order_at: int = 0
 
     def add(self, event: Folded) -> None:
         self.events += 1
@@ -33,6 +35,8 @@ class WindowActivity:
             if event.event_type == "order_placed":
                 self.orders += 1
                 self.spend += event.total
+                if not self.first_order_at or event.timestamp < self.first_order_at:
+                    self.first_order_at = event.timestamp
             else:
                 # Money given back did not stay spent: net it out of the window.
                 self.spend -= event.total

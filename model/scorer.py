@@ -96,14 +96,21 @@ class Scorer:
         if self.towers is None:
             probs = self._softmax(x)
             return Scores(probs, legacy_traits(self.classes, probs))
-        t = self.towers
-        h = self._standardised(extend(np.asarray(x, dtype=np.float64), t.cadence))
+        probs, traits = self.towers.value.compose(self.heads(x), self.towers.sigma, self.classes)
+        return Scores(probs, traits)
+
+    def heads(self, x: np.ndarray) -> np.ndarray:
+        """The ``towers`` kind's raw outputs (n, 4): active logit, buy logit, value, line logit."""
+        if self.towers is None:
+            raise ValueError("only a value-head model has heads")
+        h = self._standardised(extend(np.asarray(x, dtype=np.float64), self.towers.cadence))
         (w_in, b_in), (w_out, b_out) = self.layers
         a = _rowwise(h, w_in) + b_in
         n_hidden = w_out.shape[0]
-        heads = _rowwise(np.maximum(a[:, :n_hidden], 0.0), w_out) + b_out + a[:, n_hidden:]
-        probs, traits = t.value.compose(heads, t.sigma, self.classes)
-        return Scores(probs, traits)
+        out: np.ndarray = (
+            _rowwise(np.maximum(a[:, :n_hidden], 0.0), w_out) + b_out + a[:, n_hidden:]
+        )
+        return out
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities for a (n, n_features) matrix, one forward pass.
@@ -149,7 +156,6 @@ def _load_towers(data: Any, classes: tuple[str, ...]) -> Towers:
         cadence = Cadence.from_dict(dict(zip(CADENCE_FIELDS, stored, strict=True)))
     value = ValueHead(
         platt=data["platt"].astype(np.float64).reshape(3, 2),
-        log_cut=float(data["log_cut"]),
         log_offset=float(data["log_offset"]),
         horizon_days=float(data["horizon_days"]),
     )
@@ -163,7 +169,6 @@ def towers_arrays(towers: Towers) -> dict[str, np.ndarray]:
         "towers_units": np.asarray(towers.units),
         "sigma": np.asarray(towers.sigma, dtype=np.float64),
         "platt": np.asarray(v.platt, dtype=np.float64),
-        "log_cut": np.asarray(v.log_cut, dtype=np.float64),
         "log_offset": np.asarray(v.log_offset, dtype=np.float64),
         "horizon_days": np.asarray(v.horizon_days, dtype=np.float64),
     }

@@ -13,6 +13,17 @@ import numpy as np
 
 DEFAULT_SEGMENTS: tuple[str, ...] = ("high_value", "regular", "potential", "at_risk")
 
+#: Days of silence (event time) at which a quiet user is scored again. A
+#: segment can only change when the user is scored, so the steps must be dense
+#: where the model's answer moves: a weekly buyer who stops is at_risk after a
+#: few weeks, not at the next step 60 days later. Weekly for the first month,
+#: then every two weeks to three months, then monthly or so to a year
+#: (tests/stream/test_going_quiet.py: a frequent buyer who stops reaches
+#: at_risk by the first step after the model says so).
+DEFAULT_REEVALUATE_DAYS: tuple[float, ...] = (
+    7.0, 14.0, 21.0, 30.0, 45.0, 60.0, 75.0, 90.0, 120.0, 150.0, 180.0, 240.0, 300.0, 365.0
+)  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class Hysteresis:

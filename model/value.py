@@ -9,16 +9,21 @@ of the label definition fall out of one distribution:
 * P(buy | active) = sigmoid(buy logit); P(purchase) = P(active) P(buy | active);
 * spend | purchase ~ lognormal with mean exp(value) and log-scale sigma.
 
-Then, with ``cut`` the high_value line (the top-quantile spend of buyers in the
-latest closed label window at training: no oracle is consulted at serving)::
+* P(above the line | purchase) = sigmoid(line logit), where the line is the
+  label definition's: the top-quantile spend of that window's buyers.
 
-    P(high_value) = P(purchase) * P(spend >= cut | purchase)
-    P(regular)    = P(purchase) * P(spend <  cut | purchase)
+Then::
+
+    P(high_value) = P(purchase) * P(above the line | purchase)
+    P(regular)    = P(purchase) * (1 - P(above the line | purchase))
     P(potential)  = P(active) * (1 - P(buy | active))
     P(at_risk)    = 1 - P(active)
 
-P(spend >= cut | purchase) uses the logistic form of the normal CDF,
-sigmoid(1.702 z), in training and here alike, since NumPy has no erf.
+How the top-20% cut is placed without an oracle: it is never placed in money
+at serving. The ``line`` head learned, on every training window, which
+customers' spend ended at or above that window's own line; so it answers
+"top fifth of the buyers of the coming window", whatever the season or the
+shop's currency. Predicted spend ranks customers; the line head decides.
 
 Each of the three probabilities is recalibrated with a Platt scale (a > 0, b)
 fitted on the early-stopping rows, never the validation rows; a positive scale
@@ -42,8 +47,6 @@ TRAITS: tuple[str, ...] = (
     "p_active_90d",
     "days_to_next_order",
 )
-#: Logistic approximation of the standard normal CDF: Phi(z) ~ sigmoid(1.702 z).
-PROBIT_SCALE = 1.702
 #: Below this P(purchase), no next order is expected: its time is not published.
 MIN_P_NEXT_ORDER = 0.01
 SEGMENT_ORDER: tuple[str, ...] = ("high_value", "regular", "potential", "at_risk")
@@ -58,10 +61,8 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 class ValueHead:
     """What turns the heads' outputs into probabilities and traits."""
 
-    #: Platt scales (a, b) for the active, buy and above-the-cut probabilities
+    #: Platt scales (a, b) for the active, buy and above-the-line probabilities
     platt: np.ndarray  # (3, 2)
-    #: log of the high_value line (money)
-    log_cut: float
     #: added to the value head's output: log E[spend | purchase] = value + offset
     log_offset: float
     horizon_days: float
@@ -69,13 +70,16 @@ class ValueHead:
     def compose(
         self, heads: np.ndarray, sigma: float, classes: tuple[str, ...]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``heads`` (n, 3): active logit, buy logit, value. Returns (probabilities, traits)."""
+        """``heads`` (n, 4): active logit, buy logit, value, line logit.
+
+        Returns (probabilities, traits). ``sigma`` (the lognormal's spread)
+        does not enter: the mean spend is exp(value), whatever the spread.
+        """
         (a_act, b_act), (a_buy, b_buy), (a_hv, b_hv) = self.platt
         p_active = sigmoid(a_act * heads[:, 0] + b_act)
         p_buy = sigmoid(a_buy * heads[:, 1] + b_buy)
         log_mean = heads[:, 2] + self.log_offset
-        mu = log_mean - 0.5 * sigma * sigma
-        above = sigmoid(a_hv * PROBIT_SCALE * (mu - self.log_cut) / sigma + b_hv)
+        above = sigmoid(a_hv * heads[:, 3] + b_hv)
         p_purchase = p_active * p_buy
         by_name = {
             "high_value": p_purchase * above,

@@ -24,6 +24,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
+from model.segments import DEFAULT_REEVALUATE_DAYS
 from stream.core.events import MIN_TIMESTAMP_MS, DecodeLimits, parse_instant
 from stream.redaction import Redactor, read_secret_file, redact_urls, url_passwords
 from stream.redaction import redact_url as redact
@@ -230,7 +231,7 @@ class Settings(BaseSettings):
     hysteresis_margin: float = Field(0.1, ge=0, le=1)
     hysteresis_floor: float = Field(0.2, ge=0, le=1)
     reevaluate_days: tuple[float, ...] = Field(
-        (14.0, 30.0, 60.0, 90.0, 120.0, 180.0, 365.0),
+        DEFAULT_REEVALUATE_DAYS,
         description="Inactivity thresholds (event-time days) that trigger a re-score",
     )
     reevaluate_interval_s: float = Field(2.0, gt=0, description="How often the sweep runs")

@@ -19,12 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from model.features import FEATURE_NAMES
+from model.features import FEATURE_NAMES, raw_column
+from model.scorer import TRAITS, Scorer
+from model.segments import weighted
 from model.training import archetypes, behaviour
 from model.training.baselines import majority_class, previous_segment_baseline, rfm_baseline
-from model.training.clv import clv_baseline
+from model.training.clv import clv_baseline, clv_expected_spend
 from model.training.dataset import Examples, Prepared
 from model.training.evaluate import classification_report
+from model.training.ranking import calibration_report, ranking_report
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -69,21 +72,86 @@ def behaviour_checks(
     }
 
 
+#: Single raw inputs a value model must out-rank (issue: "ranks worse than a single raw input").
+SINGLE_INPUTS: tuple[str, ...] = (
+    "spend_per_30d",
+    "spend_90d",
+    "spend_30d",
+    "total_spend",
+    "avg_order_value",
+    "orders_90d",
+    "order_count",
+    "orders_per_30d",
+)
+#: The calibration bound a candidate must meet on every class with support.
+MAX_ECE = 0.03
+
+
+def value_rankings(
+    val: Examples, predicted_spend: np.ndarray | None, clv_spend: np.ndarray | None
+) -> dict[str, Any]:
+    """Ranking of realised window spend among the rows of past buyers (those a value
+    ranking is for): the model's predicted spend, the CLV model's, and single raw inputs."""
+    past = raw_column(val.x, "order_count") >= 1
+    realised = val.spend[past]
+    hv = val.y[past] == val.classes.index("high_value") if "high_value" in val.classes else None
+    hv_mask = np.zeros(int(past.sum()), dtype=bool) if hv is None else hv
+    out: dict[str, Any] = {"population": "past buyers", "rows": int(past.sum())}
+    if predicted_spend is not None:
+        out["model"] = ranking_report(predicted_spend[past], realised, hv_mask)
+    if clv_spend is not None:
+        out["clv"] = ranking_report(clv_spend[past], realised, hv_mask)
+    out["single_inputs"] = {
+        name: {
+            k: v
+            for k, v in ranking_report(raw_column(val.x[past], name), realised, hv_mask).items()
+            if k != "deciles"
+        }
+        for name in SINGLE_INPUTS
+    }
+    return out
+
+
+def next_order_error(val: Examples, days_to_next: np.ndarray) -> dict[str, Any]:
+    """Median absolute error (days) of the expected next order time, over validation
+    rows that did order within the window and got a prediction."""
+    known = np.isfinite(val.next_order_days) & np.isfinite(days_to_next)
+    if not known.any():
+        return {"rows": 0, "median_abs_error_days": None}
+    err = np.abs(val.next_order_days[known] - days_to_next[known])
+    return {"rows": int(known.sum()), "median_abs_error_days": float(np.median(err))}
+
+
 def assess(
     parts: Sequence[Prepared],
-    predict: Predict,
+    scorer: Scorer,
     *,
     horizon_ms: int,
     top_quantile: float,
+    decision_weights: dict[str, float] | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Metrics of the model and the baselines on all parts' validation rows, and the checks.
 
-    Returns ``(metrics, predicted class indices)``.
+    Returns ``(metrics, predicted class indices)``. Segments are decided with
+    the model's decision weights; calibration is measured on the published
+    probabilities, which have none.
     """
     val = Examples.concat([p.val for p in parts])
     classes = val.classes
-    predicted = predict(val.x).argmax(axis=1)
+    scores = scorer.score(val.x)
+    w = None
+    if decision_weights:
+        w = np.array([decision_weights.get(c, 1.0) for c in classes])
+    predicted = weighted(scores.probabilities, w).argmax(axis=1)
     metrics = classification_report(val.y, predicted, classes)
+    metrics["calibration"] = calibration_report(scores.probabilities, val.y, classes)
+    metrics["calibration_max_ece"] = MAX_ECE
+    spend = scores.traits[:, TRAITS.index("predicted_spend_90d")]
+    clv_spend = np.concatenate([clv_expected_spend(p.val.x, horizon_ms=horizon_ms) for p in parts])
+    metrics["value"] = value_rankings(val, None if np.isnan(spend).all() else spend, clv_spend)
+    metrics["next_order"] = next_order_error(
+        val, scores.traits[:, TRAITS.index("days_to_next_order")]
+    )
     per_part = [
         baseline_predictions(p, horizon_ms=horizon_ms, top_quantile=top_quantile) for p in parts
     ]
@@ -92,5 +160,5 @@ def assess(
         for name in BASELINES
     }
     fit_x = np.concatenate([p.fit.x for p in parts])
-    metrics["checks"] = behaviour_checks(predict, classes, val.x, fit_x)
+    metrics["checks"] = behaviour_checks(scorer.predict, classes, val.x, fit_x)
     return metrics, predicted

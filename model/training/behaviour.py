@@ -21,7 +21,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from model.features import FEATURE_NAMES, LOG_MASK, RATE_DAYS, transform
+from model.features import (
+    FEATURE_NAMES,
+    LOG_MASK,
+    MIN_GAP_DAYS,
+    PRIOR_GAP_DAYS,
+    RATE_DAYS,
+    transform,
+)
 from stream.core.fold import HALF_LIVES
 
 #: A move the other way smaller than this is float noise, not a violation.
@@ -51,10 +58,12 @@ def _set(raw: np.ndarray, name: str, values: np.ndarray | float) -> None:
 
 def _rates(out: np.ndarray) -> None:
     """Recompute the features derived from counts, spend, recency and tenure, as
-    :func:`model.features.raw_row` does."""
+    :func:`model.features.raw_row` does (the mean gap between orders is kept:
+    only a perturbation that adds an order changes it)."""
     months = np.maximum(_c(out, "tenure_days"), RATE_DAYS) / RATE_DAYS
     _set(out, "orders_per_30d", _c(out, "order_count") / months)
     _set(out, "spend_per_30d", _c(out, "total_spend") / months)
+    _set(out, "silence_ratio", _c(out, "days_since_last_order") / _c(out, "mean_order_gap_days"))
 
 
 def add_order_now(raw: np.ndarray) -> np.ndarray:
@@ -75,6 +84,12 @@ def add_order_now(raw: np.ndarray) -> np.ndarray:
     _set(out, "days_since_last_order", 0.0)
     _set(out, "days_since_last_activity", 0.0)
     _set(out, "has_ordered", 1.0)
+    # Cadence: a first order starts it; a further one spreads the span from the
+    # first order to now over one more gap.
+    since_first = np.where(orders > 0, _c(raw, "days_since_first_order"), 0.0)
+    _set(out, "days_since_first_order", since_first)
+    gap = np.maximum(since_first / np.maximum(orders, 1.0), MIN_GAP_DAYS)
+    _set(out, "mean_order_gap_days", np.where(orders > 0, gap, PRIOR_GAP_DAYS))
     # cart_to_order = min(1, orders / carts), or 1 for a buyer without carts:
     # one more order scales it by (orders + 1) / orders; a first order makes it
     # 1 / carts (carts unknown here: at least the last 30 days' adds) or 1.
@@ -98,6 +113,10 @@ def older(raw: np.ndarray, days: float = 30.0) -> np.ndarray:
     out = raw.copy()
     for name in ("days_since_last_activity", "days_since_last_order", "tenure_days"):
         _set(out, name, _c(raw, name) + days)
+    buyer = _c(raw, "order_count") >= 1
+    _set(
+        out, "days_since_first_order", _c(raw, "days_since_first_order") + np.where(buyer, days, 0)
+    )
     decayed = {
         "orders_30d": "orders_30d",
         "orders_90d": "orders_90d",

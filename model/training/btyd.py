@@ -84,13 +84,20 @@ class GammaGamma:
 def btyd_inputs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(repeat purchases, t_x weeks, T weeks, mean order value) from feature rows.
 
-    Approximations: "birth" is first activity, not first purchase (exact on
-    orders-only data; browsing before the first order lengthens T), and the mean
-    order value includes the first order, which classic Gamma-Gamma leaves out.
+    Age is measured from the first purchase, as BG/NBD defines it, so browsing
+    before it does not count as time the customer could have bought in; rows
+    of customers who never ordered have T = 0 (fit on buyers only:
+    :func:`buyers`). The mean order value includes the first order, which
+    classic Gamma-Gamma leaves out.
     """
     orders = np.rint(raw_column(x, "order_count"))
-    tenure = np.maximum(raw_column(x, "tenure_days"), 0.0)
+    age = np.where(orders > 0, np.maximum(raw_column(x, "days_since_first_order"), 0.0), 0.0)
     since_order = raw_column(x, "days_since_last_order")
-    t_x = np.where(orders > 0, np.clip(tenure - since_order, 0.0, tenure), 0.0)
+    t_x = np.where(orders > 0, np.clip(age - since_order, 0.0, age), 0.0)
     week = WEEK_MS / DAY_MS
-    return np.maximum(orders - 1, 0), t_x / week, tenure / week, raw_column(x, "avg_order_value")
+    return np.maximum(orders - 1, 0), t_x / week, age / week, raw_column(x, "avg_order_value")
+
+
+def buyers(x: np.ndarray) -> np.ndarray:
+    """Mask of rows whose customer has ordered: the buy-till-you-die population."""
+    return np.asarray(np.rint(raw_column(x, "order_count")) >= 1)

@@ -23,6 +23,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import betaln, gammaln
 
+from model.cadence import Cadence
 from model.training.baselines import (
     _AT_RISK,
     _HIGH_VALUE,
@@ -32,7 +33,7 @@ from model.training.baselines import (
     _raw,
     majority_class,
 )
-from model.training.btyd import BGNBD, WEEK_MS, GammaGamma, btyd_inputs
+from model.training.btyd import BGNBD, WEEK_MS, GammaGamma, btyd_inputs, buyers
 from model.training.dataset import Examples
 
 log = logging.getLogger(__name__)
@@ -136,15 +137,31 @@ def fit_gamma_gamma(
 
 
 def _expected(x: np.ndarray, horizon_weeks: float) -> tuple[np.ndarray, np.ndarray]:
-    """(expected spend, expected purchases) over the horizon; FitError when unfittable."""
+    """(expected spend, expected purchases) over the horizon; FitError when unfittable.
+
+    Fitted on the buyers (age from their first purchase); customers who never
+    bought are outside the buy-till-you-die process and expect nothing.
+    """
     freq, t_x, T, monetary = btyd_inputs(x)
-    bgnbd = fit_bgnbd(freq, t_x, T)
-    gg = fit_gamma_gamma(freq, monetary)
-    purchases = bgnbd.expected_purchases(horizon_weeks, freq, t_x, T)
+    bought = buyers(x)
+    bgnbd = fit_bgnbd(freq[bought], t_x[bought], T[bought])
+    gg = fit_gamma_gamma(freq[bought], monetary[bought])
+    purchases = np.where(bought, bgnbd.expected_purchases(horizon_weeks, freq, t_x, T), 0.0)
     spend = purchases * gg.expected_value(freq, monetary)
     if not (np.all(np.isfinite(purchases)) and np.all(np.isfinite(spend))):
         raise FitError(f"non-finite predictions from {bgnbd} / {gg}")
     return spend, purchases
+
+
+def clv_expected_spend(x: np.ndarray, *, horizon_ms: int) -> np.ndarray:
+    """BG/NBD + Gamma-Gamma expected spend over the horizon for rows ``x``, fitted on
+    those rows' own features (as :func:`clv_baseline`); 90-day spend when unfittable."""
+    try:
+        spend, _ = _expected(x, horizon_ms / WEEK_MS)
+    except ValueError as exc:
+        log.warning("clv: fit failed (%s); ranking by spend_90d", exc)
+        spend = _raw(x, "spend_90d")
+    return spend
 
 
 def _potential_threshold(train: Examples) -> float:
@@ -207,3 +224,36 @@ def clv_baseline(
     recent = _raw(val.x, "days_since_last_activity") < _potential_threshold(train)
     segment[(segment == _AT_RISK) & recent] = _POTENTIAL
     return mapping[segment]
+
+
+#: Used when the rows cannot support a fit (fewer than MIN_REPEAT_BUYERS repeat
+#: buyers): BG/NBD as fitted to CDNOW in weeks (Fader, Hardie & Lee 2005, table 1).
+#: Without a Gamma-Gamma fit, a customer's own mean order value is their expectation.
+PRIOR_BGNBD = BGNBD(r=0.243, alpha=4.414, a=0.793, b=2.426)
+
+
+def fit_cadence(x: np.ndarray, horizon_days: float) -> Cadence:
+    """BG/NBD and Gamma-Gamma fitted on the buyers among rows ``x`` (one per customer,
+    features at one cutoff), for the network's cadence inputs (model.cadence)."""
+    freq, t_x, T, monetary = btyd_inputs(x)
+    bought = buyers(x)
+    try:
+        bg = fit_bgnbd(freq[bought], t_x[bought], T[bought])
+    except ValueError as exc:
+        log.warning("cadence: BG/NBD fit failed (%s); using the CDNOW prior", exc)
+        bg = PRIOR_BGNBD
+    try:
+        gg: GammaGamma | None = fit_gamma_gamma(freq[bought], monetary[bought])
+    except ValueError as exc:
+        log.warning("cadence: Gamma-Gamma fit failed (%s); own mean order values", exc)
+        gg = None
+    return Cadence(
+        r=bg.r,
+        alpha=bg.alpha,
+        a=bg.a,
+        b=bg.b,
+        horizon_days=horizon_days,
+        p=None if gg is None else gg.p,
+        q=None if gg is None else gg.q,
+        v=None if gg is None else gg.v,
+    )

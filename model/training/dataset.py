@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model.features import N_FEATURES, vector
-from model.labels import label_users, window_activity
+from model.labels import high_value_line, label_users, window_activity
 from model.segments import DEFAULT_SEGMENTS
 from stream.core.dedup import DEFAULT_CLICK_WINDOW_MS, admitted
 from stream.core.events import Folded
@@ -40,6 +40,23 @@ class Examples:
     cutoffs: np.ndarray  # the cutoff (ms) each row was made at
     classes: tuple[str, ...] = DEFAULT_SEGMENTS
     label_names: list[str] = field(default_factory=list)
+    #: net spend in the row's label window (>= 0): what the value head predicts
+    spend: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: the high_value line of the row's cutoff (top-quantile of that window's buyers)
+    thresholds: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: days from the cutoff to the row's first order in the window (NaN: none)
+    next_order_days: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def __post_init__(self) -> None:
+        # Rows built without window outcomes (tests, hand-made tables) get
+        # "unknown": no spend, no line, no next order.
+        n = len(self.users)
+        if len(self.spend) != n:
+            self.spend = np.zeros(n)
+        if len(self.thresholds) != n:
+            self.thresholds = np.zeros(n)
+        if len(self.next_order_days) != n:
+            self.next_order_days = np.full(n, np.nan)
 
     def __len__(self) -> int:
         return len(self.users)
@@ -56,6 +73,9 @@ class Examples:
             cutoffs=np.concatenate([p.cutoffs for p in parts]),
             classes=parts[0].classes,
             label_names=[n for p in parts for n in p.label_names],
+            spend=np.concatenate([p.spend for p in parts]),
+            thresholds=np.concatenate([p.thresholds for p in parts]),
+            next_order_days=np.concatenate([p.next_order_days for p in parts]),
         )
 
     def subset(self, mask: np.ndarray) -> Examples:
@@ -67,6 +87,9 @@ class Examples:
             cutoffs=self.cutoffs[idx],
             classes=self.classes,
             label_names=[self.label_names[i] for i in idx],
+            spend=self.spend[idx],
+            thresholds=self.thresholds[idx],
+            next_order_days=self.next_order_days[idx],
         )
 
 
@@ -151,6 +174,9 @@ def build_examples(
     users: list[str] = []
     at: list[int] = []
     names: list[str] = []
+    spend: list[float] = []
+    lines: list[float] = []
+    next_order: list[float] = []
     i = 0
     for cutoff in sorted(cutoffs):
         while i < len(events) and events[i].timestamp <= cutoff:
@@ -164,6 +190,7 @@ def build_examples(
         hi = bisect.bisect_right(times, cutoff + horizon_ms)
         activity = window_activity(events[lo:hi])
         labels = label_users(states.keys(), activity, top_quantile=top_quantile)
+        line = high_value_line(states.keys(), activity, top_quantile)
         for user, state in states.items():
             label = labels[user]
             if label not in index:
@@ -173,6 +200,11 @@ def build_examples(
             users.append(user)
             at.append(cutoff)
             names.append(label)
+            act = activity.get(user)
+            spend.append(max(act.spend, 0.0) if act is not None and act.orders else 0.0)
+            lines.append(line)
+            first = act.first_order_at if act is not None else 0
+            next_order.append((first - cutoff) / DAY_MS if first else np.nan)
     x = np.stack(rows) if rows else np.zeros((0, N_FEATURES))
     return Examples(
         x=x,
@@ -181,6 +213,9 @@ def build_examples(
         cutoffs=np.asarray(at, dtype=np.int64),
         classes=classes,
         label_names=names,
+        spend=np.asarray(spend, dtype=np.float64),
+        thresholds=np.asarray(lines, dtype=np.float64),
+        next_order_days=np.asarray(next_order, dtype=np.float64),
     )
 
 

@@ -24,6 +24,9 @@ It measures what segments are for, on the data the model will serve:
 * **Synthetic never replaces real** unless the user asks (``allow_synthetic``).
 * **Behaviour:** every directional expectation under its threshold, and every
   archetype where the label definition puts it (:mod:`model.training.assess`).
+* **Calibration:** consumers, rule audiences and hysteresis read the published
+  probabilities, so each class with support must have an ECE of at most
+  :data:`model.training.assess.MAX_ECE` on the validation rows.
 
 Each verdict explains itself, check by check, in ``gate.json``, the manifest
 and the report.
@@ -41,6 +44,8 @@ import orjson
 
 from model.drift import SIGNIFICANT_PSI, bin_counts, psi, reference
 from model.registry import MANIFEST, current_version, load_version
+from model.segments import weighted
+from model.training.assess import MAX_ECE
 from model.training.evaluate import PRIMARY_METRIC, classification_report, primary
 
 log = logging.getLogger(__name__)
@@ -106,6 +111,9 @@ def score_serving(
     with np.load(candidate_dir / "validation.npz") as val:
         x, y = val["x"], val["y"]
     probs = serving.scorer.predict(x)
+    weights = serving.decision_weights
+    if weights:
+        probs = weighted(probs, np.array([weights.get(c, 1.0) for c in serving.classes]))
     # Scored like a baseline: its answer among the classes the candidate's rows
     # can hold (a class the candidate lacks has no rows to be right about).
     shared = [serving.classes.index(c) for c in classes if c in serving.classes]
@@ -152,9 +160,21 @@ def decide(
     *,
     tolerance: float,
     synthetic_over_real: bool,
+    calibration: dict[str, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Pure rule: one entry per check, each with ``passed`` and a sentence."""
     checks: list[dict[str, Any]] = []
+    if calibration is not None:
+        over = {c: r["ece"] for c, r in calibration.items() if r["support"] and r["ece"] > MAX_ECE}
+        worst = max((r["ece"] for r in calibration.values() if r["support"]), default=0.0)
+        checks.append(
+            {
+                "check": "calibrated",
+                "passed": not over,
+                "detail": f"ECE at most {MAX_ECE} on every class with support "
+                + (f"(worst {worst:.4f})" if not over else f"but {_fmt_ece(over)}"),
+            }
+        )
     for name, value in baselines.items():
         if name in REFERENCE_BASELINES:
             checks.append(
@@ -224,6 +244,10 @@ def decide(
     return checks
 
 
+def _fmt_ece(over: dict[str, float]) -> str:
+    return ", ".join(f"{c} {e:.4f}" for c, e in over.items())
+
+
 def judge(
     model_dir: Path,
     candidate_dir: Path,
@@ -256,6 +280,7 @@ def judge(
         metrics.get("checks", {}),
         tolerance=tolerance,
         synthetic_over_real=synthetic_over_real,
+        calibration=metrics.get("calibration"),
     )
     failed = [c for c in checks if not c["passed"]]
     current = primary(serving["report"], metric)[1] if serving and serving.get("usable") else None
@@ -270,6 +295,13 @@ def judge(
         )
     scores = {"candidate": _scores(metrics)}
     scores.update({n: _scores(r) for n, r in metrics.get("baselines", {}).items()})
+    # Ranking by value, beside the classes (model.training.ranking): reported, not gated.
+    value = metrics.get("value") or {}
+    for name, key in (("candidate", "model"), ("clv", "clv")):
+        if name in scores and key in value:
+            scores[name].update(
+                {k: value[key].get(k) for k in ("normalised_gini", "top20_capture")}
+            )
     if serving and serving.get("usable"):
         scores[f"serving {serving['version']}"] = _scores(serving["report"])
     verdict = Verdict(

@@ -1,35 +1,42 @@
-"""Which way each input may push each segment, and the weight rules that guarantee it. Pure.
+"""Which inputs each head of the network reads, and which way each may push it. Pure.
 
-The network stays the seed's MLP (standardise -> Dense(ReLU) -> Dense(softmax)),
-but its weights are kept in a set where the directional expectations of
-:mod:`model.training.behaviour` hold *by construction*, for every input, including
-inputs far outside the training range:
+The network (:mod:`model.training.network`) has three heads, each a small
+tower over the model input (the feature row plus the cadence inputs of
+:mod:`model.cadence`):
 
-* Each monotone input has an orientation (+1: more of it is more value or
-  engagement; -1: more of it is less, e.g. days since the last order).
-* The hidden units are split into blocks. A monotone input feeds only the
-  units of its block, with weights of its orientation's sign; the free inputs
-  feed every unit with any sign. So every hidden unit is non-decreasing in
-  every oriented input of its block, and independent of other blocks' ones.
-* Deeper hidden layers (if any) connect a block only to itself, with
-  non-negative weights, which keeps that property.
-* Output weights are ordered per hidden unit. For the ``value`` block
-  (orders, spend, recency): ``at_risk <= every other class <= high_value``;
-  for the ``engagement`` block (browsing, tenure): ``at_risk <= every other``.
+* ``active``: the logit of any activity in the horizon. P(at_risk) = 1 - P(active).
+* ``buy``: the logit of a purchase in the horizon, given activity.
+* ``value``: log E[spend | a purchase] (the lognormal's mean, in logs).
+* ``line``: the logit of spend at or above the high_value line, given a purchase.
 
-Softmax then does the rest: if logit k's derivative along a direction is at
-least every other logit's, P(k) cannot fall along it (dP_k = P_k (dl_k -
-sum_j P_j dl_j)). Hence: an order added now never lowers P(high_value) nor
-raises P(at_risk); the same history, older, never lowers P(at_risk); more
-views never raise P(at_risk). Input clipping to the training range
-(:class:`model.scorer.Scorer`) is itself non-decreasing, so it keeps this.
-The Keras constraints that keep the weights in this set are in
-:mod:`model.training.network`; ``tests/model/test_monotone.py`` checks the property on
-random weights.
+A monotone input of a head has an orientation (+1: more of it never lowers
+the head; -1: never raises it). Its first-layer weights keep that sign, the
+head's output weights are non-negative, so the head is non-decreasing in
+every oriented input, for any input, however far outside the training range.
+Free inputs take any sign. An input a head must not read is masked out.
 
-Why not constrain everything: a window shopper's many views must be free to
-say "potential, not high_value", so browsing is only kept from pointing to
-``at_risk``; ``session_count`` and ``distinct_categories`` are left free.
+Where the orientations come from (docs/design.md, "Recency against cadence"):
+
+* **Silence is oriented, raw order counts are not.** After frequent buying,
+  the same silence means the customer has most likely left; so order counts
+  must be free to *raise* P(at_risk) at long silence. The ``active`` and
+  ``buy`` heads therefore do not read ``order_count`` or the mean gap between
+  orders at all (which an order placed now could move either way); they read
+  frequency through the cadence inputs (P(alive), expected purchases), which
+  fall with silence relative to the customer's own rate, and through the
+  decayed counters. Silence (days since the last order or activity, silence
+  relative to the own gap, age) only ever lowers them.
+* **More spend at the same cadence never lowers predicted spend.** Spend
+  inputs are +1 in every head, so P(purchase) x E[spend | purchase] cannot
+  fall when spend rises.
+* **Catalogue size cannot buy value.** ``distinct_categories`` is read only by
+  ``active`` (engagement); a shop with 2,000 categories must not make its
+  customers high_value.
+
+With these, the directional expectations of :mod:`model.training.behaviour`
+hold by construction (``tests/model/test_monotone.py`` checks it on random
+weights): an order placed now never lowers P(high_value) or raises P(at_risk);
+the same history, older, never lowers P(at_risk); more views never raise it.
 """
 
 from __future__ import annotations
@@ -39,74 +46,94 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from model.cadence import CADENCE_INPUTS
 from model.features import FEATURE_NAMES
 
-VALUE = "value"
-ENGAGEMENT = "engagement"
-BLOCKS = (VALUE, ENGAGEMENT)
+HEADS: tuple[str, ...] = ("active", "buy", "value", "line")
+#: The model input: the feature row, then the cadence inputs.
+INPUT_NAMES: tuple[str, ...] = (*FEATURE_NAMES, *CADENCE_INPUTS)
 
-#: feature -> (block, orientation). Features not listed are free.
-MONOTONE: dict[str, tuple[str, int]] = {
-    "days_since_last_activity": (VALUE, -1),
-    "days_since_last_order": (VALUE, -1),
-    "order_count": (VALUE, +1),
-    "orders_30d": (VALUE, +1),
-    "orders_90d": (VALUE, +1),
-    "total_spend": (VALUE, +1),
-    "avg_order_value": (VALUE, +1),
-    "spend_30d": (VALUE, +1),
-    "spend_90d": (VALUE, +1),
-    "cart_to_order": (VALUE, +1),
-    "orders_per_session": (VALUE, +1),
-    "return_ratio": (VALUE, -1),
-    "has_ordered": (VALUE, +1),
-    "orders_per_30d": (VALUE, +1),
-    "spend_per_30d": (VALUE, +1),
-    "tenure_days": (ENGAGEMENT, -1),
-    "product_views_30d": (ENGAGEMENT, +1),
-    "cart_adds_30d": (ENGAGEMENT, +1),
+#: Recency, silence and age: more of it never means more activity or purchase.
+_SILENCE = {
+    "days_since_last_activity": -1,
+    "days_since_last_order": -1,
+    "silence_ratio": -1,
+    "tenure_days": -1,
+    "days_since_first_order": -1,
 }
+#: Recent activity, purchases and spend, as the decayed counters and rates hold them.
+_RECENT = {
+    "orders_30d": +1,
+    "orders_90d": +1,
+    "spend_30d": +1,
+    "spend_90d": +1,
+    "orders_per_30d": +1,
+    "spend_per_30d": +1,
+    "btyd_p_alive": +1,
+    "btyd_purchases": +1,
+    "has_ordered": +1,
+    "cart_to_order": +1,
+    "orders_per_session": +1,
+    "return_ratio": -1,
+}
+_BROWSING = {"product_views_30d": +1, "cart_adds_30d": +1}
 
-#: Share of the first hidden layer's units given to the value block.
-VALUE_SHARE = 2 / 3
+#: head -> {input: orientation}; 0 = read freely. Inputs not listed are not read.
+ORIENTATION: dict[str, dict[str, int]] = {
+    "active": {**_SILENCE, **_RECENT, **_BROWSING, "session_count": 0, "distinct_categories": 0},
+    "buy": {**_SILENCE, **_RECENT, **_BROWSING, "session_count": 0},
+    "value": {
+        # Given a purchase, a customer who buys more, more often and more
+        # recently spends more; browsing and age are free to say how much.
+        "order_count": +1,
+        "total_spend": +1,
+        "avg_order_value": +1,
+        "days_since_last_order": -1,
+        "days_since_last_activity": -1,
+        "silence_ratio": -1,
+        **_RECENT,
+        "tenure_days": 0,
+        "days_since_first_order": 0,
+        "mean_order_gap_days": 0,
+        "session_count": 0,
+        **{k: 0 for k in _BROWSING},
+    },
+}
+# Above the line is value's question asked of the label: the same inputs, the same ways.
+ORIENTATION["line"] = dict(ORIENTATION["value"])
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Masks for one network: which weights may be non-zero, and with which sign."""
+    """Masks for one network: which first-layer weights exist, and their signs."""
 
-    #: (n_features,) orientation: +1 / -1 for monotone inputs, 0 for free ones
+    #: (n_inputs, n_heads * units + n_heads) 1 where a weight may be non-zero:
+    #: each head's hidden units, then each head's linear skip from the input
+    allowed: np.ndarray
+    #: same shape: +1 / -1 for an oriented weight, 0 for a free one
     sign: np.ndarray
-    #: one (n_in, n_out) 0/1 mask per hidden layer: which connections exist
-    allowed: tuple[np.ndarray, ...]
-    #: (n_hidden_last,) block index of each last hidden unit
-    unit_block: np.ndarray
-    classes: tuple[str, ...]
+    #: (n_heads * units, n_heads) output mask: each head reads its own units
+    out_allowed: np.ndarray
+    units: int
 
 
-def block_sizes(units: int) -> tuple[int, int]:
-    value = max(1, round(units * VALUE_SHARE))
-    return value, max(1, units - value)
+def layout(units: int, inputs: Sequence[str] = INPUT_NAMES) -> Layout:
+    """The masks for towers of ``units`` hidden units per head."""
+    n_in, n_heads = len(inputs), len(HEADS)
+    allowed = np.zeros((n_in, n_heads * units + n_heads))
+    sign = np.zeros_like(allowed)
+    out_allowed = np.zeros((n_heads * units, n_heads))
+    for h, head in enumerate(HEADS):
+        cols = [*range(h * units, (h + 1) * units), n_heads * units + h]
+        for i, name in enumerate(inputs):
+            if name in ORIENTATION[head]:
+                allowed[i, cols] = 1.0
+                sign[i, cols] = ORIENTATION[head][name]
+        out_allowed[h * units : (h + 1) * units, h] = 1.0
+    return Layout(allowed=allowed, sign=sign, out_allowed=out_allowed, units=units)
 
 
-def layout(
-    hidden: Sequence[int],
-    classes: Sequence[str],
-    features: Sequence[str] = FEATURE_NAMES,
-) -> Layout:
-    sign = np.array([MONOTONE.get(f, ("", 0))[1] for f in features], dtype=np.float64)
-    feature_block = [BLOCKS.index(MONOTONE[f][0]) if f in MONOTONE else -1 for f in features]
-    allowed: list[np.ndarray] = []
-    previous_block: np.ndarray | None = None
-    unit_block = np.zeros(0, dtype=np.int64)
-    for units in hidden:
-        sizes = block_sizes(units)
-        unit_block = np.repeat(np.arange(len(BLOCKS)), sizes)
-        if previous_block is None:
-            fb = np.array(feature_block)[:, None]
-            mask = (fb == -1) | (fb == unit_block[None, :])
-        else:
-            mask = previous_block[:, None] == unit_block[None, :]
-        allowed.append(mask.astype(np.float64))
-        previous_block = unit_block
-    return Layout(sign=sign, allowed=tuple(allowed), unit_block=unit_block, classes=tuple(classes))
+def project(w: np.ndarray, allowed: np.ndarray, sign: np.ndarray) -> np.ndarray:
+    """NumPy form of the Keras constraint: mask, then clip each oriented weight to its sign."""
+    w = w * allowed
+    return np.where(sign == 0, w, sign * np.maximum(sign * w, 0.0))

@@ -25,6 +25,15 @@ from model.training.report_sections import (
     drift_section,
     gate_section,
 )
+from model.training.report_value import (
+    DECILES_PNG,
+    GAINS_PNG,
+    calibration_section,
+    decile_figure,
+    gains_figure,
+    save,
+    value_section,
+)
 from stream.core.events import DAY_MS
 
 CONFUSION_PNG = "confusion_matrix.png"
@@ -36,7 +45,6 @@ REPORT_MD = "report.md"
 
 # Small figures: a report holds several, and they live beside every model version.
 _FIGSIZE = (6.0, 4.0)
-_DPI = 100
 
 
 def _pyplot() -> Any:
@@ -49,13 +57,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(plt: Any, fig: Any, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=_DPI)
-    # Close explicitly: pyplot keeps every figure alive otherwise, and the
-    # retrain job writes reports for as long as it runs.
-    plt.close(fig)
-    return path
+_save = save
 
 
 def _confusion_figure(plt: Any, path: Path, classes: Sequence[str], confusion: Any) -> Path:
@@ -278,6 +280,7 @@ def write_report(
     checks: dict[str, Any] | None = None,
     calibration: tuple[np.ndarray, np.ndarray] | None = None,
     drift_reference: dict[str, Any] | None = None,
+    value: tuple[dict[str, np.ndarray], np.ndarray] | None = None,
 ) -> list[Path]:
     """Write the four figures and ``report.md`` into ``out_dir``; return the paths written.
 
@@ -286,7 +289,8 @@ def write_report(
     validation rows; ``distribution`` maps "train", "validation" (and
     optionally "predicted") to class counts. ``checks`` are the
     directional and archetype results (:func:`model.training.assess.behaviour_checks`),
-    ``calibration`` the validation probabilities and labels.
+    ``calibration`` the validation probabilities and labels, ``value`` the
+    rankings by predicted spend (name -> per row) and the realised spend.
     """
     plt = _pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -310,11 +314,25 @@ def write_report(
         images.append(
             ("Reliability", _reliability_figure(plt, out_dir / RELIABILITY_PNG, classes, probs, y))
         )
+    if value is not None:
+        rankings, realised = value
+        images.append(
+            ("Cumulative gains", gains_figure(plt, out_dir / GAINS_PNG, rankings, realised))
+        )
+        if "model" in rankings:
+            images.append(
+                (
+                    "Decile calibration",
+                    decile_figure(plt, out_dir / DECILES_PNG, rankings["model"], realised),
+                )
+            )
 
     lines = [f"# Training report: {version}", ""]
     lines += ["## Validation metrics", ""]
     lines += _metrics_table(classes, model_metrics, baselines)
     lines.append("")
+    lines += value_section(model_metrics)
+    lines += calibration_section(model_metrics)
     if gate is not None:
         lines += gate_section(gate)
     if checks:

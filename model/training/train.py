@@ -17,7 +17,7 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,9 +27,11 @@ import orjson
 
 from model.features import FEATURE_NAMES, SCHEMA_HASH
 from model.registry import KERAS, MANIFEST, WEIGHTS, publish_version, set_current
-from model.scorer import Scorer, save_weights
+from model.scorer import save_weights
 from model.training.assess import assess
 from model.training.dataset import Examples, Prepared, prepare_examples
+from model.training.fit import Fitted, fit
+from model.training.monotone import INPUT_NAMES
 from stream.core.events import DAY_MS
 
 __all__ = ["Fitted", "Prepared", "TrainConfig", "prepare_examples", "train_from_events"]
@@ -41,164 +43,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    hidden: tuple[int, ...] = (32,)
-    dropout: float = 0.1
+    #: hidden units per head (the first entry; the towers are one layer deep)
+    hidden: tuple[int, ...] = (16,)
+    dropout: float = 0.0
     l2: float = 1e-4
-    #: 3e-3 stopped after ~24 epochs at high_value F1 0.362 on a 10k-customer orders-only
-    #: population where 1e-3 reached 0.409 (docs/model.md).
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     epochs: int = 200
     batch_size: int = 256
     patience: int = 15
     seed: int = 0
-    #: 1.0 = fully balanced class weights, 0.0 = none. Measured on generated
-    #: data (300 users, 240 days, 3 seeds): balanced 0.77-0.79 macro-F1, square
-    #: root 0.81-0.84, none 0.83-0.86; balanced weights over-predict the rare
-    #: classes when the validation window's priors differ from training's.
-    class_weight_power: float = 0.5
-    #: Keep the weights where the directional expectations hold by
-    #: construction (model/training/monotone.py), and clip inputs to the training range.
-    monotone: bool = True
+    #: Clip inputs to the training range (model/training/network.py).
     clip: bool = True
-    #: Tune the high_value decision on the early-stopping rows (tune_high_value_bias).
-    tune_decision: bool = True
-
-
-@dataclass
-class Fitted:
-    model: Any
-    mean: np.ndarray
-    scale: np.ndarray
-    history: dict[str, list[float]] = field(default_factory=dict)
-    clip: tuple[np.ndarray, np.ndarray] | None = None
-
-    def scorer(self, classes: Sequence[str]) -> Scorer:
-        """The NumPy forward pass the worker will serve: every judgement uses it."""
-        from model.training.network import dense_layers
-
-        layers = tuple(
-            (k.astype(np.float32).astype(np.float64), b.astype(np.float32).astype(np.float64))
-            for k, b in dense_layers(self.model)
-        )
-        return Scorer(tuple(classes), self.mean, self.scale, layers, self.clip)
-
-
-def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0)
-    # A constant feature (e.g. no clicks in orders-only data) must pass as 0,
-    # not divide by zero.
-    scale[scale < 1e-9] = 1.0
-    return mean, scale
-
-
-def class_weights(y: np.ndarray, n_classes: int, power: float = 1.0) -> dict[int, float]:
-    """Balanced weights, raised to ``power``, for the classes present; absent ones get 0."""
-    counts = np.bincount(y, minlength=n_classes).astype(float)
-    present = counts > 0
-    weights = np.zeros(n_classes)
-    weights[present] = (counts.sum() / (present.sum() * counts[present])) ** power
-    return {i: float(w) for i, w in enumerate(weights)}
-
-
-def fit(
-    train: Examples,
-    early_stopping: Examples,
-    cfg: TrainConfig,
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-) -> Fitted:
-    """Fit on ``train``; stop (and restore the best weights) by the loss on ``early_stopping``.
-
-    ``early_stopping`` must not be the validation set that is reported and
-    gated on: choosing the epoch by a set's loss is fitting to it. Keras names
-    its loss ``val_loss`` in the history; here that is the early-stopping loss.
-    """
-    import keras
-    import tensorflow as tf
-
-    from model.training.network import build
-
-    # Same --seed, same weights: seed every RNG and ask TF for deterministic ops.
-    keras.utils.set_random_seed(cfg.seed)
-    tf.config.experimental.enable_op_determinism()
-
-    n_classes = len(train.classes)
-    mean, scale = standardisation(train.x)
-    clip = (train.x.min(axis=0), train.x.max(axis=0)) if cfg.clip else None
-    model = build(
-        train.x.shape[1],
-        train.classes,
-        hidden=cfg.hidden,
-        dropout=cfg.dropout,
-        l2=cfg.l2,
-        learning_rate=cfg.learning_rate,
-        mean=mean,
-        scale=scale,
-        clip=clip,
-        monotone=cfg.monotone,
-    )
-    y_train = keras.utils.to_categorical(train.y, n_classes)
-    y_stop = keras.utils.to_categorical(early_stopping.y, n_classes)
-    callbacks: list[Any] = [
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=cfg.patience, restore_best_weights=True
-        )
-    ]
-    if on_epoch is not None:
-        callbacks.append(
-            keras.callbacks.LambdaCallback(
-                on_epoch_end=lambda epoch, logs: on_epoch(epoch, dict(logs or {}))
-            )
-        )
-    history = model.fit(
-        train.x,
-        y_train,
-        validation_data=(early_stopping.x, y_stop),
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        class_weight=class_weights(train.y, n_classes, cfg.class_weight_power),
-        shuffle=True,
-        verbose=0,
-        callbacks=callbacks,
-    )
-    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    return Fitted(model=model, mean=mean, scale=scale, history=hist, clip=clip)
-
-
-#: Shifts of the high_value logit tried when tuning the decision on early-stopping rows.
-BIAS_GRID = np.round(np.arange(-2.0, 2.0001, 0.1), 2)
-
-
-def tune_high_value_bias(fitted: Fitted, rows: Examples) -> float:
-    """Shift the high_value logit so that argmax maximises high_value F1 on ``rows``.
-
-    The network is fitted for cross-entropy, the gate judges high_value F1
-    (model/training/evaluate.py): for a class that rare, the best decision is rarely
-    argmax of calibrated probabilities. The shift is chosen on the
-    early-stopping rows, never on the validation window, and added to the
-    output bias, so model.keras and weights.npz both carry it. A constant on
-    one logit changes no derivative, so monotonicity holds as before.
-    """
-    classes = list(rows.classes)
-    if "high_value" not in classes or not (rows.y == classes.index("high_value")).any():
-        return 0.0
-    hv = classes.index("high_value")
-    logits = np.log(np.maximum(fitted.scorer(classes).predict(rows.x), 1e-12))
-    truth = rows.y == hv
-    best, best_f1 = 0.0, -1.0
-    for shift in sorted(BIAS_GRID, key=abs):  # ties keep the smallest shift
-        shifted = logits.copy()
-        shifted[:, hv] += shift
-        said = shifted.argmax(axis=1) == hv
-        tp = float((said & truth).sum())
-        f1 = 2 * tp / max(float(said.sum() + truth.sum()), 1.0)
-        if f1 > best_f1 + 1e-12:
-            best, best_f1 = float(shift), f1
-    out = fitted.model.get_layer("segment")
-    kernel, bias = out.get_weights()
-    bias[hv] += best
-    out.set_weights([kernel, bias])
-    return best
 
 
 def code_version() -> str:
@@ -242,34 +97,39 @@ def write_artifact(
     give the drift reference the worker compares live inputs with.
     """
     from model.drift import reference
-    from model.training.network import dense_layers
 
     version = version or new_version(cfg.seed, int(training.get("examples", 0)))
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=model_dir, prefix=".staging-"))
     fitted.model.save(staging / KERAS)
-    save_weights(
-        staging / WEIGHTS, fitted.mean, fitted.scale, dense_layers(fitted.model), fitted.clip
-    )
+    sc = fitted.scorer
+    save_weights(staging / WEIGHTS, sc.mean, sc.scale, list(sc.layers), sc.clip, sc.towers)
     manifest = {
         "version": version,
         "created_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         "features": list(FEATURE_NAMES),
         "schema_hash": SCHEMA_HASH,
         "classes": list(classes),
+        "inputs": list(INPUT_NAMES),
         "normalisation": {
-            "mean": [float(v) for v in fitted.mean],
-            "scale": [float(v) for v in fitted.scale],
+            "mean": [float(v) for v in sc.mean],
+            "scale": [float(v) for v in sc.scale],
         },
-        "network": {"hidden": list(cfg.hidden), "dropout": cfg.dropout, "l2": cfg.l2},
+        "network": {
+            "kind": "towers",
+            "units": sc.towers.units if sc.towers else None,
+            "l2": cfg.l2,
+        },
+        "decision": {"weights": fitted.decision_weights},
+        "calibration": fitted.calibration,
         "training": {**training, "config": asdict(cfg)},
         "metrics": metrics,
         "code_version": code_version(),
     }
-    if fitted.clip is not None:
+    if sc.clip is not None:
         manifest["input_range"] = {
-            "lo": [float(v) for v in fitted.clip[0]],
-            "hi": [float(v) for v in fitted.clip[1]],
+            "lo": [float(v) for v in sc.clip[0]],
+            "hi": [float(v) for v in sc.clip[1]],
         }
     if reference_rows is not None:
         manifest["drift_reference"] = reference(reference_rows)
@@ -280,7 +140,13 @@ def write_artifact(
         )
     )
     if validation is not None:
-        np.savez_compressed(staging / "validation.npz", x=validation.x, y=validation.y)
+        np.savez_compressed(
+            staging / "validation.npz",
+            x=validation.x,
+            y=validation.y,
+            spend=validation.spend,
+            thresholds=validation.thresholds,
+        )
     target = publish_version(model_dir, staging, version)
     if promote:
         set_current(model_dir, version)
@@ -377,11 +243,13 @@ def train_prepared(
         len(stop_rows),
         len(val),
     )
-    fitted = fit(fit_rows, stop_rows, cfg, on_epoch=on_epoch)
-    shift = tune_high_value_bias(fitted, stop_rows) if cfg.tune_decision else 0.0
-    scorer = fitted.scorer(val.classes)
+    fitted = fit(fit_rows, stop_rows, cfg, horizon_ms=horizon_ms, on_epoch=on_epoch)
     metrics, predicted = assess(
-        parts, scorer.predict, horizon_ms=horizon_ms, top_quantile=top_quantile
+        parts,
+        fitted.scorer,
+        horizon_ms=horizon_ms,
+        top_quantile=top_quantile,
+        decision_weights=fitted.decision_weights,
     )
     n = len(val.classes)
 
@@ -411,7 +279,7 @@ def train_prepared(
         "horizon_ms": horizon_ms,
         "step_ms": step_ms,
         "top_quantile": top_quantile,
-        "high_value_logit_shift": shift,
+        "decision_weights": fitted.decision_weights,
         "validation_distribution": distribution,
         "distributions": {
             "train": counts(fit_rows),
@@ -447,10 +315,15 @@ def render_report(target: Path, gate: dict[str, Any] | None = None) -> list[Path
     baselines = metrics.pop("baselines", {})
     checks = metrics.pop("checks", None)
     calibration = None
+    value = None
     if (target / "validation.npz").exists():
         with np.load(target / "validation.npz") as val:
             x, y = val["x"], val["y"]
-        calibration = (load_version(target).scorer.predict(x), y)
+            realised = val["spend"] if "spend" in val.files else None
+        scores = load_version(target).scorer.score(x)
+        calibration = (scores.probabilities, y)
+        if realised is not None:
+            value = _value_rankings(x, scores.traits, realised, manifest["training"])
     return write_report(
         target,
         version=manifest["version"],
@@ -464,4 +337,25 @@ def render_report(target: Path, gate: dict[str, Any] | None = None) -> list[Path
         checks=checks,
         calibration=calibration,
         drift_reference=manifest.get("drift_reference"),
+        value=value,
     )
+
+
+def _value_rankings(
+    x: np.ndarray, traits: np.ndarray, realised: np.ndarray, training: dict[str, Any]
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The rankings the report charts, over past buyers: the model's predicted spend,
+    BG/NBD + Gamma-Gamma's, and the best single raw input's."""
+    from model.features import raw_column
+    from model.scorer import TRAITS
+    from model.training.clv import clv_expected_spend
+
+    past = raw_column(x, "order_count") >= 1
+    rankings: dict[str, np.ndarray] = {}
+    spend = traits[past, TRAITS.index("predicted_spend_90d")]
+    if not np.isnan(spend).all():
+        rankings["model"] = spend
+    horizon = int(training.get("horizon_ms") or 90 * DAY_MS)
+    rankings["BG/NBD + Gamma-Gamma"] = clv_expected_spend(x[past], horizon_ms=horizon)
+    rankings["input spend_90d"] = raw_column(x[past], "spend_90d")
+    return rankings, realised[past]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from model.segments import Hysteresis
+from model.segments import DEFAULT_REEVALUATE_DAYS, Hysteresis
 from stream.core.dedup import DEFAULT_CLICK_WINDOW_MS
 from stream.core.events import DAY_MS, DecodeLimits
 from stream.worker.audiences import Audiences
@@ -30,7 +30,7 @@ class PipelineConfig:
     #: Wall-clock TTL on user keys: a backstop for keys no worker sweeps any more.
     key_ttl_ms: int = 0
     #: Inactivity thresholds (days of event time) at which a user is re-scored.
-    reevaluate_days: tuple[float, ...] = (14.0, 30.0, 60.0, 90.0, 120.0, 180.0, 365.0)
+    reevaluate_days: tuple[float, ...] = DEFAULT_REEVALUATE_DAYS
     #: Features reported per change (0 = no explanations).
     explain_top_k: int = 3
     #: e.g. "segments.{segment}": also publish entered/exited events there.

@@ -240,6 +240,8 @@ def _orders_only_rows(n: int, seed: int) -> dict[str, np.ndarray]:
     return {
         "order_count": x + 1,
         "tenure_days": T * 7.0,
+        # Orders-only: the first activity is the first order.
+        "days_since_first_order": T * 7.0,
         "days_since_last_order": since,
         "days_since_last_activity": since,
         "avg_order_value": aov,
@@ -249,9 +251,19 @@ def _orders_only_rows(n: int, seed: int) -> dict[str, np.ndarray]:
 
 def _with_archetypes(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Append a heavy recent repeat buyer (row -2) and a lapsed single buyer (row -1)."""
-    names = ("order_count", "tenure_days", "days_since_last_order", "days_since_last_activity")
-    heavy = dict(zip(names, (40, 300, 2, 2), strict=True), avg_order_value=400, total_spend=16e3)
-    lapsed = dict(zip(names, (1, 400, 400, 400), strict=True), avg_order_value=60, total_spend=60)
+    names = (
+        "order_count",
+        "tenure_days",
+        "days_since_first_order",
+        "days_since_last_order",
+        "days_since_last_activity",
+    )
+    heavy = dict(
+        zip(names, (40, 300, 300, 2, 2), strict=True), avg_order_value=400, total_spend=16e3
+    )
+    lapsed = dict(
+        zip(names, (1, 400, 400, 400, 400), strict=True), avg_order_value=60, total_spend=60
+    )
     return {k: np.r_[v, heavy[k], lapsed[k]] for k, v in rows.items()}
 
 

@@ -1,10 +1,10 @@
 """Monotone by construction: any weights in the constrained set meet every directional expectation.
 
 Random weights (hypothesis) are projected by the network's own Keras
-constraints, then served by the NumPy scorer; the expectations of
-model/training/behaviour.py must hold on random rows, however far outside any
-training range. The same weights unconstrained violate them, so the test can
-fail.
+constraint, then served by the NumPy scorer with random cadence parameters
+and Platt scales; the expectations of model/training/behaviour.py must hold
+on random rows, however far outside any training range. The same weights
+unconstrained violate them, so the test can fail.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from model.cadence import Cadence
 from model.features import FEATURE_NAMES, N_FEATURES, transform
-from model.scorer import Scorer
+from model.scorer import Scorer, Towers
 from model.segments import DEFAULT_SEGMENTS
 from model.training import behaviour
-from model.training.monotone import MONOTONE, layout
-from model.training.network import HiddenConstraint, OutputConstraint
+from model.training.monotone import HEADS, INPUT_NAMES, ORIENTATION, layout
+from model.training.network import SignMask
+from model.value import ValueHead
 
 CLASSES = DEFAULT_SEGMENTS
 
@@ -27,7 +29,10 @@ def random_rows(rng: np.random.Generator, n: int) -> np.ndarray:
     """Raw feature rows that a fold could produce, over a wide range (incl. EUR 900 orders)."""
     raw = np.zeros((n, N_FEATURES))
     col = {name: i for i, name in enumerate(FEATURE_NAMES)}
-    orders = rng.integers(0, 40, n).astype(float)
+    # Many customers with 0-2 orders: a first or second order is where the
+    # buy-till-you-die inputs turn (tests/model/test_cadence.py).
+    orders = np.where(rng.random(n) < 0.4, rng.integers(0, 3, n), rng.integers(0, 40, n))
+    orders = orders.astype(float)
     tenure = rng.uniform(0, 800, n)
     raw[:, col["order_count"]] = orders
     raw[:, col["tenure_days"]] = tenure
@@ -56,55 +61,79 @@ def random_rows(rng: np.random.Generator, n: int) -> np.ndarray:
     months = np.maximum(tenure, 30.0) / 30.0
     raw[:, col["orders_per_30d"]] = orders / months
     raw[:, col["spend_per_30d"]] = orders * aov / months
+    since_last = raw[:, col["days_since_last_order"]]
+    first = np.where(orders > 0, since_last + rng.uniform(0, 1, n) * (tenure - since_last), 0.0)
+    raw[:, col["days_since_first_order"]] = first
+    gap = np.where(orders >= 2, np.maximum((first - since_last) / np.maximum(orders - 1, 1), 1), 60)
+    raw[:, col["mean_order_gap_days"]] = gap
+    raw[:, col["silence_ratio"]] = since_last / gap
     return transform(raw)
 
 
-def scorer(seed: int, hidden: tuple[int, ...], constrained: bool) -> Scorer:
+def scorer(seed: int, units: int, constrained: bool) -> Scorer:
     rng = np.random.default_rng(seed)
-    plan = layout(hidden, CLASSES)
-    sizes = [N_FEATURES, *hidden, len(CLASSES)]
-    layers = []
-    for i in range(len(sizes) - 1):
-        kernel = rng.normal(0, 0.4, (sizes[i], sizes[i + 1])).astype(np.float32)
-        if constrained and i < len(hidden):
-            kernel = np.asarray(
-                HiddenConstraint(plan.allowed[i], plan.sign if i == 0 else None)(kernel)
-            )
-        elif constrained:
-            kernel = np.asarray(
-                OutputConstraint(
-                    plan.unit_block == 0, CLASSES.index("at_risk"), CLASSES.index("high_value")
-                )(kernel)
-            )
-        layers.append((kernel.astype(np.float64), rng.normal(0, 0.5, sizes[i + 1])))
-    mean = rng.normal(0, 1, N_FEATURES)
-    scale = rng.uniform(0.5, 2.0, N_FEATURES)
-    return Scorer(CLASSES, mean, scale, tuple(layers))
+    plan = layout(units)
+    n_in, n_heads = len(INPUT_NAMES), len(HEADS)
+    kernel = rng.normal(0, 0.4, (n_in, n_heads * units + n_heads)).astype(np.float32)
+    out = rng.normal(0, 0.4, (n_heads * units, n_heads)).astype(np.float32)
+    if constrained:
+        kernel = np.asarray(SignMask(plan.allowed, plan.sign)(kernel))
+        out = np.asarray(SignMask(plan.out_allowed, plan.out_allowed)(out))
+    bias = np.concatenate([rng.normal(0, 0.5, n_heads * units), np.zeros(n_heads)])
+    layers = ((kernel.astype(np.float64), bias), (out.astype(np.float64), rng.normal(0, 1, 4)))
+    cadence = Cadence(
+        r=float(rng.uniform(0.1, 3)),
+        alpha=float(rng.uniform(0.5, 30)),
+        a=float(rng.uniform(0.1, 3)),
+        b=float(rng.uniform(0.1, 5)),
+        horizon_days=90.0,
+        p=float(rng.uniform(1, 10)),
+        q=float(rng.uniform(1.5, 10)),
+        v=float(rng.uniform(1, 100)),
+    )
+    platt = np.stack([rng.uniform(0.2, 3, 3), rng.normal(0, 1, 3)], axis=1)
+    value = ValueHead(platt, log_offset=float(rng.normal(4, 1)), horizon_days=90.0)
+    mean = rng.normal(0, 1, n_in)
+    scale = rng.uniform(0.5, 2.0, n_in)
+    towers = Towers(units, float(rng.uniform(0.3, 2)), value, cadence)
+    return Scorer(CLASSES, mean, scale, layers, None, towers)
 
 
 @settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 10_000), hidden=st.sampled_from([(6,), (12,), (8, 4)]))
-def test_constrained_weights_never_violate_a_directional_expectation(
-    seed: int, hidden: tuple[int, ...]
-) -> None:
+@given(seed=st.integers(0, 10_000), units=st.sampled_from([2, 6, 12]))
+def test_constrained_weights_never_violate_a_directional_expectation(seed: int, units: int) -> None:
     rows = random_rows(np.random.default_rng(seed), 400)
-    results = behaviour.check(scorer(seed, hidden, True).predict, CLASSES, rows)
+    results = behaviour.check(scorer(seed, units, True).predict, CLASSES, rows)
     assert all(r["applicable"] for r in results)
     assert {r["name"]: r["violations"] for r in results} == {r["name"]: 0 for r in results}
 
 
 def test_the_same_weights_unconstrained_do_violate_them() -> None:
     rows = random_rows(np.random.default_rng(0), 400)
-    results = behaviour.check(scorer(0, (12,), False).predict, CLASSES, rows)
+    results = behaviour.check(scorer(0, 12, False).predict, CLASSES, rows)
     assert sum(r["violations"] for r in results) > 0
 
 
-def test_every_monotone_feature_is_a_model_input_and_free_ones_reach_every_unit() -> None:
-    assert set(MONOTONE) <= set(FEATURE_NAMES)
-    plan = layout((9,), CLASSES)
-    free = [i for i, f in enumerate(FEATURE_NAMES) if f not in MONOTONE]
-    assert free and plan.allowed[0][free].all()
-    # A monotone input reaches only its own block's units.
-    for i, f in enumerate(FEATURE_NAMES):
-        if f in MONOTONE:
-            assert 0 < plan.allowed[0][i].sum() < 9
+def test_raw_order_counts_never_push_activity_and_silence_only_lowers_it() -> None:
+    """docs/design.md, "Recency against cadence": the same silence after frequent buying
+    means the customer has most likely left, so order counts must not be tied to
+    less risk; silence (also relative to the customer's own gap) only ever adds risk."""
+    for head in ("active", "buy"):
+        assert "order_count" not in ORIENTATION[head]
+        assert "mean_order_gap_days" not in ORIENTATION[head]
+        for silence in ("days_since_last_order", "days_since_last_activity", "silence_ratio"):
+            assert ORIENTATION[head][silence] == -1
+    # Catalogue size cannot buy value.
+    assert "distinct_categories" not in ORIENTATION["value"]
+    assert "distinct_categories" not in ORIENTATION["line"]
+
+
+def test_every_oriented_input_is_a_model_input_and_masks_follow_the_table() -> None:
+    plan = layout(5)
+    for h, head in enumerate(HEADS):
+        assert set(ORIENTATION[head]) <= set(INPUT_NAMES)
+        cols = [*range(h * 5, (h + 1) * 5), len(HEADS) * 5 + h]
+        for i, name in enumerate(INPUT_NAMES):
+            read = plan.allowed[i, cols]
+            assert read.all() if name in ORIENTATION[head] else not read.any(), (head, name)
+    assert N_FEATURES == len(FEATURE_NAMES) < len(INPUT_NAMES)

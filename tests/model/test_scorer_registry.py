@@ -18,24 +18,42 @@ from model.registry import (
     load_current,
     load_version,
 )
+from model.scorer import Scorer
 
 
 def test_numpy_forward_pass_matches_keras_on_10k_random_inputs() -> None:
     import keras
 
     import model.training.network  # noqa: F401  (registers the custom layers the saved model names)
+    from model.cadence import extend
 
     boot = bootstrap_dir()
     served = load_version(boot)
+    scorer = served.scorer
+    assert scorer.towers is not None
     reference = keras.models.load_model(boot / "model.keras")
     rng = np.random.default_rng(42)
     # Spread inputs well beyond the training range: the two must agree everywhere.
-    x = rng.normal(0.0, 3.0, size=(10_000, N_FEATURES)) * served.scorer.scale + served.scorer.mean
-    ours = served.scorer.predict(x)
-    theirs = np.asarray(reference.predict(x.astype(np.float32), verbose=0, batch_size=2048))
-    assert ours.shape == theirs.shape == (10_000, len(served.classes))
-    np.testing.assert_allclose(ours, theirs, atol=1e-5)
-    np.testing.assert_allclose(ours.sum(axis=1), 1.0, atol=1e-9)
+    x = rng.normal(0.0, 3.0, size=(10_000, N_FEATURES)) * scale_of(scorer) + mean_of(scorer)
+    x[:, :] = np.maximum(x, 0.0)  # counts, money and spans are never negative
+    ours = scorer.heads(x)
+    model_input = extend(x, scorer.towers.cadence).astype(np.float32)
+    theirs = np.asarray(reference.predict(model_input, verbose=0, batch_size=2048))
+    assert ours.shape == (10_000, 4) and theirs.shape == (10_000, 5)
+    np.testing.assert_allclose(ours, theirs[:, :4], atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(theirs[:, 4], scorer.towers.sigma, rtol=1e-6)
+    probs = scorer.predict(x)
+    assert probs.shape == (10_000, len(served.classes))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+
+
+def mean_of(scorer: Scorer) -> np.ndarray:
+    """The standardisation of the feature row (the model input also has cadence columns)."""
+    return scorer.mean[:N_FEATURES]
+
+
+def scale_of(scorer: Scorer) -> np.ndarray:
+    return scorer.scale[:N_FEATURES]
 
 
 _ROWS = np.random.default_rng(7).normal(0.0, 3.0, size=(12_000, N_FEATURES))
@@ -54,12 +72,14 @@ def test_a_rows_scores_do_not_depend_on_the_rows_scored_with_it(
     same probabilities and explanations under the same version. (A plain matrix
     product fails this: BLAS rounds one row, few rows and many rows differently.)"""
     scorer = load_version(bootstrap_dir()).scorer
-    x = _ROWS * scorer.scale + scorer.mean
-    whole = scorer.predict(x)
+    x = np.maximum(_ROWS * scale_of(scorer) + mean_of(scorer), 0.0)
+    whole = scorer.score(x)
     rows = np.arange(start, min(start + size, len(x)))
     if shuffle:
         rows = np.random.default_rng(start).permutation(rows)
-    assert np.array_equal(scorer.predict(x[rows]), whole[rows])
+    part = scorer.score(x[rows])
+    assert np.array_equal(part.probabilities, whole.probabilities[rows])
+    assert np.array_equal(part.traits, whole.traits[rows], equal_nan=True)
 
 
 def test_bootstrap_model_is_for_this_feature_schema() -> None:
