@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
@@ -154,7 +155,13 @@ def test_worker_sweeps_by_itself_and_publishes_entered_and_exited_events_with_sc
     worker_factory: Callable[[Settings], WorkerProcess],
     reader_factory: Callable[[str], TopicReader],
 ) -> None:
-    settings = settings_factory(segment_topics=True, reevaluate_interval_s=0.5)
+    # Per-segment topics of this test's own: the default names are shared by
+    # every test on the session's broker, tombstones of other users included.
+    settings = settings_factory(
+        segment_topics=True,
+        reevaluate_interval_s=0.5,
+        segment_topic_template=f"segments-{uuid.uuid4().hex[:10]}.{{segment}}",
+    )
     worker = worker_factory(settings)
     worker.wait_ready()
     history = sorted(loyal_buyer("loyal") + others_traffic(60, 120), key=lambda v: v["timestamp"])

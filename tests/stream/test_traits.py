@@ -15,6 +15,7 @@ import json
 import math
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from importlib import resources
@@ -307,7 +308,11 @@ def test_traits_in_messages_events_the_read_api_and_audiences(
     settings_factory: Callable[..., Settings],
     reader_factory: Callable[[str], TopicReader],
 ) -> None:
-    settings = settings_factory(segment_topics=True)
+    # Per-segment topics of this test's own: the default names are shared by
+    # every test on the session's broker, tombstones of other users included.
+    settings = settings_factory(
+        segment_topics=True, segment_topic_template=f"segments-{uuid.uuid4().hex[:10]}.{{segment}}"
+    )
     model = value_model(load_current(settings.model_dir))
     ensure_segment_topics(settings, model.classes)
     ensure_audience_topic(settings)
