@@ -63,6 +63,12 @@ AGENT_WAIT_SECONDS = Histogram(
     "Time the agent waited for records before each batch: idle headroom, not work",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
 )
+BROKER_REFUSALS = Counter(
+    "segmenter_broker_refusals_total",
+    "Batch attempts the broker refused (ACLs, a revoked user): the batch waits, unapplied "
+    "and never dead-lettered, until access is granted; by step and Kafka error",
+    ["step", "error"],
+)
 REDIS_ERRORS = Counter(
     "segmenter_redis_errors_total", "Failed Redis round trips (the batch is retried)", ["op"]
 )

@@ -17,6 +17,7 @@ import logging
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from stream.broker_access import check_broker_access
 from stream.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,12 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 15.0) -> list[str]:
-    """Create whichever of the service's topics do not exist yet; return those created."""
-    admin = AdminClient(settings.kafka_client_config())
+    """Create whichever of the service's topics do not exist yet; return those created.
+
+    First checks that the broker accepts these settings' credentials and TLS: a
+    wrong password or an untrusted certificate stops here, in one line.
+    """
+    admin = check_broker_access(settings, timeout_s)
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = [t for t in topic_specs(settings) if t.topic not in existing]
     if not wanted:
@@ -96,7 +101,7 @@ def check_copartitioned(settings: Settings, admin: AdminClient, timeout_s: float
 
 def ensure_segment_topics(settings: Settings, classes: tuple[str, ...]) -> list[str]:
     """The per-segment topics (``segments.<segment>``), for the served model's classes."""
-    admin = AdminClient(settings.kafka_client_config())
+    admin = check_broker_access(settings)
     existing = set(admin.list_topics(timeout=15).topics)
     wanted = [
         NewTopic(
@@ -120,7 +125,7 @@ def ensure_segment_topics(settings: Settings, classes: tuple[str, ...]) -> list[
 
 def ensure_audience_topic(settings: Settings) -> bool:
     """The rule-audience topic (``customer-audiences``); True if it was created."""
-    admin = AdminClient(settings.kafka_client_config())
+    admin = check_broker_access(settings)
     if settings.topic_audiences in admin.list_topics(timeout=15).topics:
         return False
     topic = NewTopic(settings.topic_audiences, settings.topic_partitions, 1, config=dict(COMPACTED))

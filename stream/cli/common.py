@@ -115,14 +115,18 @@ def _checked(records: Iterable[Any], file: Path) -> Iterator[Any]:
 
 
 def require_broker(settings: Settings, timeout_s: float = 5.0) -> None:
-    """A one-line error, not librdkafka's retries, when no broker answers."""
+    """A one-line error, not librdkafka's retries, when no broker answers, or when
+    it refuses the settings' credentials or TLS (stream.broker_access)."""
+    from stream.broker_access import check_broker_access
+
     for address in settings.bootstrap_servers.split(","):
         host, _, port = address.rpartition(":")
         try:
             socket.create_connection((host, int(port)), timeout=timeout_s).close()
-            return
         except (OSError, ValueError):
             continue
+        check_broker_access(settings)
+        return
     raise UserError(
         f"cannot reach the Kafka broker at {settings.bootstrap_servers} "
         "(SEGMENTER_KAFKA_URL); is it running?"

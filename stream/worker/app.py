@@ -25,6 +25,7 @@ from faust.types import TP
 from model.registry import load_current
 from model.segments import Hysteresis
 from stream import metrics
+from stream.broker_access import check_broker_access
 from stream.core.events import DAY_MS
 from stream.settings import Settings, SettingsError
 from stream.sinks import ConfluentSink
@@ -115,6 +116,9 @@ def _parts(settings: Settings, app: faust.App) -> WorkerParts:
     health = Health(model_version=holder.current.version)
     metrics.init_series()
     stopping = threading.Event()
+    # A refused login or an untrusted certificate: one line naming the setting,
+    # before the sink's producer starts retrying it for ever, logging as it goes.
+    check_broker_access(settings)
     # Changes and dead letters go out through librdkafka, not the app's
     # aiokafka producer (stream/sinks.py says why).
     sink = ConfluentSink(

@@ -44,8 +44,31 @@ def transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
         err: KafkaError = exc.args[0]
-        return bool(err.retriable()) or err.code() in _TRANSIENT_KAFKA
+        return bool(err.retriable()) or err.code() in _TRANSIENT_KAFKA | _REFUSED_KAFKA
     return False
+
+
+def refused(exc: BaseException) -> KafkaError | None:
+    """The broker's refusal of this worker (not of a record), if ``exc`` is one."""
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0] if exc.args[0].code() in _REFUSED_KAFKA else None
+    return None
+
+
+#: The broker refuses the worker itself: an ACL, a revoked or changed user. No
+#: record is at fault and none may be dead-lettered for it (an ACL denying the
+#: output topic would otherwise send every good record to the DLQ); the batch
+#: waits, counted in segmenter_broker_refusals_total, until access is granted.
+_REFUSED_KAFKA = frozenset(
+    {
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+        KafkaError._AUTHENTICATION,
+    }
+)
 
 
 _TRANSIENT_KAFKA = frozenset(
@@ -125,6 +148,16 @@ class Retrying:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a failed publish, say
+                if (err := refused(exc)) is not None:
+                    metrics.BROKER_REFUSALS.labels(what, err.name()).inc()
+                    log.error(
+                        "%s refused by the broker (%s): waiting, nothing dead-lettered; "
+                        "grant this worker's principal access (ACLs) and it goes on",
+                        what,
+                        err.str(),
+                    )
+                    await self._backoff(attempt, exc)
+                    continue
                 if poison and not transient(exc):
                     now = f"{type(exc).__name__}: {str(exc)[:300]}"
                     same, signature = (same + 1, now) if now == signature else (1, now)

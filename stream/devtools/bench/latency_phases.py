@@ -269,7 +269,11 @@ class LatencyPhases:
         # under-report on Tansu (docs/design.md).
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
-        consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+        from stream.devtools.bench.security import aiokafka_security
+
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers, **aiokafka_security(settings)
+        )
         await consumer.start()
         try:
             tps = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]

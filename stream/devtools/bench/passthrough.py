@@ -25,6 +25,9 @@ def passthrough_main(argv: list[str]) -> int:
     """
     import faust
 
+    from stream.settings import load_settings
+    from stream.worker.app import faust_credentials
+
     p = argparse.ArgumentParser(prog="stream.devtools.bench passthrough")
     p.add_argument("--broker", required=True)
     p.add_argument("--topics", required=True)
@@ -42,6 +45,8 @@ def passthrough_main(argv: list[str]) -> int:
         broker_session_timeout=6.0,
         broker_rebalance_timeout=6.0,
         broker_heartbeat_interval=1.0,
+        # The run's SASL/TLS settings (its environment is the run's settings).
+        broker_credentials=faust_credentials(load_settings()),
     )
     topic = app.topic(*args.topics.split(","), key_serializer="raw", value_serializer="raw")
     out = sys.stdout.buffer

@@ -310,10 +310,13 @@ class Bench(LatencyPhases):
     ) -> None:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
+        from stream.devtools.bench.security import aiokafka_security
+
         consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            **aiokafka_security(settings),
         )
         await consumer.start()
         try:
