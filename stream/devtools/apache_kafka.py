@@ -197,8 +197,15 @@ def java_binary() -> str:
 
 def new_cluster_id() -> str:
     """A KRaft cluster id: a random UUID in base64url without padding (what
-    ``kafka-storage random-uuid`` prints), without starting a JVM for it."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    ``kafka-storage random-uuid`` prints), without starting a JVM for it.
+
+    Never one starting with "-", as Kafka's own Uuid.randomUuid() ensures: the
+    format command would read it as an option (seen here, 1 start in 64).
+    """
+    while True:
+        found = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not found.startswith("-"):
+            return found
 
 
 @dataclass(frozen=True)

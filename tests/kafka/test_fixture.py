@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stream.devtools.apache_kafka import POM, kafka_lib, kafka_version
+from stream.devtools.apache_kafka import POM, kafka_lib, kafka_version, new_cluster_id
 from stream.devtools.embedded import EmbeddedError
 from tests.kafka.fixtures import KafkaUnderTest
 
@@ -60,3 +60,8 @@ def test_the_session_broker_is_local_and_stopped_by_its_pid(apache_kafka: KafkaU
     props = (broker.workdir / "server.properties").read_text()  # type: ignore[operator]
     assert "0.0.0.0" not in props and "auto.create.topics.enable=false" in props
     assert "Kafka Server started" in broker.log_path.read_text()
+
+
+def test_a_cluster_id_never_looks_like_an_option() -> None:
+    ids = [new_cluster_id() for _ in range(2000)]  # ~31 would start with "-" by chance
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
