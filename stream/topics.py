@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from stream.broker_access import check_broker_access
 from stream.settings import Settings, SettingsError
@@ -39,11 +39,20 @@ COMPACTED: dict[str, str] = {
 }
 
 
+def input_retention(settings: Settings) -> dict[str, str]:
+    """The input topics keep SEGMENTER_RETENTION_DAYS (400 by default), as
+    docker-compose.yml's kafka-init does: retrain and rebuilds replay them, and
+    Kafka's default of 7 days would leave too little history to label. Kafka
+    deletes by each record's timestamp; the service's producers stamp records
+    with the time they send them (Tansu never deletes at all)."""
+    return {"retention.ms": str(int(settings.retention_days * 86_400_000))}
+
+
 def topic_specs(settings: Settings) -> list[NewTopic]:
     p = settings.topic_partitions
     return [
-        NewTopic(settings.topic_clickstream, p, 1),
-        NewTopic(settings.topic_orders, p, 1),
+        NewTopic(settings.topic_clickstream, p, 1, config=input_retention(settings)),
+        NewTopic(settings.topic_orders, p, 1, config=input_retention(settings)),
         # Compacted: a subscriber that starts late reads the latest segment
         # per user, and `forget` tombstones erase a user for good.
         NewTopic(settings.topic_segments, p, 1, config=dict(COMPACTED)),
@@ -61,7 +70,9 @@ def ensure_topics(settings: Settings, timeout_s: float = 15.0) -> list[str]:
     """
     admin = check_broker_access(settings, timeout_s)
     existing = set(admin.list_topics(timeout=timeout_s).topics)
-    wanted = [t for t in topic_specs(settings) if t.topic not in existing]
+    specs = topic_specs(settings)
+    warn_uncompacted(admin, [t.topic for t in specs if t.config and t.topic in existing])
+    wanted = [t for t in specs if t.topic not in existing]
     if not wanted:
         check_copartitioned(settings, admin, timeout_s)
         return []
@@ -78,6 +89,39 @@ def ensure_topics(settings: Settings, timeout_s: float = 15.0) -> list[str]:
         log.info("created topics: %s", ", ".join(created))
     check_copartitioned(settings, admin, timeout_s)
     return created
+
+
+def warn_uncompacted(admin: AdminClient, topics: list[str], timeout_s: float = 15.0) -> list[str]:
+    """Warn about each existing keyed output topic that is not compacted; return them.
+
+    ensure_* leave an existing topic's configs alone, so a topic created before
+    it was compacted here (``segments.<segment>`` and ``customer-audiences`` were
+    created uncompacted once) stays so: its `forget` tombstones then remove
+    nothing. Tansu answers only the configs given at creation, so a missing
+    ``cleanup.policy`` is its default, ``delete``.
+    """
+    if not topics:
+        return []
+    found = admin.describe_configs([ConfigResource("topic", t) for t in topics])
+    uncompacted = []
+    for resource, fut in found.items():
+        try:
+            entry = fut.result(timeout=timeout_s).get("cleanup.policy")
+        except KafkaException as exc:  # not visible to this broker yet: nothing to say
+            log.debug("could not describe %s: %s", resource.name, exc)
+            continue
+        if "compact" not in (entry.value if entry is not None else "delete"):
+            uncompacted.append(resource.name)
+            log.warning(
+                "topic %s is not compacted: `segmenter forget` tombstones will not remove a "
+                "user's earlier messages there, and late subscribers read every change. "
+                "Make it compacted: kafka-configs --alter --entity-type topics --entity-name %s "
+                "--add-config cleanup.policy=compact,max.compaction.lag.ms=%d",
+                resource.name,
+                resource.name,
+                MAX_COMPACTION_LAG_MS,
+            )
+    return uncompacted
 
 
 def check_copartitioned(settings: Settings, admin: AdminClient, timeout_s: float = 15.0) -> None:
@@ -103,6 +147,8 @@ def ensure_segment_topics(settings: Settings, classes: tuple[str, ...]) -> list[
     """The per-segment topics (``segments.<segment>``), for the served model's classes."""
     admin = check_broker_access(settings)
     existing = set(admin.list_topics(timeout=15).topics)
+    names = [settings.segment_topic_template.format(segment=c) for c in classes]
+    warn_uncompacted(admin, [t for t in names if t in existing])
     wanted = [
         NewTopic(
             settings.segment_topic_template.format(segment=c),
@@ -127,6 +173,7 @@ def ensure_audience_topic(settings: Settings) -> bool:
     """The rule-audience topic (``customer-audiences``); True if it was created."""
     admin = check_broker_access(settings)
     if settings.topic_audiences in admin.list_topics(timeout=15).topics:
+        warn_uncompacted(admin, [settings.topic_audiences])
         return False
     topic = NewTopic(settings.topic_audiences, settings.topic_partitions, 1, config=dict(COMPACTED))
     for fut in admin.create_topics([topic]).values():

@@ -121,8 +121,9 @@ def test_describe_configs_answers_every_config_on_kafka_and_only_the_given_ones_
 
 
 def _history(bootstrap: str, n: int = 100) -> str:
-    """``n`` records with event-time (CreateTime) stamps one second apart in 2020, one batch."""
-    topic = _topic(AdminClient({"bootstrap.servers": bootstrap}))
+    """``n`` records with event-time (CreateTime) stamps one second apart in 2020, one
+    batch, on a topic that keeps them (Kafka's retention goes by record timestamps)."""
+    topic = _topic(AdminClient({"bootstrap.servers": bootstrap}), **{"retention.ms": "-1"})
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50})
     for i in range(n):
         producer.produce(topic, key=b"k%d" % i, value=b"v", timestamp=HISTORY_MS + i * 1000)
@@ -206,3 +207,74 @@ def test_a_topic_nobody_created_appears_on_tansu_and_not_on_this_kafka(
         assert err is not None and not exists
     else:
         assert err is None and exists
+
+
+def test_an_existing_uncompacted_output_topic_is_reported_with_the_fix(
+    settings_factory: Callable[..., Settings], prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings_factory(
+        segment_topics=True, segment_topic_template=f"segments-{prefix}.{{segment}}"
+    )
+    classes = load_current(settings.model_dir).classes
+    old = settings.segment_topic_template.format(segment=classes[0])
+    admin = AdminClient(settings.kafka_client_config())
+    for fut in admin.create_topics([NewTopic(old, settings.topic_partitions, 1)]).values():
+        fut.result(15)  # as an earlier release created them: uncompacted
+    _describe(admin, old)  # known to the broker (Kafka: a moment after creation)
+    with caplog.at_level("WARNING", logger="stream.topics"):
+        created = ensure_segment_topics(settings, classes)
+    assert old not in created and len(created) == len(classes) - 1
+    warned = [r.getMessage() for r in caplog.records if "is not compacted" in r.getMessage()]
+    assert len(warned) == 1 and old in warned[0] and "cleanup.policy=compact" in warned[0]
+
+
+def test_the_kip_848_consumer_group_protocol_is_offered_by_kafka_only(
+    broker: str, kafka_bootstrap: str
+) -> None:
+    topic = _history(kafka_bootstrap, n=1)
+    errors: list[Any] = []
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "group.id": f"kip848-{topic}",
+            "group.protocol": "consumer",
+            "auto.offset.reset": "earliest",
+            "error_cb": errors.append,
+        }
+    )
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + (20 if broker == "kafka" else 4)
+        msg = None
+        while msg is None and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+    finally:
+        consumer.close()
+    if broker == "kafka":
+        assert msg is not None and msg.error() is None and msg.value() == b"v"
+    else:  # Faust and the project's consumers use the classic protocol
+        assert msg is None or msg.error() is not None, msg.value()
+
+
+def test_records_stamped_with_an_old_event_time_are_deleted_by_kafka_retention_only(
+    broker: str, kafka_bootstrap: str
+) -> None:
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    topic = _topic(admin)  # the broker's default retention.ms: 7 days
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in range(10):
+        producer.produce(topic, key=b"k", value=b"v", timestamp=HISTORY_MS + i)
+    assert producer.flush(20) == 0
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "probe-retention"})
+    try:
+        deadline = time.monotonic() + (30 if broker == "kafka" else 4)
+        low = 0
+        while low == 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            low, _ = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+    finally:
+        consumer.close()
+    # Kafka's retention check (every 1 s on the test broker, 5 min by default)
+    # deletes them; Tansu keeps everything. The service's producers stamp with
+    # the send time, and its input topics keep 400 days (stream/topics.py).
+    assert low == (10 if broker == "kafka" else 0)
