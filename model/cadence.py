@@ -92,9 +92,17 @@ class Cadence:
         return p_alive, purchases, purchases * value
 
     def inputs(self, x: np.ndarray) -> np.ndarray:
-        """The :data:`CADENCE_INPUTS` columns for model input ``x`` (counts and money log1p'd)."""
-        p_alive, purchases, spend = self.quantities(x)
-        return np.stack([p_alive, np.log1p(purchases), np.log1p(spend)], axis=1)
+        """The :data:`CADENCE_INPUTS` columns for model input ``x`` (counts and money log1p'd).
+
+        The spend column prices the expected purchases at the customer's own
+        mean order value, not Gamma-Gamma's: its shrinkage toward the
+        population mean would make an order at the customer's own average
+        *lower* their expected spend when they buy below the mean, and the
+        network's spend head must never fall when an order is added.
+        """
+        p_alive, purchases, _ = self.quantities(x)
+        own = np.maximum(raw_column(x, "avg_order_value"), 0.0)
+        return np.stack([p_alive, np.log1p(purchases), np.log1p(purchases * own)], axis=1)
 
 
 #: The fields of :class:`Cadence`, in the order a weights file stores them.

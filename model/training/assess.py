@@ -24,7 +24,7 @@ from model.scorer import TRAITS, Scorer
 from model.segments import weighted
 from model.training import archetypes, behaviour
 from model.training.baselines import majority_class, previous_segment_baseline, rfm_baseline
-from model.training.clv import clv_baseline, clv_expected_spend
+from model.training.clv import clv_baseline, clv_expectations, clv_expected_spend
 from model.training.dataset import Examples, Prepared
 from model.training.evaluate import classification_report
 from model.training.ranking import calibration_report, ranking_report
@@ -159,6 +159,26 @@ def assess(
         name: classification_report(val.y, np.concatenate([b[name] for b in per_part]), classes)
         for name in BASELINES
     }
+    if len(parts) > 1:
+        # Like with like. The model decides every row by one rule, not knowing
+        # which population a customer is from; the CLV baseline above decides
+        # each population's top share apart, which uses exactly that knowledge
+        # (the label's own grouping). So the gate compares the model with CLV
+        # fitted per population but deciding once over all rows, and the
+        # per-population decision is kept beside it for the report.
+        metrics["clv_per_population"] = metrics["baselines"]["clv"]
+        expected = [clv_expectations(p.val.x, horizon_ms=horizon_ms) for p in parts]
+        pooled = clv_baseline(
+            Examples.concat([p.train for p in parts]),
+            val,
+            horizon_ms=horizon_ms,
+            top_quantile=top_quantile,
+            expected=(
+                np.concatenate([e[0] for e in expected]),
+                np.concatenate([e[1] for e in expected]),
+            ),
+        )
+        metrics["baselines"]["clv"] = classification_report(val.y, pooled, classes)
     fit_x = np.concatenate([p.fit.x for p in parts])
     metrics["checks"] = behaviour_checks(scorer.predict, classes, val.x, fit_x)
     return metrics, predicted

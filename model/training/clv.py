@@ -155,13 +155,8 @@ def _expected(x: np.ndarray, horizon_weeks: float) -> tuple[np.ndarray, np.ndarr
 
 def clv_expected_spend(x: np.ndarray, *, horizon_ms: int) -> np.ndarray:
     """BG/NBD + Gamma-Gamma expected spend over the horizon for rows ``x``, fitted on
-    those rows' own features (as :func:`clv_baseline`); 90-day spend when unfittable."""
-    try:
-        spend, _ = _expected(x, horizon_ms / WEEK_MS)
-    except ValueError as exc:
-        log.warning("clv: fit failed (%s); ranking by spend_90d", exc)
-        spend = _raw(x, "spend_90d")
-    return spend
+    those rows' own features (as :func:`clv_baseline`)."""
+    return clv_expectations(x, horizon_ms=horizon_ms)[0]
 
 
 def _potential_threshold(train: Examples) -> float:
@@ -186,8 +181,23 @@ def _potential_threshold(train: Examples) -> float:
     return threshold
 
 
+def clv_expectations(x: np.ndarray, *, horizon_ms: int) -> tuple[np.ndarray, np.ndarray]:
+    """(expected spend, expected purchases) over the horizon for rows ``x``, fitted on
+    those rows' own features; 90-day spend and orders when unfittable, with a warning."""
+    try:
+        return _expected(x, horizon_ms / WEEK_MS)
+    except ValueError as exc:
+        log.warning("clv baseline: fit failed (%s); ranking by spend_90d, orders_90d", exc)
+        return _raw(x, "spend_90d"), _raw(x, "orders_90d")
+
+
 def clv_baseline(
-    train: Examples, val: Examples, *, horizon_ms: int, top_quantile: float = 0.2
+    train: Examples,
+    val: Examples,
+    *,
+    horizon_ms: int,
+    top_quantile: float = 0.2,
+    expected: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """BG/NBD + Gamma-Gamma ranking turned into segments; class indices for the ``val`` rows.
 
@@ -199,16 +209,14 @@ def clv_baseline(
     With no training rows, rows expecting >= 0.5 purchases are the buyers and
     ``top_quantile`` of them high_value. Unfittable data (too few repeat buyers)
     falls back to ranking by 90-day spend and orders, with a warning.
+    ``expected``: (spend, purchases) already computed for ``val`` (e.g. fitted
+    per population, :func:`clv_expectations`), to decide over them at once.
     """
     mapping = _class_map(train.classes, majority_class(train.y, len(train.classes)))
     n = len(val)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    try:
-        spend, purchases = _expected(val.x, horizon_ms / WEEK_MS)
-    except ValueError as exc:
-        log.warning("clv baseline: fit failed (%s); ranking by spend_90d, orders_90d", exc)
-        spend, purchases = _raw(val.x, "spend_90d"), _raw(val.x, "orders_90d")
+    spend, purchases = expected or clv_expectations(val.x, horizon_ms=horizon_ms)
     if len(train):
         share = {c: float((train.y == i).mean()) for i, c in enumerate(train.classes)}
         n_buyers = round((share.get("high_value", 0.0) + share.get("regular", 0.0)) * n)

@@ -88,6 +88,7 @@ ORIENTATION: dict[str, dict[str, int]] = {
         "order_count": +1,
         "total_spend": +1,
         "avg_order_value": +1,
+        "btyd_spend": +1,
         "days_since_last_order": -1,
         "days_since_last_activity": -1,
         "silence_ratio": -1,

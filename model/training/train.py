@@ -313,6 +313,8 @@ def render_report(target: Path, gate: dict[str, Any] | None = None) -> list[Path
     report = orjson.loads((target / "report.json").read_bytes())
     metrics = dict(manifest["metrics"])
     baselines = metrics.pop("baselines", {})
+    if "clv_per_population" in metrics:  # shown, not gated (model.training.assess)
+        baselines["clv per population"] = metrics.pop("clv_per_population")
     checks = metrics.pop("checks", None)
     calibration = None
     value = None

@@ -77,9 +77,11 @@ def train(
     hidden: Annotated[
         str,  # a tuple here would make typer expect that many values
         typer.Option(
-            parser=layer_sizes, metavar="SIZES", help="Hidden layer sizes, e.g. 32 or 64,32"
+            parser=layer_sizes,
+            metavar="UNITS",
+            help="Hidden units per head of the value network (one layer), e.g. 16",
         ),
-    ] = "32",
+    ] = "16",
     epochs: Annotated[int, typer.Option(min=1)] = 200,
     model_dir: Annotated[
         Path | None, typer.Option(help="Registry (default SEGMENTER_MODEL_DIR)")
@@ -112,6 +114,11 @@ def train(
         ) from None
     horizon_ms, step_ms, until_ms = horizon, step, until
     sizes = cast(tuple[int, ...], hidden)  # what `layer_sizes` returned
+    if len(sizes) != 1:
+        raise UserError(
+            f"--hidden {','.join(map(str, sizes))}: the value network has one hidden layer "
+            "per head; give one size, e.g. --hidden 16"
+        )
 
     from model.training.dataset import prepare_examples
     from model.training.sources import decode_records

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
+from model.cadence import CADENCE_INPUTS
 from model.features import FEATURE_NAMES
 from model.registry import bootstrap_dir, load_version
 from model.training import archetypes, behaviour
@@ -53,7 +54,38 @@ def test_bootstrap_manifest_records_its_kind_range_drift_reference_and_gate() ->
     assert manifest["training"]["source_kind"] == "synthetic"
     assert manifest["training"]["parts"] >= 3  # several populations, not one generator
     assert set(manifest["drift_reference"]["features"]) == set(FEATURE_NAMES)
-    assert len(manifest["input_range"]["lo"]) == len(FEATURE_NAMES)
+    # The input range covers the feature row and the buy-till-you-die inputs.
+    assert manifest["inputs"] == [*FEATURE_NAMES, *CADENCE_INPUTS]
+    assert len(manifest["input_range"]["lo"]) == len(manifest["inputs"])
+    assert manifest["network"]["kind"] == "towers"
+    # Calibrated: the gate's ECE bound holds on every class with support.
+    for c, r in manifest["metrics"]["calibration"].items():
+        assert not r["support"] or r["ece"] <= 0.03, (c, r)
     gate = orjson.loads((bootstrap_dir() / "gate.json").read_bytes())
     assert gate["primary_metric"] == "high_value_f1"
     assert {c["check"] for c in gate["checks"] if not c["passed"]} == set(), gate["reason"]
+
+
+def test_bootstrap_predicted_spend_ranks_better_than_every_single_raw_input() -> None:
+    """Issue 30: on its own validation buyers, the value head's predicted spend ranks
+    realised spend (normalised Gini) and the high_value label (AUC) better than any
+    one raw input; so does its P(high_value) the label."""
+    from model.features import raw_column
+    from model.training.assess import SINGLE_INPUTS
+    from model.training.ranking import auc, normalised_gini
+
+    model = load_version(bootstrap_dir())
+    with np.load(bootstrap_dir() / "validation.npz") as val:
+        x, y, spend = val["x"], val["y"], val["spend"]
+    past = raw_column(x, "order_count") >= 1
+    scores = model.scorer.score(x[past])
+    predicted = scores.traits[:, 1]
+    hv = y[past] == model.classes.index("high_value")
+    gini = normalised_gini(predicted, spend[past])
+    spend_auc = auc(predicted, hv)
+    hv_auc = auc(scores.probabilities[:, 0], hv)
+    for name in SINGLE_INPUTS:
+        column = raw_column(x[past], name)
+        assert gini > normalised_gini(column, spend[past]), name
+        assert spend_auc > auc(column, hv), name
+        assert hv_auc > auc(column, hv), name
