@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from stream.devtools.apache_kafka import POM, kafka_lib, kafka_version, new_cluster_id
+from stream.devtools.bench.config import BenchConfig
 from stream.devtools.embedded import EmbeddedError
 from tests.kafka.fixtures import KafkaUnderTest
 
@@ -65,3 +66,13 @@ def test_the_session_broker_is_local_and_stopped_by_its_pid(apache_kafka: KafkaU
 def test_a_cluster_id_never_looks_like_an_option() -> None:
     ids = [new_cluster_id() for _ in range(2000)]  # ~31 would start with "-" by chance
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+
+
+def test_the_bench_starts_one_broker_or_uses_a_given_one_never_both() -> None:
+    assert BenchConfig().broker_label == "tansu"
+    assert BenchConfig(broker="kafka").broker_label == "kafka"
+    assert BenchConfig(kafka_url="kafka://127.0.0.1:9092").broker_label == "external"
+    with pytest.raises(ValueError, match="give one of them"):
+        BenchConfig(broker="kafka", kafka_url="kafka://127.0.0.1:9092").validate()
+    with pytest.raises(ValueError, match="tansu or kafka"):
+        BenchConfig(broker="redpanda").validate()  # type: ignore[arg-type]
