@@ -66,13 +66,17 @@ def calibration_section(metrics: dict[str, Any]) -> list[str]:
         "ECE over 10 equal-width bins, one class against the rest"
         + (f"; the gate's bound is {bound}." if bound is not None else "."),
         "",
-        "| class | support | mean P | observed | ECE | Brier |",
-        "|---|---:|---:|---:|---:|---:|",
+        "The noise floor is the ECE a perfectly calibrated model would show on these "
+        "rows by sampling alone; the gate bounds what lies beyond it.",
+        "",
+        "| class | support | mean P | observed | ECE | noise floor | Brier |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for c, r in calibration.items():
+        floor = r.get("ece_noise_floor")
         lines.append(
             f"| {c} | {r['support']} | {r['mean_probability']:.4f} | {r['observed']:.4f} "
-            f"| {r['ece']:.4f} | {r['brier']:.4f} |"
+            f"| {r['ece']:.4f} | {fmt(floor, 4)} | {r['brier']:.4f} |"
         )
     return [*lines, ""]
 

@@ -11,11 +11,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from model.registry import bootstrap_dir, ensure_serving_model
+from model.registry import bootstrap_dir, ensure_serving_model, read_manifest
 from stream.settings import Settings
 from tests.conftest import TopicReader, WorkerProcess, settings_env
 from tests.faults.scenario import PacedStream, finish_and_account, history, wait_progress
 from tests.stream.test_cli import segmenter
+
+#: The shipped bootstrap model's version: what a fresh registry serves.
+BOOTSTRAP = read_manifest(bootstrap_dir())["version"]
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +59,7 @@ def test_worker_switches_model_mid_stream_on_announcement_without_loss(
         "models", "promote", "v2-promoted", "--reason", "test", env=settings_env(settings)
     )
     assert out.returncode == 0, out.stderr
-    while "model switched from bootstrap-v2 to v2-promoted" not in worker.log():
+    while f"model switched from {BOOTSTRAP} to v2-promoted" not in worker.log():
         assert time.monotonic() - promoted_at < 20, worker.log()[-2000:]
         time.sleep(0.1)
 
@@ -69,7 +72,7 @@ def test_worker_switches_model_mid_stream_on_announcement_without_loss(
     for m in changes.messages:
         by_partition.setdefault(m.partition(), []).append(orjson.loads(m.value())["model_version"])
     seen = {v for vs in by_partition.values() for v in vs}
-    assert seen == {"bootstrap-v2", "v2-promoted"}
+    assert seen == {BOOTSTRAP, "v2-promoted"}
     # Once switched, never back: in each partition (publish order), v2 follows v1 only.
     for versions in by_partition.values():
         if "v2-promoted" in versions:
@@ -116,7 +119,7 @@ def test_restart_while_a_promotion_is_in_flight(
     by_partition: dict[int, list[str]] = {}
     for m in changes.messages:
         by_partition.setdefault(m.partition(), []).append(orjson.loads(m.value())["model_version"])
-    assert {v for vs in by_partition.values() for v in vs} == {"bootstrap-v2", "v2-in-flight"}
+    assert {v for vs in by_partition.values() for v in vs} == {BOOTSTRAP, "v2-in-flight"}
     for versions in by_partition.values():  # the successor publishes v2 only
         if "v2-in-flight" in versions:
             assert set(versions[versions.index("v2-in-flight") :]) == {"v2-in-flight"}

@@ -101,8 +101,11 @@ def test_a_user_enters_on_an_order_and_leaves_as_stream_time_passes(
     # Other users' clicks move stream time 20 days on (stream time is kept per
     # partition: 31 users reach every partition whatever the partitioner);
     # "big" sends nothing more, and leaves once 14 days pass its last order.
+    # 20, not 21: at 21 days of silence the user is re-scored for inactivity
+    # (model.segments.DEFAULT_REEVALUATE_DAYS), and the audience step below
+    # must stay their last scoring.
     others = [
-        click(f"other-{u}", T0 + DAY + d * DAY, "page_view") for d in (5, 10, 21) for u in range(31)
+        click(f"other-{u}", T0 + DAY + d * DAY, "page_view") for d in (5, 10, 20) for u in range(31)
     ]
     wait_applied(settings, produce(settings, as_items(settings, others)), worker)
     changes = reader.wait_for(

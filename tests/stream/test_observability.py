@@ -15,12 +15,15 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from model.registry import bootstrap_dir, set_current
+from model.registry import bootstrap_dir, read_manifest, set_current
 from stream.devtools.embedded import free_port
 from stream.settings import Settings
 from tests.conftest import WorkerProcess
 from tests.factories import DAY, T0, click, order
 from tests.helpers import as_items, produce, wait_applied
+
+#: The shipped bootstrap model's version: what a fresh registry serves.
+BOOTSTRAP = read_manifest(bootstrap_dir())["version"]
 
 pytestmark = pytest.mark.integration
 
@@ -95,7 +98,7 @@ def test_worker_exports_exact_counts_health_and_no_user_labels(
     wait_until(lambda: get(f"http://127.0.0.1:{port}/readyz")[0] == 200, what="/readyz 200")
     ready = orjson.loads(get(f"http://127.0.0.1:{port}/readyz")[1])
     assert ready["checks"]["partitions"]["assigned"] == 2 * settings.topic_partitions
-    assert ready["checks"]["model"]["version"] == "bootstrap-v2"
+    assert ready["checks"]["model"]["version"] == BOOTSTRAP
 
     assert total(port, "segmenter_events_total", outcome="applied") == len(values)
     assert total(port, "segmenter_events_total", outcome="dead_lettered") == 2
@@ -112,7 +115,7 @@ def test_worker_exports_exact_counts_health_and_no_user_labels(
         ),
         what="lag 0",
     )
-    assert total(port, "segmenter_model_info", version="bootstrap-v2") == 1
+    assert total(port, "segmenter_model_info", version=BOOTSTRAP) == 1
     assert total(port, "segmenter_batch_seconds_count") >= 1
     assert total(port, "segmenter_redis_seconds_count", op="commit") >= 1
     assert total(port, "segmenter_publish_seconds_count") >= 1
@@ -146,7 +149,7 @@ def test_promoted_model_is_picked_up_and_a_bad_one_refused(
     wait_until(
         lambda: total(port, "segmenter_model_info", version="v2-good") == 1, what="v2 served"
     )
-    assert total(port, "segmenter_model_info", version="bootstrap-v2") == 0
+    assert total(port, "segmenter_model_info", version=BOOTSTRAP) == 0
     assert total(port, "segmenter_model_reloads_total", outcome="success") == 1
 
     set_current(model_dir, "v3-bad-schema")

@@ -179,9 +179,9 @@ def test_worker_sweeps_by_itself_and_publishes_entered_and_exited_events_with_sc
     loyal = [check_message(m.value(), CHANGE) for m in changes if m.key() == b"loyal"]
     for msg in loyal:
         jsonschema.validate(msg, change_schema)
-        # The bootstrap classifier: purchase and activity from its classes, spend unknown.
+        # The bootstrap's value head: every trait a number (or a date).
         assert msg["traits"]["p_purchase_90d"] is not None and msg["traits"]["p_active_90d"]
-        assert msg["traits"]["predicted_spend_90d"] is None
+        assert msg["traits"]["predicted_spend_90d"] is not None
         assert len(msg["explanation"]) == 3
         assert msg["action"] is None or msg["action"]["action"]
     assert loyal[-1]["segment"] == "at_risk" and loyal[-1]["action"]["action"] == "win_back_offer"

@@ -397,7 +397,9 @@ def test_segmenter_user_shows_the_traits_of_the_last_scoring(
 ) -> None:
     settings = settings_factory()
     model = load_current(settings.model_dir)  # what the command finds in the registry
-    values = [click("ann", T0, "page_view"), order("ann", T0 + DAY, total=80.0)]
+    # An order big enough to move a browser out of potential at once (through
+    # hysteresis), so the last scoring is a change.
+    values = [click("ann", T0, "page_view"), order("ann", T0 + DAY, total=400.0)]
     changes = feed(settings, model, values, None)
     last = last_changes(reader_factory(settings.topic_segments), len(changes))["ann"]
 
@@ -406,17 +408,20 @@ def test_segmenter_user_shows_the_traits_of_the_last_scoring(
     data = strict(out.stdout.encode())
     assert data["scored_at"] == last["event_time"] == iso(T0 + DAY)
     assert data["traits"] == last["traits"]
-    # The bootstrap classifier: purchase and activity from its classes, the rest unknown.
+    # The bootstrap has a value head: spend and the next order are known.
     assert data["traits"]["p_purchase_90d"] is not None
-    assert data["traits"]["predicted_spend_90d"] is None
+    assert data["traits"]["predicted_spend_90d"] is not None
+    assert data["traits"]["expected_next_order_at"] is not None
 
     human = segmenter("user", "ann", env=settings_env(settings))
     assert human.returncode == 0, human.stderr
     lines = human.stderr.splitlines()  # the human form is on stderr (stream.cli.common.console)
     p = data["traits"]["p_purchase_90d"]
     assert any(ln.split() == ["p_purchase_90d", f"{p:.3f}"] for ln in lines), human.stderr
-    assert any(ln.split() == ["predicted_spend_90d", "unknown"] for ln in lines), human.stderr
-    assert any(ln.split() == ["expected_next_order_at", "unknown"] for ln in lines)
+    spend = data["traits"]["predicted_spend_90d"]
+    assert any(ln.split() == ["predicted_spend_90d", f"{spend:.2f}"] for ln in lines), lines
+    nxt = data["traits"]["expected_next_order_at"]
+    assert any(ln.split() == ["expected_next_order_at", nxt] for ln in lines), lines
 
 
 def test_contracts_doc_example_is_a_valid_message() -> None:
