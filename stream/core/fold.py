@@ -166,9 +166,7 @@ def _apply_order(state: UserState, event: OrderEvent | OrderFact, ts: int) -> No
         state.order_count += 1
         state.total_spend += event.total
         state.last_order_at = ts if state.last_order_at is None else max(state.last_order_at, ts)
-        state.first_order_at = (
-            ts if state.first_order_at is None else min(state.first_order_at, ts)
-        )
+        state.first_order_at = ts if state.first_order_at is None else min(state.first_order_at, ts)
         _add_decayed(state, "orders_30d", 1.0, ts)
         _add_decayed(state, "orders_90d", 1.0, ts)
         _add_decayed(state, "spend_30d", event.total, ts)
