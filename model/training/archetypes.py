@@ -179,11 +179,18 @@ def _at(events: list[Event], after_days: float) -> np.ndarray:
     return vector(fold_all(events), NOW_MS + int(after_days * DAY_MS))[None, :]
 
 
-def _why_not_judged(a: Archetype, classes: tuple[str, ...], has_clicks: bool) -> str | None:
+def _why_not_judged(
+    a: Archetype, classes: tuple[str, ...], has_clicks: bool, has_orders_only: bool
+) -> str | None:
     if not a.expected <= set(classes):
         return "the model has no such class"
     if a.needs_clicks and not has_clicks:
         return "the model was trained without clickstream"
+    if not has_orders_only and not any(isinstance(e, ClickEvent) for e in a.events()):
+        # The mirror case: a buyer with no session at all is outside everything
+        # such a model saw (every buyer it learnt from browsed), as clicks are
+        # for a model trained on orders alone.
+        return "the model never saw a buyer without clickstream"
     return None
 
 
@@ -192,21 +199,23 @@ def run(
     classes: tuple[str, ...],
     *,
     has_clicks: bool = True,
+    has_orders_only: bool = True,
 ) -> dict[str, Any]:
     """Place every archetype and compare every pair; ``passed`` if all judged ones hold.
 
     Every archetype is judged, however far its inputs lie outside the training
     range (that is the point: a EUR 900 order must not flip the answer),
     except where the model cannot know the answer at all: its class is missing,
-    or its history is clickstream and the model never saw any. Those are
-    reported with the reason and do not gate.
+    its history is clickstream and the model never saw any, or its history has
+    no clickstream and every buyer the model saw had some. Those are reported
+    with the reason and do not gate.
     """
     rows: list[dict[str, Any]] = []
     for a in ARCHETYPES:
         x = a.features()
         probs = predict(x[None, :])[0]
         got = classes[int(probs.argmax())]
-        not_judged = _why_not_judged(a, classes, has_clicks)
+        not_judged = _why_not_judged(a, classes, has_clicks, has_orders_only)
         applicable = not_judged is None
         rows.append(
             {

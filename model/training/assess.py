@@ -58,11 +58,19 @@ def behaviour_checks(
     """Directional expectations on rows ``x`` and the archetype suite, with one verdict.
 
     ``fit_x`` (the rows the model was fitted on) says whether it ever saw
-    clickstream: archetypes about browsing are not judged for models that did not.
+    clickstream, and a buyer without any: archetypes about browsing are not
+    judged for models that saw none, nor orders-only ones for models that saw
+    no such buyer.
     """
     directional = behaviour.check(predict, classes, x)
     sessions = fit_x[:, FEATURE_NAMES.index("session_count")]
-    placed = archetypes.run(predict, classes, has_clicks=bool((sessions > 0).any()))
+    orders = fit_x[:, FEATURE_NAMES.index("order_count")]
+    placed = archetypes.run(
+        predict,
+        classes,
+        has_clicks=bool((sessions > 0).any()),
+        has_orders_only=bool(((orders > 0) & (sessions == 0)).any()),
+    )
     return {
         "directional": directional,
         "directional_passed": all(d["passed"] for d in directional),

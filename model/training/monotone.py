@@ -77,6 +77,7 @@ _RECENT = {
     "return_ratio": -1,
 }
 _BROWSING = {"product_views_30d": +1, "cart_adds_30d": +1}
+_MADE_OF_BROWSING = frozenset({"cart_to_order", "orders_per_session"})
 
 #: head -> {input: orientation}; 0 = read freely. Inputs not listed are not read.
 ORIENTATION: dict[str, dict[str, int]] = {
@@ -84,7 +85,9 @@ ORIENTATION: dict[str, dict[str, int]] = {
     "buy": {**_SILENCE, **_RECENT, **_BROWSING, "session_count": 0},
     "value": {
         # Given a purchase, a customer who buys more, more often and more
-        # recently spends more; browsing and age are free to say how much.
+        # recently spends more; age and cadence are free to say how much.
+        # Browsing is read freely, but not the ratios made of it (an added
+        # order moves them; they stay with activity and purchase).
         "order_count": +1,
         "total_spend": +1,
         "avg_order_value": +1,
@@ -92,14 +95,16 @@ ORIENTATION: dict[str, dict[str, int]] = {
         "days_since_last_order": -1,
         "days_since_last_activity": -1,
         "silence_ratio": -1,
-        **_RECENT,
+        # The recent-activity inputs, less those made of sessions and carts.
+        **{k: v for k, v in _RECENT.items() if k not in _MADE_OF_BROWSING},
         "tenure_days": 0,
         "days_since_first_order": 0,
-        "mean_order_gap_days": 0,
-        "session_count": 0,
-        **{k: 0 for k in _BROWSING},
+        # Not the mean gap between orders: an order placed now moves it either
+        # way, so read freely it could make an added order lower the value.
+        # Silence relative to the gap (silence_ratio) carries the cadence.
     },
 }
+ORIENTATION["value"].update({**dict.fromkeys(_BROWSING, 0), "session_count": 0})
 # Above the line is value's question asked of the label: the same inputs, the same ways.
 ORIENTATION["line"] = dict(ORIENTATION["value"])
 

@@ -66,8 +66,9 @@ def calibration_section(metrics: dict[str, Any]) -> list[str]:
         "ECE over 10 equal-width bins, one class against the rest"
         + (f"; the gate's bound is {bound}." if bound is not None else "."),
         "",
-        "The noise floor is the ECE a perfectly calibrated model would show on these "
-        "rows by sampling alone; the gate bounds what lies beyond it.",
+        "The noise floor is the ECE a perfectly calibrated model stays under, by "
+        "sampling alone, in 9 draws of 10 on these rows; the gate bounds what lies "
+        "beyond it.",
         "",
         "| class | support | mean P | observed | ECE | noise floor | Brier |",
         "|---|---:|---:|---:|---:|---:|---:|",

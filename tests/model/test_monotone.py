@@ -99,7 +99,9 @@ def scorer(seed: int, units: int, constrained: bool) -> Scorer:
     return Scorer(CLASSES, mean, scale, layers, None, towers)
 
 
-@settings(max_examples=15, deadline=None)
+# 40 draws: a free input that an added order moves (the mean gap between
+# orders, read by the line head) broke this in about 1 draw in 70.
+@settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 10_000), units=st.sampled_from([2, 6, 12]))
 def test_constrained_weights_never_violate_a_directional_expectation(seed: int, units: int) -> None:
     rows = random_rows(np.random.default_rng(seed), 400)
