@@ -14,6 +14,7 @@ bench, demo) and by the CLI's ``require_broker`` (export).
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from typing import Any
 
@@ -38,6 +39,22 @@ _librdkafka.parent = logging.getLogger("segmenter")
 
 class BrokerAccessError(SettingsError):
     """The broker refused these settings' credentials or TLS: one line, what to fix."""
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context aiokafka clients (Faust's, the bench's) use, from the same
+    settings librdkafka reads: None unless the protocol is SSL or SASL_SSL."""
+    if settings.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    context = ssl.create_default_context(
+        cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+    )
+    if settings.kafka_ssl_certfile:
+        context.load_cert_chain(
+            str(settings.kafka_ssl_certfile),
+            str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+        )
+    return context
 
 
 def _refusal(settings: Settings, err: KafkaError) -> str | None:

@@ -14,7 +14,6 @@ only, so a committed offset never runs ahead of applied state.
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import time
 from typing import Any
@@ -25,7 +24,7 @@ from faust.types import TP
 from model.registry import load_current
 from model.segments import Hysteresis
 from stream import metrics
-from stream.broker_access import check_broker_access
+from stream.broker_access import check_broker_access, ssl_context
 from stream.core.events import DAY_MS
 from stream.settings import Settings, SettingsError
 from stream.sinks import ConfluentSink
@@ -249,16 +248,7 @@ def faust_credentials(settings: Settings) -> Any:
     protocol = settings.kafka_security_protocol
     if protocol == "PLAINTEXT":
         return None
-    context = None
-    if protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(
-            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
-        )
-        if settings.kafka_ssl_certfile:
-            context.load_cert_chain(
-                str(settings.kafka_ssl_certfile),
-                str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
-            )
+    context = ssl_context(settings)
     if protocol == "SSL":
         return faust.SSLCredentials(context)
     assert settings.kafka_sasl_password is not None

@@ -3,9 +3,9 @@ Faust agent, as the worker's librdkafka and Faust clients get it."""
 
 from __future__ import annotations
 
-import ssl
 from typing import Any
 
+from stream.broker_access import ssl_context
 from stream.settings import Settings
 
 
@@ -15,15 +15,8 @@ def aiokafka_security(settings: Settings) -> dict[str, Any]:
     if protocol == "PLAINTEXT":
         return {}
     kwargs: dict[str, Any] = {"security_protocol": protocol}
-    if protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(
-            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
-        )
-        if settings.kafka_ssl_certfile:
-            context.load_cert_chain(
-                str(settings.kafka_ssl_certfile),
-                str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
-            )
+    context = ssl_context(settings)
+    if context is not None:
         kwargs["ssl_context"] = context
     if protocol.startswith("SASL_"):
         assert settings.kafka_sasl_password is not None  # settings validation ensures it
