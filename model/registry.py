@@ -8,6 +8,7 @@ sees half a model.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -22,6 +23,8 @@ import orjson
 
 from model.features import FEATURE_NAMES, SCHEMA_HASH
 from model.scorer import Scorer
+
+log = logging.getLogger(__name__)
 
 CURRENT = "current"
 MANIFEST = "manifest.json"
@@ -125,10 +128,23 @@ def bootstrap_dir() -> Path:
 
 
 def ensure_serving_model(model_dir: Path) -> str:
-    """Make sure ``model_dir`` has a current model, seeding it with the bootstrap one."""
+    """Make sure ``model_dir`` has a current model, seeding it with the bootstrap one.
+
+    A registry still serving an older *shipped* bootstrap model that this code
+    can no longer serve (another feature schema) is moved on to the shipped
+    one, with a warning: an upgrade must not leave a fresh install unable to
+    start. A model someone trained is never replaced: its load error says to
+    retrain it.
+    """
     version = current_version(model_dir)
-    if version is not None:
+    if version is not None and not _outdated_bootstrap(model_dir, version):
         return version
+    if version is not None:
+        log.warning(
+            "the registry serves %s, a bootstrap model for another feature schema; "
+            "serving the bootstrap model shipped with this version instead",
+            version,
+        )
     boot = bootstrap_dir()
     manifest = read_manifest(boot)
     version = str(manifest["version"])
@@ -143,9 +159,19 @@ def ensure_serving_model(model_dir: Path) -> str:
             shutil.rmtree(staging, ignore_errors=True)
             if not (model_dir / version / MANIFEST).exists():
                 raise
-    if current_version(model_dir) is None:
+    if current_version(model_dir) != version:
         set_current(model_dir, version)
     return version
+
+
+def _outdated_bootstrap(model_dir: Path, version: str) -> bool:
+    if not version.startswith("bootstrap-") or version == read_manifest(bootstrap_dir())["version"]:
+        return False
+    try:
+        manifest = read_manifest(model_dir / version)
+    except ModelError:
+        return False  # let loading say what is wrong with it
+    return bool(manifest.get("schema_hash") != SCHEMA_HASH)
 
 
 def load_current(model_dir: Path) -> LoadedModel:

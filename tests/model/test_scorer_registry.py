@@ -115,3 +115,30 @@ def test_model_with_another_feature_schema_is_refused(tmp_path: Path) -> None:
     (bad / "manifest.json").write_bytes(orjson.dumps(manifest))
     with pytest.raises(ModelError, match="feature schema"):
         load_version(bad)
+
+
+def _old_model(model_dir: Path, version: str) -> None:
+    """A copy of the shipped model under ``version``, for another feature schema."""
+    shutil.copytree(bootstrap_dir(), model_dir / version)
+    manifest = orjson.loads((model_dir / version / "manifest.json").read_bytes())
+    manifest.update(version=version, schema_hash="0" * 16)
+    (model_dir / version / "manifest.json").write_bytes(orjson.dumps(manifest))
+    (model_dir / "current").write_text(version + "\n")
+
+
+def test_an_upgrade_moves_a_registry_off_an_old_shipped_bootstrap(tmp_path: Path) -> None:
+    """A laptop that ran the demo before an upgrade still serves bootstrap-v2, which
+    the new features cannot feed: it moves on to the shipped bootstrap, not a crash."""
+    models = tmp_path / "models"
+    _old_model(models, "bootstrap-v0")
+    shipped = orjson.loads((bootstrap_dir() / "manifest.json").read_bytes())["version"]
+    assert ensure_serving_model(models) == shipped
+    assert load_current(models).version == shipped
+
+
+def test_a_model_someone_trained_is_never_replaced_behind_their_back(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    _old_model(models, "20240101T000000Z-mine")
+    assert ensure_serving_model(models) == "20240101T000000Z-mine"
+    with pytest.raises(ModelError, match="retrain it"):
+        load_current(models)
