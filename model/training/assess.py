@@ -24,7 +24,7 @@ from model.scorer import TRAITS, Scorer
 from model.segments import weighted
 from model.training import archetypes, behaviour
 from model.training.baselines import majority_class, previous_segment_baseline, rfm_baseline
-from model.training.clv import clv_baseline, clv_expectations, clv_expected_spend
+from model.training.clv import clv_baseline, clv_expectations
 from model.training.dataset import Examples, Prepared
 from model.training.evaluate import classification_report
 from model.training.ranking import calibration_report, ranking_report
@@ -35,9 +35,16 @@ BASELINES = ("rfm", "previous_segment", "clv")
 
 
 def baseline_predictions(
-    part: Prepared, *, horizon_ms: int, top_quantile: float
+    part: Prepared,
+    *,
+    horizon_ms: int,
+    top_quantile: float,
+    clv_expected: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Each baseline's class indices for ``part.val``'s rows, in their order."""
+    """Each baseline's class indices for ``part.val``'s rows, in their order.
+
+    ``clv_expected``: the CLV model's (spend, purchases) for those rows, if
+    already fitted (:func:`model.training.clv.clv_expectations`)."""
     val_cutoff = int(part.val.cutoffs.max())
     previous, _ = previous_segment_baseline(
         part.examples,
@@ -48,7 +55,13 @@ def baseline_predictions(
     return {
         "rfm": rfm_baseline(part.train, part.val, top_quantile=top_quantile),
         "previous_segment": previous,
-        "clv": clv_baseline(part.train, part.val, horizon_ms=horizon_ms, top_quantile=top_quantile),
+        "clv": clv_baseline(
+            part.train,
+            part.val,
+            horizon_ms=horizon_ms,
+            top_quantile=top_quantile,
+            expected=clv_expected,
+        ),
     }
 
 
@@ -155,13 +168,17 @@ def assess(
     metrics["calibration"] = calibration_report(scores.probabilities, val.y, classes)
     metrics["calibration_max_ece"] = MAX_ECE
     spend = scores.traits[:, TRAITS.index("predicted_spend_90d")]
-    clv_spend = np.concatenate([clv_expected_spend(p.val.x, horizon_ms=horizon_ms) for p in parts])
+    # One BG/NBD + Gamma-Gamma fit per population, used by the ranking, the
+    # per-population baseline and the pooled one alike.
+    expected = [clv_expectations(p.val.x, horizon_ms=horizon_ms) for p in parts]
+    clv_spend = np.concatenate([e[0] for e in expected])
     metrics["value"] = value_rankings(val, None if np.isnan(spend).all() else spend, clv_spend)
     metrics["next_order"] = next_order_error(
         val, scores.traits[:, TRAITS.index("days_to_next_order")]
     )
     per_part = [
-        baseline_predictions(p, horizon_ms=horizon_ms, top_quantile=top_quantile) for p in parts
+        baseline_predictions(p, horizon_ms=horizon_ms, top_quantile=top_quantile, clv_expected=e)
+        for p, e in zip(parts, expected, strict=True)
     ]
     metrics["baselines"] = {
         name: classification_report(val.y, np.concatenate([b[name] for b in per_part]), classes)
@@ -175,7 +192,6 @@ def assess(
         # fitted per population but deciding once over all rows, and the
         # per-population decision is kept beside it for the report.
         metrics["clv_per_population"] = metrics["baselines"]["clv"]
-        expected = [clv_expectations(p.val.x, horizon_ms=horizon_ms) for p in parts]
         pooled = clv_baseline(
             Examples.concat([p.train for p in parts]),
             val,
