@@ -96,7 +96,7 @@ class Scorer:
         if self.towers is None:
             probs = self._softmax(x)
             return Scores(probs, legacy_traits(self.classes, probs))
-        probs, traits = self.towers.value.compose(self.heads(x), self.towers.sigma, self.classes)
+        probs, traits = self.towers.value.compose(self.heads(x), self.classes)
         return Scores(probs, traits)
 
     def heads(self, x: np.ndarray) -> np.ndarray:
@@ -125,7 +125,7 @@ class Scorer:
         the cost of one matrix product, which is small beside the batch.
         """
         if self.towers is not None:
-            return self.score(x).probabilities
+            return self.towers.value.probabilities(self.heads(x), self.classes)
         return self._softmax(x)
 
     def _standardised(self, x: np.ndarray) -> np.ndarray:

@@ -67,33 +67,47 @@ class ValueHead:
     log_offset: float
     horizon_days: float
 
-    def compose(
-        self, heads: np.ndarray, sigma: float, classes: tuple[str, ...]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``heads`` (n, 4): active logit, buy logit, value, line logit.
-
-        Returns (probabilities, traits). ``sigma`` (the lognormal's spread)
-        does not enter: the mean spend is exp(value), whatever the spread.
-        """
+    def _heads(self, heads: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(P(active), P(buy | active), P(above the line | purchase)), calibrated."""
         (a_act, b_act), (a_buy, b_buy), (a_hv, b_hv) = self.platt
         p_active = sigmoid(a_act * heads[:, 0] + b_act)
         p_buy = sigmoid(a_buy * heads[:, 1] + b_buy)
-        log_mean = heads[:, 2] + self.log_offset
         above = sigmoid(a_hv * heads[:, 3] + b_hv)
+        return p_active, p_buy, above
+
+    def probabilities(self, heads: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
+        """``heads`` (n, 4): active logit, buy logit, value, line logit -> (n, classes).
+
+        Apart from :meth:`compose` because explanations score every changed
+        user once per feature and need no traits.
+        """
+        return _segments(*self._heads(heads), classes)
+
+    def compose(self, heads: np.ndarray, classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, traits) from ``heads``. The lognormal's spread does not
+        enter: the mean spend is exp(value), whatever the spread."""
+        p_active, p_buy, above = self._heads(heads)
         p_purchase = p_active * p_buy
-        by_name = {
-            "high_value": p_purchase * above,
-            "regular": p_purchase * (1.0 - above),
-            "potential": p_active * (1.0 - p_buy),
-            "at_risk": 1.0 - p_active,
-        }
-        probs = np.stack([by_name[c] for c in classes], axis=1)
         traits = np.empty((heads.shape[0], len(TRAITS)))
         traits[:, 0] = p_purchase
+        log_mean = heads[:, 2] + self.log_offset
         traits[:, 1] = p_purchase * np.exp(np.minimum(log_mean, 700.0))
         traits[:, 2] = p_active
         traits[:, 3] = days_to_next_order(p_purchase, self.horizon_days)
-        return probs, traits
+        return _segments(p_active, p_buy, above, classes), traits
+
+
+def _segments(
+    p_active: np.ndarray, p_buy: np.ndarray, above: np.ndarray, classes: tuple[str, ...]
+) -> np.ndarray:
+    p_purchase = p_active * p_buy
+    by_name = {
+        "high_value": p_purchase * above,
+        "regular": p_purchase * (1.0 - above),
+        "potential": p_active * (1.0 - p_buy),
+        "at_risk": 1.0 - p_active,
+    }
+    return np.stack([by_name[c] for c in classes], axis=1)
 
 
 def days_to_next_order(p_purchase: np.ndarray, horizon_days: float) -> np.ndarray:
