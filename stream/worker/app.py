@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -43,6 +44,21 @@ from stream.worker.store import StateStore
 from stream.worker.tasks import add_tasks
 
 log = logging.getLogger("segmenter.worker")
+
+
+def _highwater(app: faust.App) -> Callable[[str], int | None]:
+    """The consumer's last-heard end offset of an input topic-partition (no I/O:
+    aiokafka keeps it from each fetch), for the clock (stream.core.clock)."""
+
+    def high(tp: str) -> int | None:
+        topic, part = tp.rsplit(":", 1)
+        try:
+            end = app.consumer.highwater(TP(topic, int(part)))
+        except Exception:  # not assigned (any more), or no consumer yet
+            return None
+        return int(end) if end is not None else None
+
+    return high
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -135,6 +151,7 @@ def _parts(settings: Settings, app: faust.App) -> WorkerParts:
         on_fatal=app.crash,
         health=health,
         observe_inputs=drift.observe if drift is not None else None,
+        highwater=_highwater(app),
     )
     return WorkerParts(
         settings=settings,

@@ -33,6 +33,7 @@ from model.features import N_FEATURES, raw_row, transform
 from model.registry import LoadedModel
 from model.scorer import TRAITS, Scores
 from stream import metrics
+from stream.core.clock import partition_clocks, partition_of
 from stream.core.dedup import SeenEvents, admit
 from stream.core.events import DAY_MS, Event, Reason, Rejected, decode, iso
 from stream.core.fold import UserState, apply
@@ -77,6 +78,7 @@ class BatchProcessor(Retrying):
         health: Health | None = None,
         on_fatal: Callable[[BaseException], Awaitable[None]] | None = None,
         observe_inputs: Callable[[LoadedModel, np.ndarray, list[int]], None] | None = None,
+        highwater: Callable[[str], int | None] | None = None,
     ) -> None:
         self.store = store
         self.sink = sink
@@ -107,6 +109,13 @@ class BatchProcessor(Retrying):
         self.audiences = config.audiences
         #: Stream time as of the last batch this processor committed (0 = not yet known).
         self.stream_time = 0
+        #: The next offset the broker will write, per "topic:partition" as the
+        #: consumer last heard (None = not known): with ``_marks``, which
+        #: topic-partitions still hold unread records (stream.core.clock).
+        self._highwater = highwater
+        #: Highest offset applied per "topic:partition": from each commit, and
+        #: from Redis at each sweep (another worker may have applied them).
+        self._marks: dict[str, int] = {}
         self._kinds: dict[str, Literal["clickstream", "orders"]] = {
             config.clickstream_topic: "clickstream",
             config.orders_topic: "orders",
@@ -217,15 +226,18 @@ class BatchProcessor(Retrying):
         by_user: dict[str, list[tuple[RawRecord, str, Event, int]]] = {}
         t0 = time.perf_counter()
         users = list(dict.fromkeys(e.user_id for _, e in good))
+        if not self._marks and self._highwater is not None:
+            await self._refresh_marks()  # once: what earlier processes applied
         loaded, stored_time, ptimes = await self.store.load(users)
         self.stream_time = max(self.stream_time, stored_time)
         metrics.REDIS_SECONDS.labels("load").observe(time.perf_counter() - t0)
         running = dict(ptimes)
+        clocks = _BatchClocks(running, [raw for raw, _ in good], self._unread_after)
         late: list[tuple[RawRecord, Rejected]] = []
         bound = self.cfg.max_lateness_ms
         for raw, event in good:
-            before = running.get(raw.partition, 0)
             tp = raw.tp
+            before = clocks.before(tp, raw.partition)
             if (
                 bound
                 and event.timestamp <= before - bound
@@ -243,8 +255,8 @@ class BatchProcessor(Retrying):
                 late.append((raw, why))
                 continue
             by_user.setdefault(event.user_id, []).append((raw, tp, event, before))
-            running[raw.partition] = max(before, event.timestamp)
-        partition_times = {p: t for p, t in running.items() if t > ptimes.get(p, 0)}
+            running[tp] = max(running.get(tp, 0), event.timestamp)
+        partition_times = {tp: t for tp, t in running.items() if t > ptimes.get(tp, 0)}
 
         timelines: dict[str, Timeline] = {}
         rows: list[tuple[float, ...]] = []  # raw features, one per step; transformed at once
@@ -296,6 +308,8 @@ class BatchProcessor(Retrying):
         messages = await self._score_publish_commit(
             timelines, rows, partition_offsets, stream_time, partition_times, swept
         )
+        for tp, off in partition_offsets.items():
+            self._marks[tp] = max(self._marks.get(tp, -1), off)
         count_dead_letters(late)
         result.dead_lettered = len(late)
 
@@ -367,7 +381,7 @@ class BatchProcessor(Retrying):
         rows: list[tuple[float, ...]],
         partition_offsets: dict[str, int],
         stream_time: int,
-        partition_times: dict[int, int],
+        partition_times: dict[str, int],
         swept: list[int] | None = None,
     ) -> list[tuple[str, dict[str, Any] | None]]:
         """Score every step in one forward pass (probabilities and traits), decide
@@ -495,7 +509,12 @@ class BatchProcessor(Retrying):
         return total
 
     async def _sweep(self, part: int, limit: int) -> BatchResult:
-        until = (await self.store.partition_times()).get(part, 0)
+        times = await self.store.partition_times()
+        await self._refresh_marks()
+        assigned = self._health.assigned if self._health is not None else ()
+        tps = {tp for tp in (*times, *assigned) if partition_of(tp) == part}
+        unread = {tp for tp in tps if self._unread_after(tp, None)}
+        until = partition_clocks({tp: times.get(tp, 0) for tp in tps}, unread).get(part, 0)
         due = await self.store.due_for_reevaluation(part, until, limit)
         if not due:
             return BatchResult(records=0)
@@ -521,6 +540,23 @@ class BatchProcessor(Retrying):
             changes=[m for _, m in messages if m is not None],
         )
 
+    async def _refresh_marks(self) -> None:
+        for tp, off in (await self.store.partition_offsets()).items():
+            self._marks[tp] = max(self._marks.get(tp, -1), off)
+
+    def _unread_after(self, tp: str, upto: int | None) -> bool:
+        """Whether ``tp`` holds records past offset ``upto`` and past what is applied.
+
+        Unknown (no consumer, or it has not heard from the partition yet)
+        counts as nothing to read: the clock then falls back to the largest
+        time applied, as it would with a single input topic.
+        """
+        high = self._highwater(tp) if self._highwater is not None else None
+        if high is None:
+            return False
+        done = self._marks.get(tp, -1)
+        return high > max(done, -1 if upto is None else upto) + 1
+
     async def _bind_classes(self) -> None:
         classes = self.model().classes
         if self.store.classes != classes:  # once per process
@@ -531,3 +567,41 @@ class BatchProcessor(Retrying):
             self.cfg.segments_topic, self.cfg.segment_topic_template, self.model().classes
         )
         await self.sink.publish(tombstones(users, topics))
+
+
+class _BatchClocks:
+    """The clock of each partition number just before each event of a batch.
+
+    stream.core.clock's rule, walked through the batch in its order: a
+    topic-partition counts as unread while it has records later in this batch
+    or on the broker past it; the event's own counts too (it is not applied
+    yet). ``running`` is the caller's per topic-partition time, which it
+    advances after each event.
+    """
+
+    def __init__(
+        self,
+        running: dict[str, int],
+        records: Sequence[RawRecord],
+        unread_after: Callable[[str, int | None], bool],
+    ) -> None:
+        self._running = running
+        self._left: Counter[str] = Counter(r.tp for r in records)
+        last: dict[str, int] = {}
+        for r in records:
+            last[r.tp] = max(last.get(r.tp, -1), r.offset)
+        self._by_number: dict[int, tuple[str, ...]] = {}
+        for tp in {*running, *last}:
+            p = partition_of(tp)
+            self._by_number[p] = (*self._by_number.get(p, ()), tp)
+        #: Decided once, at the start: what the consumer has not handed over yet.
+        self._beyond = {tp for tp in {*running, *last} if unread_after(tp, last.get(tp))}
+
+    def before(self, tp: str, partition: int) -> int:
+        self._left[tp] -= 1
+        tps = self._by_number[partition]
+        if len(tps) == 1:  # one input topic on this partition: its own time
+            return self._running.get(tp, 0)
+        times = {t: self._running.get(t, 0) for t in tps}
+        unread = [t for t in tps if t == tp or self._left[t] > 0 or t in self._beyond]
+        return partition_clocks(times, unread).get(partition, 0)

@@ -210,9 +210,9 @@ class StateStore:
 
     async def load(
         self, user_ids: Sequence[str]
-    ) -> tuple[dict[str, UserRecord], int, dict[int, int]]:
+    ) -> tuple[dict[str, UserRecord], int, dict[str, int]]:
         """Records for ``user_ids`` (new ones for unknown users), stored stream time,
-        and each partition number's stream time, in one round trip on a single
+        and each input topic-partition's stream time, in one round trip on a single
         Redis (two on a process's first read, which also fetches the classes).
 
         A user erased within the erasure list's keep time comes back as a new
@@ -251,7 +251,7 @@ class StateStore:
             else:
                 out[uid] = self._decode(data)
         it = iter(ptimes)
-        partition_times = {int(k): int(v) for k, v in zip(it, it, strict=True)}
+        partition_times = _tp_times(zip(it, it, strict=True))
         return out, int(stream_time or 0), partition_times
 
     async def _load_call(
@@ -278,7 +278,7 @@ class StateStore:
         partition_offsets: dict[str, int],
         stream_time: int,
         ttl_ms: int = 0,
-        partition_times: dict[int, int] | None = None,
+        partition_times: dict[str, int] | None = None,
     ) -> None:
         """Write a batch; raise :class:`ConflictError` if anyone else wrote first.
 
@@ -296,7 +296,7 @@ class StateStore:
         partition_offsets: dict[str, int],
         stream_time: int,
         ttl_ms: int = 0,
-        partition_times: dict[int, int] | None = None,
+        partition_times: dict[str, int] | None = None,
     ) -> PreparedCommit:
         """Encode a batch's commit without sending it (:meth:`send_commit` does).
 
@@ -415,10 +415,9 @@ class StateStore:
         out.sort(key=lambda pair: pair[1])
         return out[:limit]
 
-    async def partition_times(self) -> dict[int, int]:
-        """Stream time per partition number: the largest event time applied from it."""
-        raw = await self._r.hgetall(self.keys.ptime)
-        return {int(k): int(v) for k, v in raw.items()}
+    async def partition_times(self) -> dict[str, int]:
+        """Per "topic:partition", the largest event time applied from it."""
+        return _tp_times((await self._r.hgetall(self.keys.ptime)).items())
 
     async def forgotten_total(self) -> int:
         return int(await self._r.get(self.keys.forgotten) or 0)
@@ -551,3 +550,15 @@ __all__ = [
     "index_moves",
     "member_shard",
 ]
+
+
+def _tp_times(pairs: Iterable[tuple[bytes | str, bytes | str]]) -> dict[str, int]:
+    """The clock hash, per "topic:partition" (stream.core.clock). Fields without a
+    topic are per partition number, from releases before the clock knew topics:
+    left out, so each topic-partition's time starts again with its next record."""
+    out = {}
+    for k, v in pairs:
+        tp = k.decode() if isinstance(k, bytes) else k
+        if ":" in tp:
+            out[tp] = int(v)
+    return out

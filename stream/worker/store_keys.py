@@ -22,7 +22,7 @@ Key layout (``P`` = prefix, ``T`` = ``P:{g}`` for the user's group *g*):
 * ``T:dueslots:<p>``    sorted set of the days *d* with a non-empty ``T:due:<p>:<d>``
 * ``T:erased``          sorted set: digest of an erased user id -> when it was erased
 * ``P:{clock}:offsets``      hash ``topic:partition`` -> last applied offset
-* ``P:{clock}:ptime``        hash partition number -> largest event time applied from it
+* ``P:{clock}:ptime``        hash "topic:partition" -> largest event time applied from it
 * ``P:{clock}:stream_time``  the largest event time applied (epoch ms)
 * ``P:meta``            hash: ``classes`` (JSON), the order of the stored probabilities;
                         ``layout``, this layout's number

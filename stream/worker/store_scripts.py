@@ -34,7 +34,7 @@ return out
 # Revisions are checked for every user before anything is written, so a
 # refused call leaves Redis exactly as it was.
 # ARGV: ttl_ms, users, stream time ('' = no clock part), n_offsets, n_ptimes,
-#       (field, offset) * n_offsets, (partition, time) * n_ptimes, then per
+#       (field, offset) * n_offsets, (topic:partition, time) * n_ptimes, then per
 #       user (USER_ARGS each): user id, expected stored rev ('' = none),
 #       record ('' = erase), old schedule day ('' = leave the old entry),
 #       new due time ('' = add none), new schedule day, index moves ('+name'

@@ -80,7 +80,7 @@ def encode_commit(
     partition_offsets: dict[str, int],
     stream_time: int,
     ttl_ms: int,
-    partition_times: dict[int, int],
+    partition_times: dict[str, int],
     clean: Sequence[str],
 ) -> PreparedCommit:
     """A batch's commit as script calls (stream.worker.store_scripts.COMMIT_LUA): one

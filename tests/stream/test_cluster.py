@@ -58,10 +58,10 @@ def test_the_store_spreads_over_the_masters_and_keeps_its_indexes_exact(
                 )
                 for i in range(300)
             ]
-            await store.commit(writes, {"orders:0": 5}, 1000, partition_times={0: 900})
+            await store.commit(writes, {"orders:0": 5}, 1000, partition_times={"orders:0": 900})
             loaded, stream_time, ptimes = await store.load([f"u{i}" for i in range(310)])
             assert sum(r.exists for r in loaded.values()) == 300
-            assert (stream_time, ptimes) == (1000, {0: 900})
+            assert (stream_time, ptimes) == (1000, {"orders:0": 900})
             assert await store.segment_counts() == {"a": 150, "b": 150}
             assert await store.audience_counts() == {"x": 60}
             members = await store.members("a", limit=1000)

@@ -78,7 +78,7 @@ def test_load_reads_a_batch_spread_over_many_buckets_in_argument_order(
                 rec = UserRecord(state=fold_all([as_event(order(uid, T0 + i, float(i)))]))
                 rec.partition = i % 4
                 writes.append(UserWrite(uid, rec, None))
-            times = {1: T0, 2: T0 + 5}
+            times = {"orders:1": T0, "clickstream:2": T0 + 5}
             await store.commit(writes, {"orders:0": 1}, T0 + 399, partition_times=times)
             unknown = [f"new{i}" for i in range(400)]
             asked = [u for pair in zip(stored, unknown, strict=True) for u in pair]
