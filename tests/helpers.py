@@ -28,8 +28,11 @@ def produce(
     ``config``: more librdkafka settings, with dots as underscores.
     """
     # Through the project's producer factory: keys land where Java clients put them.
+    # Idempotent, as `segmenter produce` is: a retried batch can then never land
+    # after a later one, so send order is each partition's order (the ledgers
+    # fold in send order; a non-idempotent retry under load broke that on Kafka).
     producer = new_producer(
-        {"bootstrap.servers": settings.bootstrap_servers, "acks": "all"}
+        {"bootstrap.servers": settings.bootstrap_servers, "acks": "all", "enable.idempotence": True}
         | {k.replace("_", "."): v for k, v in config.items()}
     )
     ends: dict[str, int] = {}

@@ -49,6 +49,15 @@ class Ledger:
 _EXACT = tuple(f.name for f in fields(UserState) if f.name != "decayed")
 
 
+def _differences(got: UserState, want: UserState) -> dict[str, tuple[Any, Any]]:
+    """(stored, offline) per field that differs."""
+    return {
+        f.name: (getattr(got, f.name), getattr(want, f.name))
+        for f in fields(UserState)
+        if getattr(got, f.name) != getattr(want, f.name)
+    }
+
+
 def same_state(a: UserState, b: UserState) -> bool:
     if any(getattr(a, name) != getattr(b, name) for name in _EXACT):
         return False
@@ -116,8 +125,11 @@ def account(
         applied += n
         duplicates += max(0, n - len(events))
         lost += max(0, len(events) - n)
-        if rec is None or not same_state(rec.state, fold_all(events)):
+        want = fold_all(events)
+        if rec is None or not same_state(rec.state, want):
             mismatches.append(user)
+            if rec is not None and len(mismatches) <= 3:  # shown with a failure: what differs
+                print(f"state of {user}: {_differences(rec.state, want)}")
         if rec is not None and latest.get(user, {}).get("segment") != rec.segment:
             unpublished.append(user)
     return Ledger(
