@@ -105,6 +105,34 @@ class Cadence:
         return np.stack([p_alive, np.log1p(purchases), np.log1p(purchases * own)], axis=1)
 
 
+#: Columns of :meth:`Cadence.scores`.
+BTYD_SCORES: tuple[str, ...] = ("logit_p_alive", "log_purchases", "log_spend", "buyer", "spend")
+
+
+def btyd_scores(cadence: Cadence, x: np.ndarray) -> np.ndarray:
+    """What the buy-till-you-die model itself says of each row, as scores the value
+    head can stack (model.value): logit P(alive), log expected purchases and log
+    expected spend (Gamma-Gamma's value when fitted), each 0 for a customer who
+    never ordered, then the buyer indicator and the expected spend itself.
+
+    Each score rises with what the model believes raises it: more, and more
+    recent, purchases; a higher order value. The head's weight on each is kept
+    non-negative, so the directions survive stacking.
+    """
+    p_alive, purchases, spend = cadence.quantities(x)
+    buyer = (np.rint(raw_column(x, "order_count")) >= 1).astype(np.float64)
+    p = np.clip(p_alive, 1e-6, 1.0 - 1e-6)
+    tiny = 1e-6
+    out = np.zeros((x.shape[0], len(BTYD_SCORES)))
+    out[:, 0] = np.log(p) - np.log1p(-p)
+    out[:, 1] = np.log(purchases + tiny)
+    out[:, 2] = np.log(spend + tiny)
+    out[:, :3] *= buyer[:, None]
+    out[:, 3] = buyer
+    out[:, 4] = spend
+    return out
+
+
 #: The fields of :class:`Cadence`, in the order a weights file stores them.
 CADENCE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Cadence))
 

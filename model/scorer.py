@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from model.cadence import CADENCE_FIELDS, Cadence, extend
+from model.cadence import CADENCE_FIELDS, Cadence, btyd_scores, extend
 from model.value import SEGMENT_ORDER, TRAITS, ValueHead
 
 __all__ = ["TRAITS", "Scorer", "Scores", "Towers", "save_weights"]
@@ -96,8 +96,15 @@ class Scorer:
         if self.towers is None:
             probs = self._softmax(x)
             return Scores(probs, legacy_traits(self.classes, probs))
-        probs, traits = self.towers.value.compose(self.heads(x), self.classes)
+        probs, traits = self.towers.value.compose(self.heads(x), self.classes, self._btyd(x))
         return Scores(probs, traits)
+
+    def _btyd(self, x: np.ndarray) -> np.ndarray | None:
+        """The buy-till-you-die scores a stacked value head reads (None if it reads none)."""
+        towers = self.towers
+        if towers is None or towers.value.stack is None or towers.cadence is None:
+            return None
+        return btyd_scores(towers.cadence, np.asarray(x, dtype=np.float64))
 
     def heads(self, x: np.ndarray) -> np.ndarray:
         """The ``towers`` kind's raw outputs (n, 4): active logit, buy logit, value, line logit."""
@@ -125,7 +132,7 @@ class Scorer:
         the cost of one matrix product, which is small beside the batch.
         """
         if self.towers is not None:
-            return self.towers.value.probabilities(self.heads(x), self.classes)
+            return self.towers.value.probabilities(self.heads(x), self.classes, self._btyd(x))
         return self._softmax(x)
 
     def _standardised(self, x: np.ndarray) -> np.ndarray:
@@ -154,10 +161,13 @@ def _load_towers(data: Any, classes: tuple[str, ...]) -> Towers:
     if "cadence" in data.files:
         stored = data["cadence"].tolist()
         cadence = Cadence.from_dict(dict(zip(CADENCE_FIELDS, stored, strict=True)))
+    stacked = "stack" in data.files and cadence is not None
     value = ValueHead(
         platt=data["platt"].astype(np.float64).reshape(3, 2),
         log_offset=float(data["log_offset"]),
         horizon_days=float(data["horizon_days"]),
+        stack=data["stack"].astype(np.float64).reshape(3, 2) if stacked else None,
+        source=str(data["value_source"]) if "value_source" in data.files else "network",
     )
     return Towers(int(data["towers_units"]), float(data["sigma"]), value, cadence)
 
@@ -171,7 +181,10 @@ def towers_arrays(towers: Towers) -> dict[str, np.ndarray]:
         "platt": np.asarray(v.platt, dtype=np.float64),
         "log_offset": np.asarray(v.log_offset, dtype=np.float64),
         "horizon_days": np.asarray(v.horizon_days, dtype=np.float64),
+        "value_source": np.asarray(v.source),
     }
+    if v.stack is not None:
+        out["stack"] = np.asarray(v.stack, dtype=np.float64)
     if towers.cadence is not None:
         c = towers.cadence.to_dict()
         # None (no Gamma-Gamma fit) as NaN: one float array, read back by name.

@@ -57,41 +57,76 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return out
 
 
+#: Where the value head's probabilities come from (see :class:`ValueHead`).
+SOURCES: tuple[str, ...] = ("network", "btyd", "blend")
+#: The network head each probability reads: active, buy, line (column of ``heads``).
+_HEAD_COLUMNS = (0, 1, 3)
+
+
 @dataclass(frozen=True)
 class ValueHead:
-    """What turns the heads' outputs into probabilities and traits."""
+    """What turns the heads' outputs into probabilities and traits.
+
+    Each of the three probabilities is ``sigmoid(a * head + b)`` (a Platt
+    scale), and with ``stack`` also ``+ c * score + d * (never ordered)``, where
+    ``score`` is the buy-till-you-die model's own (model.cadence.btyd_scores:
+    logit P(alive) for activity, log expected purchases for buying, log
+    expected spend for the line). ``source`` names which the training chose on
+    validation rows (model.training.stacking): the network alone (no stack),
+    BG/NBD + Gamma-Gamma alone (a = 0, and its expected spend is the
+    published one), or a blend of both. a, c >= 0 keep every monotone
+    direction of both.
+    """
 
     #: Platt scales (a, b) for the active, buy and above-the-line probabilities
     platt: np.ndarray  # (3, 2)
     #: added to the value head's output: log E[spend | purchase] = value + offset
     log_offset: float
     horizon_days: float
+    #: (c, d) per probability on the buy-till-you-die score and the non-buyer indicator
+    stack: np.ndarray | None = None  # (3, 2)
+    source: str = "network"
 
-    def _heads(self, heads: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _heads(
+        self, heads: np.ndarray, btyd: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(P(active), P(buy | active), P(above the line | purchase)), calibrated."""
-        (a_act, b_act), (a_buy, b_buy), (a_hv, b_hv) = self.platt
-        p_active = sigmoid(a_act * heads[:, 0] + b_act)
-        p_buy = sigmoid(a_buy * heads[:, 1] + b_buy)
-        above = sigmoid(a_hv * heads[:, 3] + b_hv)
+        z = [a * heads[:, col] + b for (a, b), col in zip(self.platt, _HEAD_COLUMNS, strict=True)]
+        if self.stack is not None:
+            if btyd is None:
+                raise ValueError("this value head stacks buy-till-you-die scores: pass them")
+            never = 1.0 - btyd[:, 3]
+            z = [
+                zk + c * btyd[:, k] + d * never
+                for k, (zk, (c, d)) in enumerate(zip(z, self.stack, strict=True))
+            ]
+        p_active, p_buy, above = (sigmoid(zk) for zk in z)
         return p_active, p_buy, above
 
-    def probabilities(self, heads: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
+    def probabilities(
+        self, heads: np.ndarray, classes: tuple[str, ...], btyd: np.ndarray | None = None
+    ) -> np.ndarray:
         """``heads`` (n, 4): active logit, buy logit, value, line logit -> (n, classes).
 
         Apart from :meth:`compose` because explanations score every changed
         user once per feature and need no traits.
         """
-        return _segments(*self._heads(heads), classes)
+        return _segments(*self._heads(heads, btyd), classes)
 
-    def compose(self, heads: np.ndarray, classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    def compose(
+        self, heads: np.ndarray, classes: tuple[str, ...], btyd: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities, traits) from ``heads``. The lognormal's spread does not
         enter: the mean spend is exp(value), whatever the spread."""
-        p_active, p_buy, above = self._heads(heads)
+        p_active, p_buy, above = self._heads(heads, btyd)
         p_purchase = p_active * p_buy
         traits = np.empty((heads.shape[0], len(TRAITS)))
         traits[:, 0] = p_purchase
-        log_mean = heads[:, 2] + self.log_offset
-        traits[:, 1] = p_purchase * np.exp(np.minimum(log_mean, 700.0))
+        if self.source == "btyd" and btyd is not None:
+            traits[:, 1] = btyd[:, 4]  # BG/NBD purchases priced by Gamma-Gamma
+        else:
+            log_mean = heads[:, 2] + self.log_offset
+            traits[:, 1] = p_purchase * np.exp(np.minimum(log_mean, 700.0))
         traits[:, 2] = p_active
         traits[:, 3] = days_to_next_order(p_purchase, self.horizon_days)
         return _segments(p_active, p_buy, above, classes), traits

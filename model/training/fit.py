@@ -18,9 +18,9 @@ import numpy as np
 from model.cadence import Cadence, extend
 from model.scorer import Scorer, Towers
 from model.segments import DEFAULT_SEGMENTS
-from model.training.calibrate import fit_platt, tune_decision_weight
 from model.training.clv import fit_cadence
 from model.training.dataset import Examples
+from model.training.stacking import Head, candidates
 from model.value import ValueHead
 from stream.core.fold import DAY_MS
 
@@ -38,6 +38,19 @@ class Fitted:
     decision_weights: dict[str, float]
     history: dict[str, list[float]] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
+    #: the candidate value heads (model.training.stacking), the network's first
+    heads: list[Head] = field(default_factory=list)
+
+    def serve(self, head: Head, record: dict[str, Any]) -> None:
+        """Serve ``head`` (chosen on validation rows); ``record`` says why."""
+        self.scorer, self.decision_weights = head.scorer, head.decision_weights
+        value = head.scorer.towers.value  # type: ignore[union-attr]
+        self.calibration["value_source"] = record
+        self.calibration["chosen"] = {
+            "source": value.source,
+            "platt": value.platt.tolist(),
+            "stack": None if value.stack is None else value.stack.tolist(),
+        }
 
 
 @dataclass(frozen=True)
@@ -138,18 +151,11 @@ def fit(
         clip,
         Towers(units, sigma, raw_value, cadence),
     )
-    heads = uncalibrated.heads(early_stopping.x)
-    platt = fit_platt(heads, active=t_stop.active, buy=t_stop.buy, above=t_stop.above)
-    value = ValueHead(platt, offset, horizon_days)
-    scorer = Scorer(
-        train.classes,
-        mean,
-        scale,
-        uncalibrated.layers,
-        clip,
-        Towers(units, sigma, value, cadence),
-    )
-    weight = tune_decision_weight(scorer.predict(early_stopping.x), early_stopping.y, train.classes)
+    # Three value heads (network, BG/NBD + Gamma-Gamma, blend), each calibrated
+    # and given its decision weight here; train.py chooses on validation rows.
+    heads = candidates(uncalibrated, early_stopping.x, t_stop, early_stopping.y)
+    network = heads[0]
+    platt = network.scorer.towers.value.platt  # type: ignore[union-attr]
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     calibration = {
         "platt": {"active": platt[0].tolist(), "buy": platt[1].tolist(), "line": platt[2].tolist()},
@@ -161,7 +167,7 @@ def fit(
         "cadence": cadence.to_dict(),
     }
     log.info("calibrated on %d early-stopping rows: %s", len(early_stopping), calibration)
-    return Fitted(model, scorer, {"high_value": weight}, hist, calibration)
+    return Fitted(model, network.scorer, network.decision_weights, hist, calibration, heads)
 
 
 def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -327,6 +327,9 @@ def judge(
         scores=scores,
     )
     record: dict[str, Any] = asdict(verdict)
+    # Which value head the candidate serves (network, BG/NBD + Gamma-Gamma or the
+    # blend), chosen on the same validation rows (model.training.stacking).
+    record["value_head"] = metrics.get("value_source")
     (candidate_dir / "gate.json").write_bytes(orjson.dumps(record, option=orjson.OPT_INDENT_2))
     manifest["gate"] = record
     (candidate_dir / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))

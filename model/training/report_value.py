@@ -44,6 +44,7 @@ def value_section(metrics: dict[str, Any]) -> list[str]:
             f"| {name} | {fmt(r.get('normalised_gini'))} | {fmt(r.get('top20_capture'))} "
             f"| {fmt(r.get('high_value_auc'))} |"
         )
+    lines += source_lines(metrics.get("value_source"))
     nxt = metrics.get("next_order") or {}
     if nxt.get("median_abs_error_days") is not None:
         lines += [
@@ -53,6 +54,25 @@ def value_section(metrics: dict[str, Any]) -> list[str]:
             "that ordered within the window.",
         ]
     return [*lines, ""]
+
+
+def source_lines(choice: dict[str, Any] | None) -> list[str]:
+    """Which value head is served: the network, BG/NBD + Gamma-Gamma, or the blend."""
+    if not choice:
+        return []
+    lines = [
+        "",
+        f"Value head served: **{choice['chosen']}** ({choice['rule']}; model.training.stacking).",
+        "",
+        "| value head | high_value F1 | worst ECE beyond noise | normalised Gini, all rows |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, j in choice.get("candidates", {}).items():
+        lines.append(
+            f"| {name} | {fmt(j.get('high_value_f1'))} | {fmt(j.get('max_ece_beyond_noise'))} "
+            f"| {fmt(j.get('gini'))} |"
+        )
+    return lines
 
 
 def calibration_section(metrics: dict[str, Any]) -> list[str]:

@@ -28,10 +28,11 @@ import orjson
 from model.features import FEATURE_NAMES, SCHEMA_HASH
 from model.registry import KERAS, MANIFEST, WEIGHTS, publish_version, set_current
 from model.scorer import save_weights
-from model.training.assess import assess
+from model.training.assess import MAX_ECE, assess
 from model.training.dataset import Examples, Prepared, prepare_examples
 from model.training.fit import Fitted, fit
 from model.training.monotone import INPUT_NAMES
+from model.training.stacking import choose
 from stream.core.events import DAY_MS
 
 __all__ = ["Fitted", "Prepared", "TrainConfig", "prepare_examples", "train_from_events"]
@@ -244,6 +245,10 @@ def train_prepared(
         len(val),
     )
     fitted = fit(fit_rows, stop_rows, cfg, horizon_ms=horizon_ms, on_epoch=on_epoch)
+    if len(fitted.heads) > 1:
+        head, choice = choose(fitted.heads, val.x, val.y, val.spend, MAX_ECE)
+        fitted.serve(head, choice)
+        log.info("value head: %s (%s)", head.source, choice["candidates"])
     metrics, predicted = assess(
         parts,
         fitted.scorer,
@@ -251,6 +256,8 @@ def train_prepared(
         top_quantile=top_quantile,
         decision_weights=fitted.decision_weights,
     )
+    if "value_source" in fitted.calibration:
+        metrics["value_source"] = fitted.calibration["value_source"]
     n = len(val.classes)
 
     def counts(rows: Examples | np.ndarray) -> dict[str, int]:

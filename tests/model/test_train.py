@@ -167,6 +167,12 @@ def test_model_beats_every_baseline_on_generated_data(tmp_path: Path) -> None:
             metrics["high_value_f1"],
             baseline["high_value_f1"],
         )
+    # Three value heads judged on the validation rows; the chosen one is what is served.
+    choice = metrics["value_source"]
+    assert set(choice["candidates"]) == {"network", "btyd", "blend"}
+    served = load_version(target).scorer.towers
+    assert served is not None and served.value.source == choice["chosen"]
+    assert (served.value.stack is None) == (choice["chosen"] == "network")
     # Monotone by construction: no row of the validation window moves the wrong way.
     assert all(d["violations"] == 0 for d in metrics["checks"]["directional"])
     for png in (
@@ -186,6 +192,7 @@ def test_model_beats_every_baseline_on_generated_data(tmp_path: Path) -> None:
         "## Drift reference",
         "## Ranking by value",
         "## Calibration of the published probabilities",
+        "Value head served: **",
     ):
         assert section in report
     assert "previous_segment" in (target / "report.md").read_text()
