@@ -105,28 +105,49 @@ class Cadence:
         return np.stack([p_alive, np.log1p(purchases), np.log1p(purchases * own)], axis=1)
 
 
-#: Columns of :meth:`Cadence.scores`.
-BTYD_SCORES: tuple[str, ...] = ("logit_p_alive", "log_purchases", "log_spend", "buyer", "spend")
+#: Columns of :func:`btyd_scores`: the scores of the activity, purchase and line
+#: probabilities, then the buyer indicator and the expected spend itself.
+BTYD_SCORES: tuple[str, ...] = ("activity", "purchase", "value", "buyer", "spend")
+
+
+def p_purchase(cadence: Cadence, x: np.ndarray) -> np.ndarray:
+    """P(at least one purchase in the horizon) under the fitted model, per row.
+
+    An alive customer's purchase rate has the posterior Gamma(r + x, alpha + T),
+    and a BG/NBD customer can only die just after a purchase, so no purchase in
+    the next t means none by a Poisson process at that rate:
+    E[exp(-lambda t)] = ((alpha + T) / (alpha + T + t)) ** (r + x). Hence
+    P(alive) * (1 - that). 0 for customers who never ordered.
+    """
+    p_alive, _, _ = cadence.quantities(x)
+    orders = np.rint(raw_column(x, "order_count"))
+    repeat = np.maximum(orders - 1.0, 0.0)
+    age = np.maximum(raw_column(x, "days_since_first_order"), 0.0) / WEEK_DAYS
+    t = cadence.horizon_days / WEEK_DAYS
+    a = cadence.alpha + age
+    none = np.exp((cadence.r + repeat) * (np.log(a) - np.log(a + t)))
+    out: np.ndarray = p_alive * (1.0 - none)
+    return out
 
 
 def btyd_scores(cadence: Cadence, x: np.ndarray) -> np.ndarray:
     """What the buy-till-you-die model itself says of each row, as scores the value
-    head can stack (model.value): logit P(alive), log expected purchases and log
-    expected spend (Gamma-Gamma's value when fitted), each 0 for a customer who
-    never ordered, then the buyer indicator and the expected spend itself.
+    head can stack (model.value): logit P(purchase in the horizon) for activity
+    and for buying (on a purchase log, activity is buying), log expected spend
+    (Gamma-Gamma's value when fitted) for the line; each 0 for a customer who
+    never ordered; then the buyer indicator and the expected spend itself.
 
     Each score rises with what the model believes raises it: more, and more
     recent, purchases; a higher order value. The head's weight on each is kept
     non-negative, so the directions survive stacking.
     """
-    p_alive, purchases, spend = cadence.quantities(x)
+    _, _, spend = cadence.quantities(x)
     buyer = (np.rint(raw_column(x, "order_count")) >= 1).astype(np.float64)
-    p = np.clip(p_alive, 1e-6, 1.0 - 1e-6)
-    tiny = 1e-6
+    p = np.clip(p_purchase(cadence, x), 1e-6, 1.0 - 1e-6)
     out = np.zeros((x.shape[0], len(BTYD_SCORES)))
     out[:, 0] = np.log(p) - np.log1p(-p)
-    out[:, 1] = np.log(purchases + tiny)
-    out[:, 2] = np.log(spend + tiny)
+    out[:, 1] = out[:, 0]
+    out[:, 2] = np.log(spend + 1e-6)
     out[:, :3] *= buyer[:, None]
     out[:, 3] = buyer
     out[:, 4] = spend

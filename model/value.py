@@ -70,8 +70,8 @@ class ValueHead:
     Each of the three probabilities is ``sigmoid(a * head + b)`` (a Platt
     scale), and with ``stack`` also ``+ c * score + d * (never ordered)``, where
     ``score`` is the buy-till-you-die model's own (model.cadence.btyd_scores:
-    logit P(alive) for activity, log expected purchases for buying, log
-    expected spend for the line). ``source`` names which the training chose on
+    logit P(purchase in the horizon) for activity and buying, log expected
+    spend for the line). ``source`` names which the training chose on
     validation rows (model.training.stacking): the network alone (no stack),
     BG/NBD + Gamma-Gamma alone (a = 0, and its expected spend is the
     published one), or a blend of both. a, c >= 0 keep every monotone

@@ -142,3 +142,42 @@ def test_a_miscalibrated_head_is_not_chosen_over_a_calibrated_one_with_a_lower_f
         "blend": {"high_value_f1": 0.41, "max_ece_beyond_noise": 0.02, "gini": 0.85},
     }
     assert pick(judged, 0.03) == "blend"
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.integers(1, 40),
+    st.floats(1.0, 700.0),
+    st.floats(0.0, 1.0),
+    st.floats(1.0, 200.0),
+)
+def test_p_purchase_falls_with_silence_and_rises_with_an_order_placed_now(
+    orders: int, age_days: float, silent_share: float, more_silence: float
+) -> None:
+    from model.cadence import p_purchase
+    from model.features import FEATURE_NAMES, LOG_FEATURES
+
+    cadence = _bootstrap().towers.cadence  # type: ignore[union-attr]
+    assert cadence is not None
+
+    def row(n: int, age: float, since: float) -> np.ndarray:
+        x = np.zeros((1, N_FEATURES))
+        for name, value in (
+            ("order_count", n),
+            ("days_since_first_order", age),
+            ("days_since_last_order", since),
+        ):  # in model-input units, as raw_column reads them back
+            x[0, FEATURE_NAMES.index(name)] = np.log1p(value) if name in LOG_FEATURES else value
+        return x
+
+    since = silent_share * age_days
+    p = p_purchase(cadence, row(orders, age_days, since))[0]
+    assert 0.0 <= p <= 1.0
+    quieter = p_purchase(cadence, row(orders, age_days + more_silence, since + more_silence))[0]
+    assert quieter <= p + 1e-12
+    # An order placed just now: more likely to buy again. (More past orders at
+    # the same long silence may rightly lower it: a frequent buyer gone quiet
+    # has most likely left.)
+    now = p_purchase(cadence, row(orders, age_days, 0.0))[0]
+    assert p_purchase(cadence, row(orders + 1, age_days, 0.0))[0] >= now - 1e-12
+    assert p_purchase(cadence, row(0, 0.0, 0.0))[0] == 0.0
