@@ -21,14 +21,20 @@ from stream.devtools.embedded import free_port
 from stream.erasure import erasure_digest
 from stream.redis_client import sync_client_from_url
 from stream.settings import Settings
-from stream.topics import ensure_segment_topics
+from stream.sinks import ConfluentSink
+from stream.topics import ensure_audience_topic, ensure_segment_topics
 from stream.training.replay import replay_records
 from stream.training.retrain import RetrainConfig, training_events
+from stream.worker.app import pipeline_config
+from stream.worker.audiences import load as load_audiences
+from stream.worker.pipeline import BatchProcessor, BatchResult
+from stream.worker.records import RawRecord
 from stream.worker.store import StateStore
 from tests.conftest import WorkerProcess, settings_env
 from tests.factories import T0, click, order
-from tests.helpers import as_items, produce, wait_applied
+from tests.helpers import as_items, produce, raw_records, wait_applied
 from tests.stream.test_cli import segmenter
+from tests.stream.test_races import ForgetMidBatch
 
 BUYERS = "audiences:\n  - name: buyers\n    when: 'order_count >= 1.0'\n"
 
@@ -174,7 +180,57 @@ def test_start_up_refuses_retention_longer_than_the_erasure_list_keeps(
 ) -> None:
     env = settings_env(settings_factory())
     env |= {"SEGMENTER_RETENTION_DAYS": "500", "SEGMENTER_FORGET_DENYLIST_DAYS": "400"}
-    out = segmenter("worker", env=env)
+    out = segmenter("settings", env=env)  # what any command loads first
     assert out.returncode != 0
     lines = [x for x in out.stderr.splitlines() if "SEGMENTER_RETENTION_DAYS" in x]
     assert len(lines) == 1 and "raise SEGMENTER_FORGET_DENYLIST_DAYS to at least 500" in lines[0]
+
+
+@pytest.mark.integration
+def test_a_user_erased_mid_batch_is_tombstoned_again_on_every_output_topic(
+    tmp_path: Path,
+    prefix: str,
+    settings_factory: Callable[..., Settings],
+) -> None:
+    path = tmp_path / "audiences.yaml"
+    path.write_text(BUYERS)
+    settings = settings_factory(
+        segment_topics=True,
+        segment_topic_template=f"segments-{prefix}.{{segment}}",
+        audiences_path=path,
+    )
+    model = load_current(settings.model_dir)
+    per_segment = ensure_segment_topics(settings, model.classes)
+    ensure_audience_topic(settings)
+    config = pipeline_config(settings, audiences=load_audiences(path, model.classes))
+
+    async def run(batch: list[RawRecord], sink: Any) -> BatchResult:
+        store = StateStore.from_settings(settings)
+        try:
+            return await BatchProcessor(store, sink, lambda: model, config).process(batch)
+        finally:
+            await store.close()
+
+    plain = ConfluentSink(settings.kafka_client_config())
+    try:
+        asyncio.run(run(raw_records(settings, [click("erin", T0)]), plain))
+    finally:
+        plain.close()
+    # erin is forgotten after the batch published her order's changes (segment,
+    # per-segment and audience events) and before its commit.
+    sink = ForgetMidBatch(settings, "erin")
+    try:
+        batch = raw_records(settings, [order("erin", T0 + 1000, total=900.0)], start=1)
+        result = asyncio.run(run(batch, sink))
+    finally:
+        sink.close()
+    assert sink.fired and result.attempts == 2
+    published = set()
+    for topic in [settings.topic_segments, *per_segment, settings.topic_audiences]:
+        erin = by_user(read_all(settings, topic), b"erin")
+        if any(v is not None for v in erin):  # the topics the batch published her to
+            # Changes of the refused commit, the tombstone, then the re-run's
+            # (erased without the list here, her events count again).
+            published.add(topic)
+            assert None in erin, topic
+    assert {settings.topic_segments, settings.topic_audiences} <= published
