@@ -162,6 +162,9 @@ def test_the_erasure_list_is_keyed_and_forget_logs_no_digest(
     other = settings.model_copy(update={"erasure_key": SecretStr("x" * 32)})
     refused = segmenter("forget", "guessable-42", env=settings_env(other))
     assert refused.returncode != 0 and "another key" in refused.stderr
+    # ... and so does a worker, which would otherwise miss every entry.
+    refused = segmenter("worker", env=settings_env(other), timeout=60)
+    assert refused.returncode != 0 and "another key" in refused.stderr
     nokey = settings.model_copy(update={"erasure_key": None})
     refused = segmenter("forget", "someone", env=settings_env(nokey))
     assert refused.returncode != 0 and "SEGMENTER_ERASURE_KEY" in refused.stderr
