@@ -50,8 +50,14 @@ def erasure_digest(key: bytes, user_id: str) -> bytes:
     return hmac.new(key, _DIGEST_DOMAIN + user_id.encode(), hashlib.sha256).digest()[:16]
 
 
-def key_check(key: bytes) -> bytes:
-    """A value that tells keys apart without revealing them (stored with the list)."""
+def key_check(key: bytes | None) -> bytes:
+    """A value that tells keys apart without revealing them (stored with the list).
+    Raises :class:`ErasureKeyError` without a key: nothing may be erased then."""
+    if key is None:
+        raise ErasureKeyError(
+            "`segmenter forget` needs SEGMENTER_ERASURE_KEY (or SEGMENTER_PSEUDONYMIZE_KEY): "
+            "the erasure list is keyed with it; give the workers the same key"
+        )
     return hmac.new(key, _CHECK_DOMAIN, hashlib.sha256).hexdigest()[:16].encode()
 
 

@@ -37,13 +37,7 @@ import orjson
 from redis.exceptions import RedisError, ResponseError
 
 from stream.core.events import DAY_MS
-from stream.erasure import (
-    ErasureKeyError,
-    check_key,
-    erasure_digest,
-    erasure_key,
-    key_check,
-)
+from stream.erasure import ErasureKeyError, check_key, erasure_digest, erasure_key, key_check
 from stream.redis_client import client_from_url, is_cluster, packs_with_hiredis
 from stream.settings import Settings
 from stream.worker.record_codec import UserRecord, decode_record, encode_record
@@ -380,15 +374,8 @@ class StateStore:
         rebuilding them from those. Entries past their keep time are pruned here.
         """
         if keep_ms > 0:
-            secret = self._erasure_key
-            if secret is None:
-                raise ErasureKeyError(
-                    "`segmenter forget` needs SEGMENTER_ERASURE_KEY (or "
-                    "SEGMENTER_PSEUDONYMIZE_KEY): the erasure list is keyed with it; "
-                    "give the workers the same key"
-                )
             # The list names its key (a check value) so another key is refused.
-            await self._r.set(self.keys.erasure_check, key_check(secret), nx=True)
+            await self._r.set(self.keys.erasure_check, key_check(self._erasure_key), nx=True)
             await self.check_erasure_key()
             # First: from here on no batch can re-create the user from old events.
             await self._r.zadd(
