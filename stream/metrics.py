@@ -88,6 +88,12 @@ AUDIENCE_CHANGES = Counter(
     "Users entering and leaving rule audiences (SEGMENTER_AUDIENCES_PATH)",
     ["audience", "action"],
 )
+AUDIENCE_ERRORS = Counter(
+    "segmenter_audience_errors_total",
+    "Rule audience evaluations that failed (kind: error, or budget when the CEL runtime's "
+    "cost limit was hit); such a row counts as not a member",
+    ["audience", "kind"],
+)
 AUDIENCE_USERS = Gauge(
     "segmenter_audience_users",
     "Users currently in each rule audience (exact, from Redis)",

@@ -38,6 +38,7 @@ from stream.settings_errors import (
     _plain,
     describe_errors,
 )
+from stream.settings_rules import more_problems
 
 __all__ = [
     "ENV_PREFIX",
@@ -55,6 +56,7 @@ FILE_FIELDS = (
     "redis_url",
     "redis_password",
     "pseudonymize_key",
+    "erasure_key",
     "api_token",
 )
 MIN_API_TOKEN_LEN = 16
@@ -206,8 +208,9 @@ class Settings(BaseSettings):
     forget_denylist_days: float = Field(
         400.0,
         ge=0,
-        description="How long an erased user's hashed id blocks their events from coming "
-        "back (a replay, a rewound group); match the input topics' retention. 0 = off",
+        description="How long an erased user's keyed digest blocks their events from coming "
+        "back (a replay, a rebuild); at least SEGMENTER_RETENTION_DAYS and the input "
+        "topics' retention",
     )
     retention_days: float = Field(
         400.0,
@@ -219,6 +222,16 @@ class Settings(BaseSettings):
     )
     pseudonymize_key_file: Path | None = Field(
         None, description=_file_description("pseudonymize_key")
+    )
+    erasure_key: SecretStr | None = Field(
+        None, description="HMAC key of the erasure list (default: SEGMENTER_PSEUDONYMIZE_KEY)"
+    )
+    erasure_key_file: Path | None = Field(None, description=_file_description("erasure_key"))
+    erasure_prefix: str = Field(
+        "segmenter-erasure",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Redis prefix of the erasure list: keep it when rebuilding under a new "
+        "SEGMENTER_REDIS_PREFIX",
     )
 
     # --- model and segments
@@ -278,6 +291,11 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="Requests a client may make at once before the rate applies; 0 = no limit",
     )
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated proxy addresses or networks (CIDR) whose "
+        "X-Forwarded-For the rate limit believes; empty = none (the socket peer counts)",
+    )
     housekeeping_interval_s: float = Field(
         5.0, gt=0, le=300, description="Redis health, populations, lag, model check"
     )
@@ -322,7 +340,7 @@ class Settings(BaseSettings):
     def _instant(cls, value: Any) -> Any:
         return parse_instant(value) if isinstance(value, str) and not value.isdigit() else value
 
-    @field_validator("api_token", mode="before")
+    @field_validator("api_token", "erasure_key", mode="before")
     @classmethod
     def _empty_token_is_none(cls, value: Any) -> Any:
         # Kubernetes and compose files set a variable to "" to mean "not given".
@@ -399,6 +417,7 @@ class Settings(BaseSettings):
                     f"characters without spaces (it has {len(token)} characters); e.g. "
                     "`openssl rand -hex 32`"
                 )
+        problems += more_problems(self)
         if problems:
             raise SettingsProblems(problems)
         return self

@@ -15,7 +15,7 @@ from stream.redaction import Redactor, redact_urls, url_passwords
 ENV_PREFIX = "SEGMENTER_"
 #: Settings whose values are secrets: never shown in errors, logs or `segmenter settings`.
 SECRET_FIELDS = frozenset(
-    {"kafka_sasl_password", "redis_password", "pseudonymize_key", "api_token"}
+    {"kafka_sasl_password", "redis_password", "pseudonymize_key", "erasure_key", "api_token"}
 )
 #: Settings that may carry credentials in their userinfo (scheme://user:pass@host).
 URL_FIELDS = frozenset({"kafka_url", "redis_url"})

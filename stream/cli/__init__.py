@@ -183,6 +183,9 @@ def export_cmd(
     ] = "60s",  # type: ignore[assignment]  # parsed by `duration`, as click does defaults
 ) -> None:
     """Export topics to a file for data teams, filtered on each record's own event time."""
+    from redis.exceptions import RedisError
+
+    from stream.erasure import load_erased
     from stream.training.export import check_target, export_records
     from stream.training.replay import check_topics, replay_records
 
@@ -195,17 +198,24 @@ def export_cmd(
         check_target(out)
         require_broker(settings)
         check_topics(settings.kafka_client_config(), names)
-    except (ValueError, RuntimeError) as exc:
+        # Erased users' records stay out of every export (the erasure list).
+        erased = load_erased(settings)
+    except (ValueError, RuntimeError, RedisError) as exc:
         raise UserError(str(exc)) from None
+    left_out = [0]
     with progress() as bar:
         task = bar.add_task("exporting (records read)", total=None)
         try:
             result = export_records(
-                replay_records(
-                    settings.kafka_client_config(),
-                    names,
-                    since_ms=since,
-                    idle_timeout_s=idle_timeout / 1000,
+                erased.filter_records(
+                    replay_records(
+                        settings.kafka_client_config(),
+                        names,
+                        since_ms=since,
+                        idle_timeout_s=idle_timeout / 1000,
+                    ),
+                    settings.input_topics,
+                    left_out,
                 ),
                 out,
                 since_ms=since,
@@ -216,7 +226,8 @@ def export_cmd(
             raise UserError(f"export: {exc}") from None
     console.print(
         f"exported {result.written:,} records to {out} "
-        f"({result.skipped_out_of_range:,} outside the range, {result.invalid:,} invalid)"
+        f"({result.skipped_out_of_range:,} outside the range, {result.invalid:,} invalid, "
+        f"{left_out[0]:,} of erased users left out)"
     )
 
 
@@ -266,22 +277,21 @@ def forget_cmd(
 
     Their hashed id is kept, so that a replay cannot bring them back.
     """
+    from stream.erasure import ErasureKeyError
     from stream.worker.forget import forget
 
     settings = settings_or_exit()
     setup_logging(settings.log_level, settings)
-    done = asyncio.run(forget(settings, user_id))
+    try:
+        done = asyncio.run(forget(settings, user_id))
+    except ErasureKeyError as exc:
+        raise UserError(f"forget: {exc}") from None
     what = "state deleted" if done.had_state else "no state was held"
     where = ", ".join(f"{t}@{off}" for t, off in done.tombstones.items())
     typer.echo(f"forgot {user_id!r}: {what}; tombstones at {where}")
-    # The log names the erasure by the digest the erasure list keeps, never by the id.
-    from stream.worker.store import erased_digest
-
-    log.info(
-        "erasure: user %s… forgotten (had state: %s)",
-        erased_digest(done.user_key).hex()[:12],
-        done.had_state,
-    )
+    # Logs are kept and shipped: no id, and no digest of it either (a digest
+    # in a log lets anyone holding the list, or the key, match the erasure).
+    log.info("erasure: a user was forgotten (had state: %s)", done.had_state)
 
 
 app.command()(train)

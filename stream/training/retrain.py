@@ -34,8 +34,9 @@ from model.training.sources import decode_records
 from model.training.train import TrainConfig, train_from_events
 from stream import metrics
 from stream.announce import promote_and_announce
-from stream.core.events import iso
+from stream.core.events import Fact, iso
 from stream.core.fold import DAY_MS
+from stream.erasure import ErasedUsers
 from stream.http_metrics import serve_in_thread
 from stream.redis_client import sync_client_from_url
 from stream.settings import Settings
@@ -73,6 +74,32 @@ class RunResult:
     current_f1: float | None = None
 
 
+def training_events(settings: Settings, cfg: RetrainConfig, client: Any) -> list[Fact]:
+    """The events a retrain learns from: the input topics replayed, without the
+    events of erased users from before their erasure (the erasure list)."""
+    # From the start of each partition, not offsets-for-times at the window's
+    # lower bound: features at the first cutoff in the window need every
+    # earlier event of the user. The topics' retention bounds how far back
+    # that goes, as it bounds what the worker could have folded.
+    decoded = decode_records(
+        replay_topics(
+            settings.kafka_client_config(),
+            list(settings.input_topics),
+            on_progress=cfg.on_progress,
+        ),
+        clickstream_topic=settings.topic_clickstream,
+        orders_topic=settings.topic_orders,
+        until_ms=cfg.until_ms,
+        limits=settings.decode_limits(),
+    )
+    # Erased users' events from before their erasure never become training rows.
+    erased = ErasedUsers.load(settings, client)
+    events = [e for e in decoded.events if erased.keeps(e.user_id, e.timestamp)]
+    if len(events) < len(decoded.events):
+        log.info("left out %d events of erased users", len(decoded.events) - len(events))
+    return events
+
+
 def run_once(settings: Settings, cfg: RetrainConfig, client: Any) -> RunResult:
     lock_key = f"{settings.redis_prefix}:retrain-lock"
     token = uuid.uuid4().hex
@@ -83,22 +110,7 @@ def run_once(settings: Settings, cfg: RetrainConfig, client: Any) -> RunResult:
         # A retrain job may start before any worker has created the input
         # topics: create them (as the worker would) and find nothing to learn.
         ensure_topics(settings)
-        # From the start of each partition, not offsets-for-times at the window's
-        # lower bound: features at the first cutoff in the window need every
-        # earlier event of the user. The topics' retention bounds how far back
-        # that goes, as it bounds what the worker could have folded.
-        decoded = decode_records(
-            replay_topics(
-                settings.kafka_client_config(),
-                list(settings.input_topics),
-                on_progress=cfg.on_progress,
-            ),
-            clickstream_topic=settings.topic_clickstream,
-            orders_topic=settings.topic_orders,
-            until_ms=cfg.until_ms,
-            limits=settings.decode_limits(),
-        )
-        events = decoded.events
+        events = training_events(settings, cfg, client)
         if not events:
             # A fresh stack: nothing to learn from yet, which is not a failure.
             return RunResult("skipped", reason="no events in the input topics yet")

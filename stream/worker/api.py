@@ -13,7 +13,9 @@ Guards (:func:`api_middlewares`, wired by :func:`stream.worker.http.make_app`): 
 ``SEGMENTER_API_TOKEN`` set, every route but :data:`PUBLIC_PATHS` needs
 ``Authorization: Bearer <token>`` (else 401); each client address gets a token
 bucket of ``SEGMENTER_API_BURST`` requests refilled at ``SEGMENTER_API_RATE_PER_S``
-(else 429 with Retry-After). Probes and /metrics are neither limited nor closed:
+(else 429 with Retry-After). The client address is the socket peer, or, when
+that is one of ``SEGMENTER_TRUSTED_PROXIES``, the nearest untrusted hop of
+``X-Forwarded-For`` (:func:`client_address`). Probes and /metrics are neither limited nor closed:
 kubelet and Prometheus carry no token, and a busy client must not fail a probe.
 """
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import ipaddress
 import logging
 import math
 import re
@@ -43,6 +46,7 @@ from redis.exceptions import RedisError
 from model.segments import DEFAULT_SEGMENTS
 from stream.core.events import MAX_ID_LEN, iso
 from stream.settings import Settings
+from stream.settings_rules import Network, trusted_networks
 from stream.worker.forget import stored_id
 from stream.worker.lookup import describe
 from stream.worker.store import AUDIENCE_PREFIX, StateStore
@@ -364,14 +368,49 @@ class RateLimiter:
         return wait
 
 
-def rate_limit(limiter: RateLimiter) -> Middleware:
+def client_address(
+    peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[Network]
+) -> str:
+    """The client a request is from: the socket peer, unless that is a trusted
+    proxy; then the nearest ``X-Forwarded-For`` hop that is not one.
+
+    Read right to left, because each proxy appends what it saw: the hops left
+    of the first untrusted one are whatever the client chose to send.
+    """
+    if not trusted or not _trusted(peer, trusted):
+        return peer or "unknown"
+    hops = [h.strip() for value in forwarded_for for h in value.split(",") if h.strip()]
+    client = peer or "unknown"
+    for hop in reversed(hops):
+        if not _trusted(hop, trusted):
+            return hop if _address(hop) is not None else client
+        client = hop
+    return client
+
+
+def _address(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text or "")
+    except ValueError:
+        return None
+
+
+def _trusted(text: str | None, trusted: Sequence[Network]) -> bool:
+    addr = _address(text)
+    return addr is not None and any(addr in net for net in trusted)
+
+
+def rate_limit(limiter: RateLimiter, trusted: Sequence[Network] = ()) -> Middleware:
     """429 with Retry-After once a client address has spent its bucket."""
 
     @web.middleware
     async def limit(request: web.Request, handler: Next) -> web.StreamResponse:
         if request.path in UNLIMITED_PATHS:
             return await handler(request)
-        wait = limiter.take(request.remote or "unknown")
+        client = client_address(
+            request.remote, request.headers.getall("X-Forwarded-For", []), trusted
+        )
+        wait = limiter.take(client)
         if wait > 0:
             return _json(
                 {"error": "too many requests"}, 429, {"Retry-After": str(max(1, math.ceil(wait)))}
@@ -386,7 +425,8 @@ def api_middlewares(settings: Settings) -> list[Middleware]:
     guessing tokens is rate-limited too."""
     out: list[Middleware] = []
     if settings.api_rate_per_s > 0 and settings.api_burst > 0:
-        out.append(rate_limit(RateLimiter(settings.api_rate_per_s, settings.api_burst)))
+        trusted = trusted_networks(settings.trusted_proxies)
+        out.append(rate_limit(RateLimiter(settings.api_rate_per_s, settings.api_burst), trusted))
     if settings.api_token is not None:
         out.append(bearer_auth(settings.api_token.get_secret_value().encode()))
     return out

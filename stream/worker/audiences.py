@@ -34,7 +34,10 @@ A property test checks that both give what the CEL runtime gives.
 from __future__ import annotations
 
 import functools
+import logging
 import re
+import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,9 +48,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from model.features import FEATURE_NAMES
 from model.scorer import TRAITS
+from stream import metrics
 from stream.core.events import DAY_MS
 from stream.worker.cel_numpy import Unsupported, compile_numpy, thresholds
 from stream.worker.yaml_files import line_of, load_yaml
+
+log = logging.getLogger(__name__)
 
 #: Audience names: they appear in topics' messages, metric labels and URLs.
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
@@ -231,18 +237,60 @@ def _cel_problem(exc: Exception) -> str:
     return f"condition line {line} column {col}: {what}"
 
 
-def _row_by_row(expression: Any, used: list[str]) -> Callable[[Mapping[str, Any], int], np.ndarray]:
+class _Failures:
+    """Counts one audience's failed evaluations, and says so once a minute at most:
+    a failure means "not a member", which must not pass unnoticed."""
+
+    def __init__(self, name: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self._clock = clock
+        self._logged_at: float | None = None
+        self._since: Counter[str] = Counter()
+
+    def record(self, problem: object) -> None:
+        text = str(problem)
+        kind = "budget" if re.search(r"\b(cost|budget|limit)\b", text, re.I) else "error"
+        metrics.AUDIENCE_ERRORS.labels(self.name, kind).inc()
+        self._since[kind] += 1
+        now = self._clock()
+        if self._logged_at is None or now - self._logged_at >= 60.0:
+            self._logged_at = now
+            counts = ", ".join(f"{n} {k}" for k, n in sorted(self._since.items()))
+            self._since.clear()
+            log.warning(
+                "audience %r: condition failed on %s evaluation(s) (last: %s): those users "
+                "count as not members; see segmenter_audience_errors_total",
+                self.name,
+                counts,
+                " ".join(text.split())[:200],
+            )
+
+
+def _row_by_row(
+    expression: Any, used: list[str], failures: _Failures
+) -> Callable[[Mapping[str, Any], int], np.ndarray]:
     """The CEL runtime, one row at a time: for conditions NumPy cannot take."""
+
+    from cel_expr_python import cel
+
+    error = cel.Type.ERROR
 
     def evaluate(columns: Mapping[str, Any], n: int) -> np.ndarray:
         out = np.zeros(n, dtype=bool)
         cols = [(v, columns[v]) for v in used]
         for i in range(n):
             data = {v: (c[i].item() if hasattr(c[i], "item") else c[i]) for v, c in cols}
+            # A runtime error (1 / 0 on ints, a cost limit) matches no one; the
+            # runtime returns most as an error value, and may raise others.
             try:
-                out[i] = expression.eval(data=data).value() is True
-            except Exception:  # a runtime error (1 / 0 on ints) matches no one
-                out[i] = False
+                result = expression.eval(data=data)
+            except Exception as exc:
+                failures.record(exc)
+                continue
+            if result.type() == error:
+                failures.record(result.value())
+            else:
+                out[i] = result.value() is True
         return out
 
     return evaluate
@@ -281,7 +329,7 @@ def parse(text: str, source: str, classes: Sequence[str]) -> Audiences:
         try:
             evaluate, vectorised = compile_numpy(spec.when, known), True
         except Unsupported:
-            evaluate, vectorised = _row_by_row(expression, used), False
+            evaluate, vectorised = _row_by_row(expression, used, _Failures(spec.name)), False
         out.append(Audience(spec.name, spec.when, spec.description, evaluate, vectorised))
     clocks: dict[str, set[int]] = {}
     for spec in doc.audiences:

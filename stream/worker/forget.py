@@ -1,9 +1,11 @@
 """Right to erasure: `segmenter forget USER_ID`.
 
-1. The user's id digest goes on the erasure list (``StateStore.forget``), so
-   that from then on the worker drops their events from before the erasure: a
-   replay of the input topics, or a rewound consumer group, cannot bring them
-   back while the list keeps them (``SEGMENTER_FORGET_DENYLIST_DAYS``).
+1. A keyed digest of the user's id goes on the erasure list (``StateStore.forget``,
+   stream.erasure), so that from then on the worker drops their events
+   from before the erasure: a replay of the input topics, a rewound consumer
+   group, or a rebuild under a new Redis prefix cannot bring them back while
+   the list keeps them (``SEGMENTER_FORGET_DENYLIST_DAYS``). Without an erasure
+   key it refuses, before erasing anything.
 2. Their state, their place in the segment counts and their re-evaluation
    schedule are deleted in one Lua script.
 3. A tombstone (null value) for the user goes to every output topic that
@@ -25,10 +27,10 @@ from confluent_kafka.admin import AdminClient
 
 from model.segments import DEFAULT_SEGMENTS
 from stream.core.events import DAY_MS
+from stream.privacy import pseudonym
 from stream.settings import Settings
 from stream.sinks import ConfluentSink
 from stream.worker.changes import output_topics, tombstones
-from stream.worker.privacy import pseudonym
 from stream.worker.store import StateStore
 
 

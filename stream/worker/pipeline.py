@@ -37,6 +37,7 @@ from stream.core.clock import partition_clocks, partition_of
 from stream.core.dedup import SeenEvents, admit
 from stream.core.events import DAY_MS, Event, Reason, Rejected, decode, iso
 from stream.core.fold import UserState, apply
+from stream.privacy import pseudonym
 from stream.sinks import Outgoing
 from stream.worker.audiences import Audiences
 from stream.worker.batch import BatchResult, Step, Timeline, known, merged, redelivered
@@ -52,7 +53,6 @@ from stream.worker.decisions import decide_batch
 from stream.worker.failures import Poisoned, Retrying
 from stream.worker.health import Health
 from stream.worker.pipeline_config import PipelineConfig
-from stream.worker.privacy import pseudonym
 from stream.worker.records import RawRecord
 from stream.worker.schedule import next_due
 from stream.worker.store import (
@@ -566,6 +566,8 @@ class BatchProcessor(Retrying):
         topics = output_topics(
             self.cfg.segments_topic, self.cfg.segment_topic_template, self.model().classes
         )
+        if self.audiences is not None:  # the batch may have published their audiences too
+            topics.append(self.cfg.audiences_topic)
         await self.sink.publish(tombstones(users, topics))
 
 

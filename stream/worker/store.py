@@ -29,7 +29,6 @@ stream.worker.store_keys.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -38,6 +37,7 @@ import orjson
 from redis.exceptions import RedisError, ResponseError
 
 from stream.core.events import DAY_MS
+from stream.erasure import ErasureKeyError, check_key, erasure_digest, erasure_key, key_check
 from stream.redis_client import client_from_url, is_cluster, packs_with_hiredis
 from stream.settings import Settings
 from stream.worker.record_codec import UserRecord, decode_record, encode_record
@@ -71,23 +71,29 @@ class StoreMismatch(RuntimeError):
     the model serves, or another release's key layout."""
 
 
-def erased_digest(user_id: str) -> bytes:
-    """What the erasure list keeps of a user id: a digest, not the id itself."""
-    return hashlib.blake2b(user_id.encode(), digest_size=16, person=b"segmenter-erased").digest()
-
-
 class StateStore:
     """Redis adapter. On a single Redis each method is one round trip (a
     process's first read also fetches the stored classes); on a cluster the
     per-group calls of one method run concurrently. Errors surface as
     ``RedisError``."""
 
-    def __init__(self, client: Any, prefix: str, buckets: int = DEFAULT_BUCKETS) -> None:
+    def __init__(
+        self,
+        client: Any,
+        prefix: str,
+        buckets: int = DEFAULT_BUCKETS,
+        erasure_prefix: str | None = None,
+        erasure_key: bytes | None = None,
+    ) -> None:
         # Any: redis-py's stubs type replies as bytes | str, we always get bytes.
         self._r: Any = client
         self.cluster = is_cluster(client)
         self.prefix = prefix
-        self.keys = KeyLayout(prefix, buckets)
+        self.keys = KeyLayout(prefix, buckets, erasure_prefix)
+        self.erasure_prefix = erasure_prefix or prefix
+        #: Without a key nothing can have been erased (`forget` refuses), and an
+        #: empty digest matches no entry.
+        self._erasure_key = erasure_key
         self._commit = client.register_script(COMMIT_LUA)
         self._reap = client.register_script(REAP_LUA)
         self._load = client.register_script(LOAD_LUA)
@@ -99,7 +105,13 @@ class StateStore:
 
     @classmethod
     def from_url(
-        cls, url: str, prefix: str, cluster: bool = False, **redis_kwargs: Any
+        cls,
+        url: str,
+        prefix: str,
+        cluster: bool = False,
+        erasure_prefix: str | None = None,
+        erasure_key: bytes | None = None,
+        **redis_kwargs: Any,
     ) -> StateStore:
         client = client_from_url(
             url,
@@ -114,7 +126,7 @@ class StateStore:
                 "redis-py packs commands in Python here (about 9%% of a batch's CPU): "
                 "install redis[hiredis]>=8.2"
             )
-        return cls(client, prefix)
+        return cls(client, prefix, erasure_prefix=erasure_prefix, erasure_key=erasure_key)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StateStore:
@@ -122,8 +134,24 @@ class StateStore:
             settings.redis_url,
             settings.redis_prefix,
             cluster=settings.redis_cluster,
+            erasure_prefix=settings.erasure_prefix,
+            erasure_key=erasure_key(settings),
             **settings.redis_client_kwargs(),
         )
+
+    def erased_digest(self, user_id: str) -> bytes:
+        """What the erasure list keeps of ``user_id`` (b"" without a key)."""
+        key = self._erasure_key
+        return b"" if key is None else erasure_digest(key, user_id)
+
+    async def check_erasure_key(self) -> None:
+        """Refuse (:class:`StoreMismatch`) a key the erasure list was not written with."""
+        try:
+            check_key(
+                await self._r.get(self.keys.erasure_check), self._erasure_key, self.erasure_prefix
+            )
+        except ErasureKeyError as exc:
+            raise StoreMismatch(str(exc)) from None
 
     def bucket_key(self, user_id: str) -> str:
         return self.keys.bucket(user_id)
@@ -177,6 +205,7 @@ class StateStore:
                 f"{orjson.loads(stored)}, the model serves {wanted}: use a new "
                 "SEGMENTER_REDIS_PREFIX, or erase the old state first"
             )
+        await self.check_erasure_key()
         self._classes = tuple(wanted)
         self._names.update(wanted)
         self._names.update(await self._index_names())
@@ -262,7 +291,7 @@ class StateStore:
         for uid in user_ids:
             k = self.keys.user(uid)
             keys += (k.bucket, k.erased)
-            args += (uid, erased_digest(uid))
+            args += (uid, self.erased_digest(uid))
         stream_time, ptimes, erased, *datas = await self._load(keys=keys, args=args)
         return stream_time, ptimes, erased, datas
 
@@ -345,8 +374,13 @@ class StateStore:
         rebuilding them from those. Entries past their keep time are pruned here.
         """
         if keep_ms > 0:
+            # The list names its key (a check value) so another key is refused.
+            await self._r.set(self.keys.erasure_check, key_check(self._erasure_key), nx=True)
+            await self.check_erasure_key()
             # First: from here on no batch can re-create the user from old events.
-            await self._r.zadd(self.keys.user(user_id).erased, {erased_digest(user_id): now_ms})
+            await self._r.zadd(
+                self.keys.user(user_id).erased, {self.erased_digest(user_id): now_ms}
+            )
             async with self._r.pipeline(transaction=False) as pipe:
                 for key in self.keys.all_erased():
                     pipe.zremrangebyscore(key, "-inf", now_ms - keep_ms)
@@ -546,7 +580,6 @@ __all__ = [
     "UserWrite",
     "decode_record",
     "encode_record",
-    "erased_digest",
     "index_moves",
     "member_shard",
 ]

@@ -20,7 +20,11 @@ Key layout (``P`` = prefix, ``T`` = ``P:{g}`` for the user's group *g*):
 * ``T:due:<p>:<d>``     sorted set user -> event time of their next time-driven step
                         (re-score or retention erasure), for partition *p* and day *d*
 * ``T:dueslots:<p>``    sorted set of the days *d* with a non-empty ``T:due:<p>:<d>``
-* ``T:erased``          sorted set: digest of an erased user id -> when it was erased
+* ``E:{g}:erased``      sorted set: keyed digest of an erased user id -> when it was
+                        erased (stream.erasure). ``E`` is the erasure list's own prefix,
+                        which a rebuild under a new ``P`` keeps; the ``{g}`` tag keeps
+                        it in the user's hash slot
+* ``E:key_check``       a check value of the key the list is digested with
 * ``P:{clock}:offsets``      hash ``topic:partition`` -> last applied offset
 * ``P:{clock}:ptime``        hash "topic:partition" -> largest event time applied from it
 * ``P:{clock}:stream_time``  the largest event time applied (epoch ms)
@@ -35,6 +39,7 @@ import zlib
 from typing import NamedTuple
 
 from stream.core.events import DAY_MS
+from stream.erasure import check_value_key, erased_key
 
 #: Bumped when keys move: a store written in another layout is refused at start.
 LAYOUT_VERSION = 2
@@ -74,7 +79,9 @@ class UserKeys(NamedTuple):
 class KeyLayout:
     """Key names under one prefix (see the module docstring)."""
 
-    def __init__(self, prefix: str, buckets: int = DEFAULT_BUCKETS) -> None:
+    def __init__(
+        self, prefix: str, buckets: int = DEFAULT_BUCKETS, erasure_prefix: str | None = None
+    ) -> None:
         if buckets % GROUPS or MEMBER_SHARDS % GROUPS:
             raise ValueError(f"buckets and member shards must be multiples of {GROUPS}")
         self.prefix = prefix
@@ -90,7 +97,9 @@ class KeyLayout:
         # per user was measurable (timeit of the commit's encoding).
         self.bucket_keys = [f"{self.tag(n % GROUPS)}:b:{n}" for n in range(buckets)]
         self._counts = [f"{self.tag(g)}:counts" for g in range(GROUPS)]
-        self._erased = [f"{self.tag(g)}:erased" for g in range(GROUPS)]
+        erasure = erasure_prefix or prefix
+        self.erasure_check = check_value_key(erasure)
+        self._erased = [erased_key(erasure, g) for g in range(GROUPS)]
         self._members: dict[str, list[str]] = {}
         self._due = [f"{self.tag(g)}:due:" for g in range(GROUPS)]
         self._dueslots = [f"{self.tag(g)}:dueslots:" for g in range(GROUPS)]

@@ -319,3 +319,27 @@ def test_a_key_that_is_not_utf8_never_matches_a_replacement_character() -> None:
     result = decode("clickstream", b"\xff", value, now_ms=NOW)
     assert isinstance(result, Rejected) and result.reason is Reason.KEY_MISMATCH
     assert not isinstance(decode("clickstream", "\ufffd".encode(), value, now_ms=NOW), Rejected)
+
+
+@pytest.mark.integration
+def test_x_forwarded_for_counts_only_from_trusted_proxies(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    limited = {"api_rate_per_s": 0.01, "api_burst": 2}
+    behind = settings_factory(**limited, trusted_proxies="10.0.0.0/8, 127.0.0.1")
+    classes = feed(behind, ["ann"])
+
+    def hit(srv: Server, forwarded: str) -> int:
+        return get(srv, "/users/ann", **{"X-Forwarded-For": forwarded}).status_code
+
+    with Server(behind, classes, health=READY) as srv:
+        assert [hit(srv, "203.0.113.5") for _ in range(3)] == [200, 200, 429]
+        assert hit(srv, "203.0.113.6") == 200  # another client behind the same ingress
+        # Hops left of the nearest untrusted one are the client's own to forge.
+        assert hit(srv, "198.51.100.9, 203.0.113.5") == 429
+        assert hit(srv, "203.0.113.7, 10.1.2.3") == 200  # through two proxies
+
+    # The peer is not a listed proxy: its X-Forwarded-For is not believed.
+    direct = settings_factory(**limited, trusted_proxies="10.0.0.0/8")
+    with Server(direct, classes, health=READY) as srv:
+        assert [hit(srv, f"203.0.113.{i}") for i in range(3)] == [200, 200, 429]

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from model.features import FEATURE_NAMES
 from model.segments import DEFAULT_SEGMENTS
-from stream.worker.audiences import AudiencesError, _cel_env, parse, variables
+from stream.worker.audiences import AudiencesError, _cel_env, _Failures, parse, variables
 from stream.worker.cel_numpy import compile_numpy
 
 CLASSES = DEFAULT_SEGMENTS
@@ -254,3 +254,55 @@ def test_traits_are_variables_and_a_nan_trait_compares_false_in_both_paths() -> 
     # Without traits (a caller that has none), every trait is NaN: the same answer as row 2.
     none = audiences.members(raw[:1], ["regular"], np.zeros((1, len(CLASSES))))
     assert none.tolist() == [[False, False, False, True]]
+
+
+def test_a_condition_that_fails_at_run_time_is_counted_per_audience_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from stream import metrics
+
+    text = (
+        "audiences:\n"
+        "  - name: per_order_spend\n"
+        "    when: 'int(spend_90d) / int(order_count) > 100'\n"  # 0 orders: divide by zero
+        "  - name: too_big\n"
+        "    when: 'int(spend_90d * 1e300) > 0'\n"  # out of int64 range
+        "  - name: long_name\n"
+        "    when: 'size(segment) > 7'\n"
+    )
+    parsed = parse(text, "a.yaml", CLASSES)
+    raw = np.zeros((3, len(FEATURE_NAMES)))
+    raw[0, FEATURE_NAMES.index("order_count")] = 1.0
+    raw[:, FEATURE_NAMES.index("spend_90d")] = 500.0
+
+    def errors(name: str) -> float:
+        return metrics.AUDIENCE_ERRORS.labels(name, "error")._value.get()  # type: ignore[no-any-return]
+
+    before = {n: errors(n) for n in parsed.names}
+    caplog.set_level("WARNING", logger="stream.worker.audiences")
+    for _ in range(2):  # two batches within a minute
+        members = parsed.members(raw, ["high_value"] * 3, np.zeros((3, len(CLASSES))))
+        assert members.tolist() == [[True, False, True]] + [[False, False, True]] * 2
+    assert {n: errors(n) - before[n] for n in parsed.names} == {
+        "per_order_spend": 4,
+        "too_big": 6,
+        "long_name": 0,
+    }
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 2, logged  # once per audience
+    assert "'per_order_spend'" in logged[0] and "divide by zero" in logged[0]
+    assert "'too_big'" in logged[1]
+
+
+def test_audience_failures_are_logged_at_most_once_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    failures = _Failures("some_audience", clock=lambda: now[0])
+    caplog.set_level("WARNING", logger="stream.worker.audiences")
+    for t in (0.0, 10.0, 59.0, 60.0, 61.0, 125.0):
+        now[0] = t
+        failures.record("divide by zero")
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 3  # at 0, 60 and 125 s
+    assert "3 error" in logged[1]  # what happened since the last line: 10, 59 and 60 s

@@ -30,7 +30,8 @@ PSEUDO = "pseudo-key-9Fb6Ys2Jd8Qa"
 TOKEN = "api-token-5Mz1Xe7Gu3Pk"
 REDIS_URL_PW = "url-pw-2Tc9Nq4Hv6"
 KAFKA_URL_PW = "kafka-url-pw-8Wd3Lp5Sb"
-SECRETS = (SASL, REDIS_PW, PSEUDO, TOKEN, REDIS_URL_PW, KAFKA_URL_PW)
+ERASURE = "erasure-key-4Rv8Nb2Qx6"
+SECRETS = (SASL, REDIS_PW, PSEUDO, TOKEN, REDIS_URL_PW, KAFKA_URL_PW, ERASURE)
 
 SECRET_ENV = {
     "SEGMENTER_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
@@ -38,6 +39,7 @@ SECRET_ENV = {
     "SEGMENTER_KAFKA_SASL_PASSWORD": SASL,
     "SEGMENTER_REDIS_PASSWORD": REDIS_PW,
     "SEGMENTER_PSEUDONYMIZE_KEY": PSEUDO,
+    "SEGMENTER_ERASURE_KEY": ERASURE,
     "SEGMENTER_API_TOKEN": TOKEN,
     "SEGMENTER_REDIS_URL": f"redis://app:{REDIS_URL_PW}@127.0.0.1:6379/0",
     "SEGMENTER_KAFKA_URL": f"kafka://svc:{KAFKA_URL_PW}@127.0.0.1:9092",
@@ -53,6 +55,7 @@ WRONG = [
     ({"SEGMENTER_TOPIC_ORDERS": "clickstream"}, "SEGMENTER_TOPIC_"),
     # The secret settings themselves wrong.
     ({"SEGMENTER_PSEUDONYMIZE_KEY": "short-" + PSEUDO[:6]}, "SEGMENTER_PSEUDONYMIZE_KEY"),
+    ({"SEGMENTER_ERASURE_KEY": ERASURE[:12]}, "SEGMENTER_ERASURE_KEY"),
     ({"SEGMENTER_API_TOKEN": TOKEN + " with spaces"}, "SEGMENTER_API_TOKEN"),
     ({"SEGMENTER_API_TOKEN": TOKEN[:10]}, "SEGMENTER_API_TOKEN"),
     ({"SEGMENTER_REDIS_URL": f"http://app:{REDIS_URL_PW}@h:6379/0"}, "SEGMENTER_REDIS_URL"),
@@ -69,6 +72,7 @@ WRONG_IDS = [
     "json",
     "topics",
     "short-key",
+    "short-erasure-key",
     "token-spaces",
     "short-token",
     "redis-scheme",
@@ -172,6 +176,7 @@ def test_settings_command_masks_secrets_and_lists_file_variants(tmp_path: Path) 
         "KAFKA_SASL_PASSWORD",
         "REDIS_PASSWORD",
         "PSEUDONYMIZE_KEY",
+        "ERASURE_KEY",
         "API_TOKEN",
         "REDIS_URL",
     ):
@@ -179,6 +184,7 @@ def test_settings_command_masks_secrets_and_lists_file_variants(tmp_path: Path) 
     assert f"SEGMENTER_PSEUDONYMIZE_KEY_FILE={key_file}" in out.stdout
     assert "SEGMENTER_PSEUDONYMIZE_KEY=**********" in out.stdout
     assert "SEGMENTER_API_TOKEN=**********" in out.stdout
+    assert "SEGMENTER_ERASURE_KEY=**********" in out.stdout
     assert "SEGMENTER_REDIS_URL=redis://***@127.0.0.1:6379/0" in out.stdout
 
 
@@ -200,6 +206,7 @@ def test_settings_command_with_a_wrong_setting_still_lists_every_variable() -> N
         ("kafka_sasl_password", SASL),
         ("redis_password", REDIS_PW),
         ("pseudonymize_key", PSEUDO),
+        ("erasure_key", ERASURE),
         ("api_token", TOKEN),
         ("redis_url", f"rediss://app:{REDIS_URL_PW}@redis.example:6380/2"),
     ],
