@@ -21,6 +21,7 @@ support); on a tie, the simpler head (network, then btyd) wins.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -166,23 +167,42 @@ def judge_head(head: Head, x: np.ndarray, y: np.ndarray, spend: np.ndarray) -> d
 
 def pick(judged: dict[str, dict[str, Any]], max_ece: float) -> str:
     """The source to serve from each head's judgement (:func:`judge_head`): the highest
-    high_value F1 among heads calibrated within ``max_ece``, the simpler on a tie;
-    among all heads if none is calibrated (the gate then refuses the candidate)."""
-    calibrated = [s for s, j in judged.items() if (j["max_ece_beyond_noise"] or 0.0) <= max_ece]
-    pool = calibrated or list(judged)
+    high_value F1 among heads calibrated within ``max_ece`` whose behavioural checks
+    pass, the simpler on a tie; among all heads if none qualifies (the gate then
+    refuses the candidate)."""
+    fit = [
+        s
+        for s, j in judged.items()
+        if (j["max_ece_beyond_noise"] or 0.0) <= max_ece and j.get("behaviour_passed", True)
+    ]
+    pool = fit or list(judged)
     return max(pool, key=lambda s: (judged[s]["high_value_f1"], -SOURCES.index(s)))
 
 
 def choose(
-    heads: list[Head], x: np.ndarray, y: np.ndarray, spend: np.ndarray, max_ece: float
+    heads: list[Head],
+    x: np.ndarray,
+    y: np.ndarray,
+    spend: np.ndarray,
+    max_ece: float,
+    behaves: Callable[[Scorer], bool] | None = None,
 ) -> tuple[Head, dict[str, Any]]:
-    """The head to serve, and the record of the choice (for the manifest and gate.json)."""
+    """The head to serve, and the record of the choice (for the manifest and gate.json).
+
+    ``behaves`` runs the gate's behavioural checks (directional expectations,
+    archetypes) on a head: BG/NBD alone cannot tell a browser from someone gone,
+    and a head the gate would refuse for that is not chosen.
+    """
     judged = {h.source: judge_head(h, x, y, spend) for h in heads}
+    if behaves is not None:
+        for h in heads:
+            judged[h.source]["behaviour_passed"] = behaves(h.scorer)
     chosen = pick(judged, max_ece)
     record = {
         "chosen": chosen,
         "rule": "highest high_value F1 on validation rows among heads with ECE beyond "
-        f"sampling noise <= {max_ece} on every class with support; ties to the simpler",
+        f"sampling noise <= {max_ece} on every class with support and passing the "
+        "behavioural checks; ties to the simpler",
         "candidates": judged,
     }
     return next(h for h in heads if h.source == chosen), record

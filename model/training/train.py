@@ -28,7 +28,7 @@ import orjson
 from model.features import FEATURE_NAMES, SCHEMA_HASH
 from model.registry import KERAS, MANIFEST, WEIGHTS, publish_version, set_current
 from model.scorer import save_weights
-from model.training.assess import MAX_ECE, assess
+from model.training.assess import MAX_ECE, assess, behaviour_checks
 from model.training.dataset import Examples, Prepared, prepare_examples
 from model.training.fit import Fitted, fit
 from model.training.monotone import INPUT_NAMES
@@ -246,7 +246,13 @@ def train_prepared(
     )
     fitted = fit(fit_rows, stop_rows, cfg, horizon_ms=horizon_ms, on_epoch=on_epoch)
     if len(fitted.heads) > 1:
-        head, choice = choose(fitted.heads, val.x, val.y, val.spend, MAX_ECE)
+        fit_x = np.concatenate([p.fit.x for p in parts])
+
+        def behaves(scorer: Any) -> bool:
+            checks = behaviour_checks(scorer.predict, val.classes, val.x, fit_x)
+            return bool(checks["directional_passed"] and checks["archetypes_passed"])
+
+        head, choice = choose(fitted.heads, val.x, val.y, val.spend, MAX_ECE, behaves)
         fitted.serve(head, choice)
         log.info("value head: %s (%s)", head.source, choice["candidates"])
     metrics, predicted = assess(

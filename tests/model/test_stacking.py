@@ -181,3 +181,13 @@ def test_p_purchase_falls_with_silence_and_rises_with_an_order_placed_now(
     now = p_purchase(cadence, row(orders, age_days, 0.0))[0]
     assert p_purchase(cadence, row(orders + 1, age_days, 0.0))[0] >= now - 1e-12
     assert p_purchase(cadence, row(0, 0.0, 0.0))[0] == 0.0
+
+
+def test_a_head_failing_the_behavioural_checks_is_not_chosen() -> None:
+    judged = {
+        "network": {"high_value_f1": 0.38, "max_ece_beyond_noise": 0.01, "gini": 0.8},
+        "btyd": {"high_value_f1": 0.39, "max_ece_beyond_noise": 0.01, "gini": 0.8,
+                 "behaviour_passed": False},
+        "blend": {"high_value_f1": 0.37, "max_ece_beyond_noise": 0.01, "gini": 0.8},
+    }  # fmt: skip
+    assert pick(judged, 0.03) == "network"
