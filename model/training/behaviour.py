@@ -156,11 +156,56 @@ def more_views(raw: np.ndarray, views: float = 5.0) -> np.ndarray:
     return out
 
 
+def order_in_new_session(raw: np.ndarray) -> np.ndarray:
+    """An order placed now in a session the user never had before: sessions grow
+    with it, so orders per session can fall."""
+    out = add_order_now(raw)
+    sessions = _c(raw, "session_count") + 1.0
+    _set(out, "session_count", sessions)
+    _set(out, "orders_per_session", _c(out, "order_count") / sessions)
+    return out
+
+
+def small_order_now(raw: np.ndarray, value: float = 5.0) -> np.ndarray:
+    """An order of EUR 5 placed now: the average order value falls."""
+    out = add_order_now(raw)
+    orders = _c(out, "order_count")
+    total = _c(raw, "total_spend") + value
+    _set(out, "total_spend", total)
+    _set(out, "avg_order_value", total / orders)
+    for name in ("spend_30d", "spend_90d"):
+        _set(out, name, _c(raw, name) + value)
+    _rates(out)
+    return out
+
+
+def first_order_new_category(raw: np.ndarray) -> np.ndarray:
+    """An order placed now in a category the user never touched."""
+    out = add_order_now(raw)
+    _set(out, "distinct_categories", _c(raw, "distinct_categories") + 1.0)
+    return out
+
+
+def refund_last_order(raw: np.ndarray) -> np.ndarray:
+    """The last order refunded (buyers only): returned spend grows by its average value."""
+    out = raw.copy()
+    orders = _c(raw, "order_count")
+    total = _c(raw, "total_spend")
+    returned = _c(raw, "return_ratio") * total + np.where(orders > 0, _c(raw, "avg_order_value"), 0)
+    ratio = np.divide(returned, total, out=np.zeros_like(total), where=total > 0)
+    _set(out, "return_ratio", np.where(orders > 0, np.minimum(ratio, 1.0), _c(raw, "return_ratio")))
+    return out
+
+
 PERTURBATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "add_order_now": add_order_now,
     "older_30d": older,
     "bigger_last_order": bigger_last_order,
     "more_views": more_views,
+    "order_in_new_session": order_in_new_session,
+    "small_order_now": small_order_now,
+    "first_order_new_category": first_order_new_category,
+    "refund_last_order": refund_last_order,
 }
 
 
@@ -173,6 +218,10 @@ class Expectation:
     #: "not_lower": P(segment) must not fall; "not_higher": must not rise
     direction: Literal["not_lower", "not_higher"]
     max_violation_rate: float = DEFAULT_MAX_RATE
+    #: True when the weight constraints (model.training.monotone) already make it
+    #: hold for any weights; False for the moves users make that also shift free
+    #: inputs (sessions, categories, ratios), where only the model's training can.
+    by_construction: bool = True
 
 
 EXPECTATIONS: tuple[Expectation, ...] = (
@@ -210,6 +259,45 @@ EXPECTATIONS: tuple[Expectation, ...] = (
         "more_views",
         "at_risk",
         "not_higher",
+    ),
+    # What users do that the ones above never try (issue 33). Each names the
+    # label it leans on (model/labels.py): at_risk is no activity at all in the
+    # window; high_value is the top of the window's buyers by spend.
+    Expectation(
+        "order_in_new_session_at_risk",
+        "an order now, in a new session, must not raise P(at_risk) (at_risk = no activity; "
+        "orders per session may fall)",
+        "order_in_new_session",
+        "at_risk",
+        "not_higher",
+        by_construction=False,
+    ),
+    Expectation(
+        "small_order_at_risk",
+        "a EUR 5 order now must not raise P(at_risk) (at_risk = no activity; the average "
+        "order value falls)",
+        "small_order_now",
+        "at_risk",
+        "not_higher",
+        by_construction=False,
+    ),
+    Expectation(
+        "new_category_order_at_risk",
+        "an order now in a category never touched must not raise P(at_risk) "
+        "(at_risk = no activity)",
+        "first_order_new_category",
+        "at_risk",
+        "not_higher",
+        by_construction=False,
+    ),
+    Expectation(
+        "refund_high_value",
+        "a refund of the last order must not raise P(high_value) (high_value = top spend "
+        "among the window's buyers; nothing was bought)",
+        "refund_last_order",
+        "high_value",
+        "not_higher",
+        by_construction=False,
     ),
 )
 

@@ -1,0 +1,57 @@
+"""Every directional expectation fails a model that is wrong in its direction.
+
+A check that no model can fail proves nothing. The wrong model here is a plain
+softmax over the feature row whose signs are flipped where the expectations
+look: more orders, views, sessions and categories raise P(at_risk), silence
+lowers it, and spend lowers P(high_value) while refunds raise it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.features import FEATURE_NAMES, N_FEATURES
+from model.registry import bootstrap_dir
+from model.scorer import Scorer
+from model.segments import DEFAULT_SEGMENTS
+from model.training import behaviour
+
+CLASSES = tuple(DEFAULT_SEGMENTS)
+
+
+def _wrong() -> Scorer:
+    w = np.zeros((N_FEATURES, len(CLASSES)))
+    at_risk, high_value = CLASSES.index("at_risk"), CLASSES.index("high_value")
+    for name, sign in {
+        "order_count": 1.0,
+        "orders_30d": 1.0,
+        "orders_90d": 1.0,
+        "session_count": 1.0,
+        "distinct_categories": 1.0,
+        "product_views_30d": 1.0,
+        "days_since_last_activity": -1.0,
+        "days_since_last_order": -1.0,
+    }.items():
+        w[FEATURE_NAMES.index(name), at_risk] = sign
+    for name, sign in {
+        "total_spend": -1.0,
+        "spend_30d": -1.0,
+        "spend_90d": -1.0,
+        "avg_order_value": -1.0,
+        "return_ratio": 5.0,
+    }.items():
+        w[FEATURE_NAMES.index(name), high_value] = sign
+    return Scorer(
+        CLASSES, np.zeros(N_FEATURES), np.ones(N_FEATURES), ((w, np.zeros(len(CLASSES))),), None
+    )
+
+
+@pytest.mark.parametrize("expectation", behaviour.EXPECTATIONS, ids=lambda e: e.name)
+def test_a_model_wrong_in_its_direction_fails_it(expectation: behaviour.Expectation) -> None:
+    with np.load(bootstrap_dir() / "validation.npz") as val:
+        rows = val["x"]
+    (result,) = behaviour.check(_wrong().predict, CLASSES, rows, (expectation,))
+    assert result["applicable"]
+    assert not result["passed"], result
+    assert result["rate"] > 10 * expectation.max_violation_rate
