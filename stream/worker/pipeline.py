@@ -229,7 +229,14 @@ class BatchProcessor(Retrying):
             if (
                 bound
                 and event.timestamp <= before - bound
-                and not known(loaded[event.user_id], tp, raw.offset, event, self.cfg.click_dedup_ms)
+                and not known(
+                    loaded[event.user_id],
+                    tp,
+                    raw.offset,
+                    event,
+                    self.cfg.click_dedup_ms,
+                    self.cfg.retention_ms,
+                )
             ):
                 # Judged against the partition's own clock, in partition order,
                 # so a replay judges it the same way. Past the bound, its user
@@ -252,6 +259,7 @@ class BatchProcessor(Retrying):
         counted: Counter[tuple[str, str, str]] = Counter()  # (topic, event_type, outcome)
         latest: dict[str, int] = {}
         batch_time = 0
+        past_cap = 0  # clicks counted past their hour's memory (stream.core.dedup)
         window = self.cfg.click_dedup_ms
         for uid, items in by_user.items():
             rec = loaded[uid]
@@ -265,7 +273,7 @@ class BatchProcessor(Retrying):
                 # Offsets first: a redelivered record is skipped whatever its
                 # age; then the rule training applies too (stream.core.dedup).
                 if redelivered(rec, tp, raw.offset) or not admit(
-                    rec.seen, event, rec.state.last_seen, window
+                    rec.seen, event, rec.state.last_seen, window, self.cfg.retention_ms
                 ):
                     result.duplicates += 1
                     counted[raw.topic, event.event_type, "duplicate"] += 1
@@ -289,6 +297,7 @@ class BatchProcessor(Retrying):
                 latest[uid] = max(latest.get(uid, 0), event.timestamp)
             if tl.steps:
                 timelines[uid] = tl
+            past_cap += rec.seen.past_cap
 
         stream_time = max(stored_time, batch_time)
         await self._bind_classes()  # before anything of this batch is published
@@ -302,6 +311,8 @@ class BatchProcessor(Retrying):
         # Counters only after the commit: a re-run batch must not count twice.
         for (topic, event_type, outcome), n in counted.items():
             metrics.EVENTS.labels(topic, event_type, outcome).inc(n)
+        if past_cap:
+            metrics.CLICK_MEMORY_FULL.inc(past_cap)
         now_ms = self._clock_ms()
         for uid, msg in messages:
             if msg is not None and msg["trigger"] == "events":

@@ -232,8 +232,14 @@ stamps = st.integers(min_value=0, max_value=2**62)
         st.integers(0, 2**62),
         max_size=3,
     ),
-    orders=st.dictionaries(st.integers(0, 2**37 - 1), st.integers(1, 7), max_size=40),
-    clicks=st.sets(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)), max_size=40),
+    orders=st.dictionaries(
+        st.integers(0, 2**37 - 1),
+        st.tuples(st.integers(0, 60_000), st.integers(1, 7)).map(lambda d: d[0] << 3 | d[1]),
+        max_size=40,
+    ),
+    clicks=st.dictionaries(
+        st.integers(0, 2**32 - 1), st.sets(st.integers(0, 2**32 - 1), min_size=1), max_size=5
+    ),
     partition=st.integers(-1, 32767),
 )
 def test_binary_record_round_trips(  # type: ignore[no-untyped-def]
