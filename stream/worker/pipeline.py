@@ -52,12 +52,14 @@ from stream.worker.failures import Poisoned, Retrying
 from stream.worker.health import Health
 from stream.worker.pipeline_config import PipelineConfig
 from stream.worker.privacy import pseudonym
+from stream.worker.record_codec import UserRecord
 from stream.worker.records import RawRecord
 from stream.worker.schedule import next_due
 from stream.worker.store import (
     StateStore,
     UserWrite,
 )
+from stream.worker.topic_marks import TopicMarks
 from stream.worker.traits import clean as clean_traits
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,7 @@ class BatchProcessor(Retrying):
         health: Health | None = None,
         on_fatal: Callable[[BaseException], Awaitable[None]] | None = None,
         observe_inputs: Callable[[LoadedModel, np.ndarray, list[int]], None] | None = None,
+        marks: TopicMarks | None = None,
     ) -> None:
         self.store = store
         self.sink = sink
@@ -90,6 +93,8 @@ class BatchProcessor(Retrying):
         #: Gets each committed event batch's model inputs, and which of their
         #: rows are re-scores rather than arriving events (drift).
         self._observe_inputs = observe_inputs
+        #: Offset marks per topic identity (None: bare ``topic:partition``).
+        self.marks = marks
         # Time-driven steps after a user's last activity: the re-scores, then
         # (last) retention erasure. Computed once: _next_due runs per event.
         retention = config.retention_ms
@@ -223,9 +228,10 @@ class BatchProcessor(Retrying):
         running = dict(ptimes)
         late: list[tuple[RawRecord, Rejected]] = []
         bound = self.cfg.max_lateness_ms
+        tps = await self._mark_names(good, loaded)
         for raw, event in good:
             before = running.get(raw.partition, 0)
-            tp = raw.tp
+            tp = tps[raw.topic, raw.partition]
             if (
                 bound
                 and event.timestamp <= before - bound
@@ -322,6 +328,28 @@ class BatchProcessor(Retrying):
         result.changes = [m for _, m in messages if m is not None]
         result.users = len(timelines)
         return result
+
+    async def _mark_names(
+        self, good: list[tuple[RawRecord, Event]], loaded: dict[str, UserRecord]
+    ) -> dict[tuple[str, int], str]:
+        """Each partition's offset-mark key. A record its user's mark would skip
+        may come from a recreated topic: its identity is checked first."""
+        marks = self.marks
+        if marks is None:
+            return {(r.topic, r.partition): r.tp for r, _ in good}
+        tps = {(r.topic, r.partition): "" for r, _ in good}
+        for _ in range(2):
+            for t, p in tps:
+                tps[t, p] = marks.mark(t, p)
+            suspects = {
+                raw.topic
+                for raw, event in good
+                if raw.offset
+                <= loaded[event.user_id].offsets.get(tps[raw.topic, raw.partition], -1)
+            }
+            if not await marks.check(suspects):
+                break
+        return tps
 
     @property
     def audiences(self) -> Audiences | None:
