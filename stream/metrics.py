@@ -117,6 +117,11 @@ EXPIRED_USERS = Counter(
     "segmenter_expired_users_total",
     "Users erased by retention (inactive for SEGMENTER_RETENTION_DAYS of event time)",
 )
+CLICK_MEMORY_FULL = Counter(
+    "segmenter_click_memory_full_total",
+    "Clicks counted without dedup because their user's memory for that clock hour was "
+    "full (stream.core.dedup.CLICK_MEMORY_PER_HOUR): a bot, as a rule",
+)
 LAST_RETRAIN = Gauge(
     "segmenter_last_retrain_timestamp_seconds", "When the retrain job last finished a run"
 )

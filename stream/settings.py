@@ -38,6 +38,7 @@ from stream.settings_errors import (
     _plain,
     describe_errors,
 )
+from stream.settings_limits import event_time_floor
 from stream.settings_rules import more_problems
 
 __all__ = [
@@ -181,7 +182,7 @@ class Settings(BaseSettings):
     min_event_time: int = Field(
         MIN_TIMESTAMP_MS,
         description="Events before this are dead-lettered: YYYY-MM-DD (midnight UTC), ISO-8601 "
-        "with a zone, or epoch ms. Lower it to replay older archives",
+        "with a zone, or epoch ms, not before 1970-01-01. Lower it to replay older archives",
     )
     click_dedup_hours: float = Field(
         24.0,
@@ -339,6 +340,11 @@ class Settings(BaseSettings):
     @classmethod
     def _instant(cls, value: Any) -> Any:
         return parse_instant(value) if isinstance(value, str) and not value.isdigit() else value
+
+    @field_validator("min_event_time")
+    @classmethod
+    def _after_epoch(cls, value: int) -> int:
+        return event_time_floor(value)
 
     @field_validator("api_token", "erasure_key", mode="before")
     @classmethod

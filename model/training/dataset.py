@@ -27,7 +27,7 @@ import numpy as np
 from model.features import N_FEATURES, vector
 from model.labels import high_value_line, label_users, window_activity
 from model.segments import DEFAULT_SEGMENTS
-from stream.core.dedup import DEFAULT_CLICK_WINDOW_MS, admitted
+from stream.core.dedup import DEFAULT_CLICK_WINDOW_MS, DEFAULT_ORDER_MEMORY_MS, admitted
 from stream.core.events import Folded
 from stream.core.fold import DAY_MS, UserState, apply
 
@@ -122,19 +122,23 @@ def default_cutoffs(
 
 
 def drop_duplicate_events(
-    events: Iterable[Folded], click_window_ms: int = DEFAULT_CLICK_WINDOW_MS
+    events: Iterable[Folded],
+    click_window_ms: int = DEFAULT_CLICK_WINDOW_MS,
+    order_memory_ms: int = DEFAULT_ORDER_MEMORY_MS,
 ) -> list[Folded]:
     """The events the worker would count, in the given (arrival) order.
 
     The worker drops a re-sent event by the rule of :mod:`stream.core.dedup`
-    (orders by ``(event_type, order_id)`` for the user's whole life, clicks by
-    ``event_id`` within ``click_window_ms`` of the user's event time), plus a
-    redelivered record by its offset. Training applies the same rule to the
-    same arrival order, so offline features and labels (a re-sent order is not
-    a second purchase) count what the worker counts. Pass the worker's
-    ``SEGMENTER_CLICK_DEDUP_HOURS`` as ``click_window_ms`` if it is not the default.
+    (orders by ``(event_type, order_id)`` within ``order_memory_ms`` of the
+    user's newest order, clicks by ``event_id`` within ``click_window_ms`` of
+    the user's event time and up to its per-hour cap), plus a redelivered
+    record by its offset. Training applies the same rule to the same arrival
+    order, so offline features and labels (a re-sent order is not a second
+    purchase) count what the worker counts. Pass the worker's
+    ``SEGMENTER_CLICK_DEDUP_HOURS`` and ``SEGMENTER_RETENTION_DAYS`` if they are
+    not the defaults.
     """
-    return list(admitted(events, _user_of, click_window_ms))
+    return list(admitted(events, _user_of, click_window_ms, order_memory_ms))
 
 
 def _user_of(event: Folded) -> str:

@@ -42,6 +42,7 @@ from stream.worker.playbook import Playbook, PlaybookError
 from stream.worker.playbook import load as load_playbook
 from stream.worker.store import StateStore
 from stream.worker.tasks import add_tasks
+from stream.worker.topic_marks import TopicMarks, broker_topic_ids
 
 log = logging.getLogger("segmenter.worker")
 
@@ -152,6 +153,11 @@ def _parts(settings: Settings, app: faust.App) -> WorkerParts:
         health=health,
         observe_inputs=drift.observe if drift is not None else None,
         highwater=_highwater(app),
+        marks=TopicMarks(
+            store,
+            (settings.topic_clickstream, settings.topic_orders),
+            broker_topic_ids(settings),
+        ),
     )
     return WorkerParts(
         settings=settings,

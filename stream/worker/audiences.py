@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 
 #: Audience names: they appear in topics' messages, metric labels and URLs.
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+#: Audiences one file may name: a user's record counts the ones they are in in
+#: one byte (stream.worker.record_codec), so more could not be stored.
+MAX_AUDIENCES = 255
 
 
 class AudienceSpec(BaseModel):
@@ -68,7 +71,7 @@ class AudienceSpec(BaseModel):
 
 class AudiencesFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    audiences: list[AudienceSpec] = Field(default_factory=list, max_length=256)
+    audiences: list[AudienceSpec] = Field(default_factory=list, max_length=MAX_AUDIENCES)
 
 
 class AudiencesError(ValueError):
@@ -299,6 +302,12 @@ def _row_by_row(
 def parse(text: str, source: str, classes: Sequence[str]) -> Audiences:
     """Check an audiences file; raise :class:`AudiencesError` on the first problem."""
     raw = load_yaml(text, source, AudiencesError)
+    listed = raw.get("audiences") if isinstance(raw, dict) else None
+    if isinstance(listed, list) and len(listed) > MAX_AUDIENCES:
+        raise AudiencesError(
+            f"{source}: {len(listed)} audiences, at most {MAX_AUDIENCES} are allowed "
+            "(a user's record counts theirs in one byte): remove some"
+        )
     try:
         doc = AudiencesFile.model_validate(raw)
     except ValidationError as exc:

@@ -63,8 +63,15 @@ def redelivered(rec: UserRecord, tp: str, offset: int) -> bool:
     return offset <= rec.offsets.get(tp, -1)
 
 
-def known(rec: UserRecord, tp: str, offset: int, event: Event, click_window_ms: int) -> bool:
+def known(
+    rec: UserRecord,
+    tp: str,
+    offset: int,
+    event: Event,
+    click_window_ms: int,
+    order_memory_ms: int,
+) -> bool:
     """Whether ``rec`` already counts ``event``, as a redelivery or a re-send; changes nothing."""
     return redelivered(rec, tp, offset) or not admit(
-        rec.seen.copy(), event, rec.state.last_seen, click_window_ms
+        rec.seen.copy(), event, rec.state.last_seen, click_window_ms, order_memory_ms
     )

@@ -54,12 +54,14 @@ from stream.worker.decisions import decide_batch
 from stream.worker.failures import Poisoned, Retrying
 from stream.worker.health import Health
 from stream.worker.pipeline_config import PipelineConfig
+from stream.worker.record_codec import UserRecord
 from stream.worker.records import RawRecord
 from stream.worker.schedule import next_due
 from stream.worker.store import (
     StateStore,
     UserWrite,
 )
+from stream.worker.topic_marks import TopicMarks
 from stream.worker.traits import clean as clean_traits
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,7 @@ class BatchProcessor(Retrying):
         on_fatal: Callable[[BaseException], Awaitable[None]] | None = None,
         observe_inputs: Callable[[LoadedModel, np.ndarray, list[int]], None] | None = None,
         highwater: Callable[[str], int | None] | None = None,
+        marks: TopicMarks | None = None,
     ) -> None:
         self.store = store
         self.sink = sink
@@ -93,6 +96,8 @@ class BatchProcessor(Retrying):
         #: Gets each committed event batch's model inputs, and which of their
         #: rows are re-scores rather than arriving events (drift).
         self._observe_inputs = observe_inputs
+        #: Offset marks per topic identity (None: bare ``topic:partition``).
+        self.marks = marks
         # Time-driven steps after a user's last activity: the re-scores, then
         # (last) retention erasure. Computed once: _next_due runs per event.
         retention = config.retention_ms
@@ -236,13 +241,21 @@ class BatchProcessor(Retrying):
         clocks = BatchClocks(running, [raw for raw, _ in good], self._unread_after)
         late: list[tuple[RawRecord, Rejected]] = []
         bound = self.cfg.max_lateness_ms
+        tps = await self._mark_names(good, loaded)
         for raw, event in good:
-            tp = raw.tp
-            before = clocks.before(tp, raw.partition)
+            tp = tps[raw.topic, raw.partition]
+            before = clocks.before(raw.tp, raw.partition)
             if (
                 bound
                 and event.timestamp <= before - bound
-                and not known(loaded[event.user_id], tp, raw.offset, event, self.cfg.click_dedup_ms)
+                and not known(
+                    loaded[event.user_id],
+                    tp,
+                    raw.offset,
+                    event,
+                    self.cfg.click_dedup_ms,
+                    self.cfg.retention_ms,
+                )
             ):
                 # Judged against the partition's own clock, in partition order,
                 # so a replay judges it the same way. Past the bound, its user
@@ -256,7 +269,7 @@ class BatchProcessor(Retrying):
                 late.append((raw, why))
                 continue
             by_user.setdefault(event.user_id, []).append((raw, tp, event, before))
-            running[tp] = max(running.get(tp, 0), event.timestamp)
+            running[raw.tp] = max(running.get(raw.tp, 0), event.timestamp)
         partition_times = {tp: t for tp, t in running.items() if t > ptimes.get(tp, 0)}
 
         timelines: dict[str, Timeline] = {}
@@ -265,6 +278,7 @@ class BatchProcessor(Retrying):
         counted: Counter[tuple[str, str, str]] = Counter()  # (topic, event_type, outcome)
         latest: dict[str, int] = {}
         batch_time = 0
+        past_cap = 0  # clicks counted past their hour's memory (stream.core.dedup)
         window = self.cfg.click_dedup_ms
         for uid, items in by_user.items():
             rec = loaded[uid]
@@ -278,7 +292,7 @@ class BatchProcessor(Retrying):
                 # Offsets first: a redelivered record is skipped whatever its
                 # age; then the rule training applies too (stream.core.dedup).
                 if redelivered(rec, tp, raw.offset) or not admit(
-                    rec.seen, event, rec.state.last_seen, window
+                    rec.seen, event, rec.state.last_seen, window, self.cfg.retention_ms
                 ):
                     result.duplicates += 1
                     counted[raw.topic, event.event_type, "duplicate"] += 1
@@ -302,6 +316,7 @@ class BatchProcessor(Retrying):
                 latest[uid] = max(latest.get(uid, 0), event.timestamp)
             if tl.steps:
                 timelines[uid] = tl
+            past_cap += rec.seen.past_cap
 
         stream_time = max(stored_time, batch_time)
         await self._bind_classes()  # before anything of this batch is published
@@ -317,6 +332,8 @@ class BatchProcessor(Retrying):
         # Counters only after the commit: a re-run batch must not count twice.
         for (topic, event_type, outcome), n in counted.items():
             metrics.EVENTS.labels(topic, event_type, outcome).inc(n)
+        if past_cap:
+            metrics.CLICK_MEMORY_FULL.inc(past_cap)
         now_ms = self._clock_ms()
         for uid, msg in messages:
             if msg is not None and msg["trigger"] == "events":
@@ -326,6 +343,28 @@ class BatchProcessor(Retrying):
         result.changes = [m for _, m in messages if m is not None]
         result.users = len(timelines)
         return result
+
+    async def _mark_names(
+        self, good: list[tuple[RawRecord, Event]], loaded: dict[str, UserRecord]
+    ) -> dict[tuple[str, int], str]:
+        """Each partition's offset-mark key. A record its user's mark would skip
+        may come from a recreated topic: its identity is checked first."""
+        marks = self.marks
+        if marks is None:
+            return {(r.topic, r.partition): r.tp for r, _ in good}
+        tps = {(r.topic, r.partition): "" for r, _ in good}
+        for _ in range(2):
+            for t, p in tps:
+                tps[t, p] = marks.mark(t, p)
+            suspects = {
+                raw.topic
+                for raw, event in good
+                if raw.offset
+                <= loaded[event.user_id].offsets.get(tps[raw.topic, raw.partition], -1)
+            }
+            if not await marks.check(suspects):
+                break
+        return tps
 
     @property
     def audiences(self) -> Audiences | None:

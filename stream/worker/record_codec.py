@@ -17,16 +17,19 @@ from typing import Any
 
 from stream.core import dedup
 from stream.core.dedup import SeenEvents
+from stream.core.events import DAY_MS
 from stream.core.fold import HALF_LIVES, UserState
 
-CODEC_VERSION = 6
+CODEC_VERSION = 7
 #: Older codecs this code still reads. 2 and 3 kept rings of recent event-id
 #: digests, which cannot be turned into order-id digests: their users start
 #: with an empty deduplication memory (offset marks still hold). 4 had no
 #: audiences (its users are in none until they are next scored) and other
 #: click digests (its users' click memory starts empty). 5 had no first-order
 #: time: its buyers take their first activity as it (exact on orders-only data).
-_READABLE_CODECS = (2, 3, 4, CODEC_VERSION)
+#: 6 had no order days: its orders are dated the user's last order (kept for a
+#: retention from then).
+_READABLE_CODECS = (2, 3, 4, 6, CODEC_VERSION)
 _DECAYED = tuple(HALF_LIVES)
 
 
@@ -224,11 +227,14 @@ def decode_record(data: bytes, classes: Sequence[str] | None) -> UserRecord:
     audiences: list[str] = []
     audience_version = 0
     if fixed[1] >= 4:
-        seen, pos = dedup.decode(data, pos)
+        undated = None
+        if fixed[1] < 7:
+            undated = (s.last_seen if s.last_order_at is None else s.last_order_at) // DAY_MS
+        seen, pos = dedup.decode(data, pos, undated)
         if fixed[1] == 4:
             # Codec 4 kept BLAKE2 digests of click ids; 5 keeps CRC-32 ones. The
             # old ones would never match again: forget them (orders are as before).
-            seen.clicks, seen.newest_hour = set(), -1
+            seen.clicks, seen.newest_hour = {}, -1
     if fixed[1] >= 5:
         n = data[pos]
         pos += 1

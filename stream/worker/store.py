@@ -53,6 +53,7 @@ from stream.worker.store_keys import (
 )
 from stream.worker.store_scripts import COMMIT_LUA, LOAD_LUA, REAP_LUA, UNSCHEDULE_LUA
 from stream.worker.store_writes import PreparedCommit, UserWrite, encode_commit, index_moves
+from stream.worker.topic_marks import RECORD_TOPIC_LUA
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class StateStore:
         self._reap = client.register_script(REAP_LUA)
         self._load = client.register_script(LOAD_LUA)
         self._unschedule = client.register_script(UNSCHEDULE_LUA)
+        self._record_topic = client.register_script(RECORD_TOPIC_LUA)
         self._classes: tuple[str, ...] | None = None
         #: Index names (segments, ``a:<audience>``) a new record is cleaned
         #: out of when buckets can expire (see :meth:`prepare_commit`).
@@ -513,6 +515,13 @@ class StateStore:
         n = len(AUDIENCE_PREFIX)
         counts = await self._index_counts()
         return {k[n:]: v for k, v in counts.items() if k.startswith(AUDIENCE_PREFIX)}
+
+    async def record_topic_id(self, topic: str, topic_id: str) -> tuple[int, bool]:
+        """The generation of ``topic``'s identity, and whether this call began it
+        (stream.worker.topic_marks)."""
+        keys = [self.keys.topic_ids, self.keys.offsets]
+        gen, began = await self._record_topic(keys=keys, args=[topic, topic_id])
+        return int(gen), bool(began)
 
     async def partition_offsets(self) -> dict[str, int]:
         raw = await self._r.hgetall(self.keys.offsets)

@@ -91,6 +91,7 @@ class KeyLayout:
         self.drift = f"{prefix}:drift"
         clock = f"{prefix}:{{clock}}"
         self.offsets = f"{clock}:offsets"
+        self.topic_ids = f"{clock}:topic_ids"  # stream.worker.topic_marks
         self.ptime = f"{clock}:ptime"
         self.stream_time = f"{clock}:stream_time"
         # Built once: a batch names several keys per user, and formatting them

@@ -11,8 +11,17 @@ from hypothesis import strategies as st
 
 from model.features import FEATURE_NAMES
 from model.segments import DEFAULT_SEGMENTS
-from stream.worker.audiences import AudiencesError, _cel_env, _Failures, parse, variables
+from stream.worker.audiences import (
+    MAX_AUDIENCES,
+    AudienceFile,
+    AudiencesError,
+    _cel_env,
+    _Failures,
+    parse,
+    variables,
+)
 from stream.worker.cel_numpy import compile_numpy
+from stream.worker.record_codec import UserRecord, decode_record, encode_record
 
 CLASSES = DEFAULT_SEGMENTS
 KNOWN = variables(CLASSES)
@@ -306,3 +315,27 @@ def test_audience_failures_are_logged_at_most_once_a_minute(
     logged = [r.getMessage() for r in caplog.records]
     assert len(logged) == 3  # at 0, 60 and 125 s
     assert "3 error" in logged[1]  # what happened since the last line: 10, 59 and 60 s
+
+
+def _many(n: int) -> str:
+    return "audiences:\n" + "".join(
+        f"  - name: a{i}\n    when: 'order_count >= {i}.0'\n" for i in range(n)
+    )
+
+
+def test_at_most_255_audiences_are_taken_and_a_longer_file_is_refused_on_reload(
+    tmp_path: Path,
+) -> None:
+    # A user's record counts their audiences in one byte: 255 is the most it can hold.
+    path = tmp_path / "audiences.yaml"
+    path.write_text(_many(MAX_AUDIENCES))
+    held = AudienceFile(path, CLASSES)
+    assert len(held.current.names) == MAX_AUDIENCES == 255
+    rec = UserRecord(audiences=held.current.names, rev=1)
+    assert decode_record(encode_record(rec), None).audiences == held.current.names
+    with pytest.raises(AudiencesError, match="256 audiences, at most 255"):
+        parse(_many(256), "a.yaml", CLASSES)
+    path.write_text(_many(256))
+    with pytest.raises(AudiencesError, match="at most 255"):
+        held.reload(force=True)
+    assert len(held.current.names) == 255  # the set in use stays

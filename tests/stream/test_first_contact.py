@@ -135,6 +135,25 @@ def test_the_event_time_floor_is_a_setting() -> None:
     assert Settings().min_event_time == MIN_TIMESTAMP_MS == DecodeLimits().min_timestamp_ms
 
 
+def test_an_event_time_floor_before_1970_is_refused_at_start_up_in_one_line() -> None:
+    # Before the epoch, event hours go negative: the deduplication memory
+    # cannot file them, and every batch holding such an event would fail.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGMENTER_")}
+    script = Path(sys.executable).with_name("segmenter")
+    out = subprocess.run(
+        [str(script), "worker"],
+        capture_output=True,
+        text=True,
+        env=env | {"SEGMENTER_MIN_EVENT_TIME": "1969-12-31"},
+        cwd=REPO,
+        timeout=120,
+    )
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    named = [line for line in out.stderr.splitlines() if "SEGMENTER_MIN_EVENT_TIME" in line]
+    assert len(named) == 1 and "must be 1970-01-01 or later" in named[0], out.stderr
+    assert Settings(min_event_time="1970-01-01").min_event_time == 0  # type: ignore[arg-type]
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
 def test_produce_routes_plain_events_by_event_type(

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream.core.dedup import SeenEvents, encode
+from stream.core.dedup import SeenEvents, admit, encode, order_digest
 from stream.core.fold import HALF_LIVES, UserState, fold_all
 from stream.redis_client import client_from_url
 from stream.worker.store import (
@@ -232,8 +232,14 @@ stamps = st.integers(min_value=0, max_value=2**62)
         st.integers(0, 2**62),
         max_size=3,
     ),
-    orders=st.dictionaries(st.integers(0, 2**37 - 1), st.integers(1, 7), max_size=40),
-    clicks=st.sets(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)), max_size=40),
+    orders=st.dictionaries(
+        st.integers(0, 2**37 - 1),
+        st.tuples(st.integers(0, 60_000), st.integers(1, 7)).map(lambda d: d[0] << 3 | d[1]),
+        max_size=40,
+    ),
+    clicks=st.dictionaries(
+        st.integers(0, 2**32 - 1), st.sets(st.integers(0, 2**32 - 1), min_size=1), max_size=5
+    ),
     partition=st.integers(-1, 32767),
 )
 def test_binary_record_round_trips(  # type: ignore[no-untyped-def]
@@ -265,6 +271,27 @@ def test_binary_record_round_trips(  # type: ignore[no-untyped-def]
     upgraded = dataclasses.replace(rec, state=old_state, seen=SeenEvents())
     assert decode_record(head[:4] + bytes([3]) + head[5:] + rings, classes) == upgraded
     assert decode_record(head[:4] + bytes([2]) + head[5:] + rings[:13], classes) == upgraded
+
+
+def test_a_codec_6_record_dates_its_orders_by_the_users_last_order() -> None:
+    # Codec 6 kept order ids without a day: read, they are dated the user's
+    # last order, so they are remembered for a retention from then.
+    events = [as_event(order("u1", T0 + d * DAY, 5.0, order_id=f"o{d}")) for d in (0, 9)]
+    seen = SeenEvents()
+    for e in events:
+        assert admit(seen, e, 0, DAY)
+    rec = UserRecord(state=fold_all(events), seen=seen, rev=3)
+    new, digests = encode_record(rec), [order_digest("o0"), order_digest("o9")]
+    legacy = len(digests).to_bytes(4, "little") + b"".join(
+        ((d << 3) | 1).to_bytes(5, "little") for d in digests
+    )
+    # Same clicks part (none) after the orders in both layouts.
+    old = new.replace(encode(seen)[:-2], legacy)
+    old = old[:4] + bytes([6]) + old[5:]
+    read = decode_record(old, None)
+    last = (T0 + 9 * DAY) // DAY
+    assert read.seen.orders == {d: last << 3 | 1 for d in digests}
+    assert read.state == rec.state
 
 
 def test_load_takes_thousands_of_users_in_few_buckets(redis_url: str, prefix: str) -> None:
