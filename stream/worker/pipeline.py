@@ -54,6 +54,8 @@ from stream.worker.pipeline_config import PipelineConfig
 from stream.worker.privacy import pseudonym
 from stream.worker.records import RawRecord
 from stream.worker.schedule import next_due
+from stream.worker.set_aside import sweep_apart
+from stream.worker.stalls import Stalls
 from stream.worker.store import (
     StateStore,
     UserWrite,
@@ -102,6 +104,10 @@ class BatchProcessor(Retrying):
         #: Records that failed on their own: dead-lettered on their next try.
         self._poisoned: dict[tuple[str, int, int], Rejected] = {}
         self._health = health
+        self._stalls = Stalls(health)
+        #: The last record dead-lettered as processing_failed, by its failure:
+        #: a next record failing the same way is not poison (stream.worker.failures).
+        self._last_culprit: str | None = None
         #: Replaced in place when the audiences file is reloaded (between batches).
         self._audiences: Audiences | None = None
         self.audiences = config.audiences
@@ -161,6 +167,12 @@ class BatchProcessor(Retrying):
             return await self._process(records)
         except Poisoned as exc:
             if len(records) == 1:
+                if exc.signature == self._last_culprit:
+                    # A second record failing as the last culprit did: the
+                    # fault is the code's, the model's or the data's as a
+                    # whole, not this record's. Stall, alerted, until fixed.
+                    return await self._stall_on(records, exc)
+                self._last_culprit = exc.signature
                 rec = records[0]
                 why = f"failed {self.cfg.max_batch_failures} times: {exc.signature}"
                 log.error("dead-lettering %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, why)
@@ -168,6 +180,8 @@ class BatchProcessor(Retrying):
                     Reason.PROCESSING_FAILED, why
                 )
                 return await self._process(records)
+            if exc.signature == self._last_culprit:
+                return await self._stall_on(records, exc)
             mid = len(records) // 2
             log.warning(
                 "a batch of %d records failed the same way %d times (%s): applying it in halves",
@@ -178,6 +192,15 @@ class BatchProcessor(Retrying):
             first = await self.process(records[:mid])
             second = await self.process(records[mid:])
             return merged(first, second)
+
+    async def _stall_on(self, records: Sequence[RawRecord], exc: Poisoned) -> BatchResult:
+        """Retry ``records`` whole, never dead-lettering, until they go through."""
+        while True:
+            self._stalls.failing("no_culprit", exc.what, exc)
+            try:
+                return await self._process(records)  # backs off inside; stops on shutdown
+            except Poisoned as again:
+                exc = again
 
     async def _process(self, records: Sequence[RawRecord]) -> BatchResult:
         started = time.perf_counter()
@@ -486,17 +509,24 @@ class BatchProcessor(Retrying):
         for part in partitions:
             if not still_owned(part):  # revoked meanwhile: its next owner sweeps it
                 continue
-            swept, _ = await self._retrying(
-                functools.partial(self._sweep, part, limit), "reevaluate"
-            )
+            try:
+                swept, _ = await self._retrying(
+                    functools.partial(self._sweep, part, limit), "reevaluate", poison=True
+                )
+            except Poisoned as exc:
+                swept = await sweep_apart(self, part, limit, exc)
             total.users += swept.users
             total.changes += swept.changes
             total.records = max(total.records, swept.records)
         return total
 
-    async def _sweep(self, part: int, limit: int) -> BatchResult:
+    async def _sweep(
+        self, part: int, limit: int, only: frozenset[str] | None = None
+    ) -> BatchResult:
         until = (await self.store.partition_times()).get(part, 0)
         due = await self.store.due_for_reevaluation(part, until, limit)
+        if only is not None:
+            due = [(u, w) for u, w in due if u in only]
         if not due:
             return BatchResult(records=0)
         loaded, stream_time, _ = await self.store.load([u for u, _ in due])
