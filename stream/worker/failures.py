@@ -176,7 +176,8 @@ class Retrying:
         if self._should_stop() or self._fatal is not None:
             raise asyncio.CancelledError(f"stopping with the batch unapplied: {exc}")
         # Equal jitter: workers that failed together do not retry together.
-        ceiling = min(self.cfg.retry_max_s, self.cfg.retry_initial_s * 2 ** (attempt - 1))
+        # The exponent capped: a stall retries for ever, and 2.0**1024 overflows.
+        ceiling = min(self.cfg.retry_max_s, self.cfg.retry_initial_s * 2 ** min(attempt - 1, 64))
         delay = ceiling * random.uniform(0.5, 1.0)
         log.warning(
             "%s: %s; batch not applied, retry %d in %.1fs",

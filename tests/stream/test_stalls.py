@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 from redis.exceptions import (
@@ -18,7 +19,8 @@ from redis.exceptions import (
     SlotNotCoveredError,
 )
 
-from model.registry import load_current
+from model.features import FEATURE_NAMES, N_FEATURES, transform
+from model.registry import LoadedModel, load_current
 from stream import metrics
 from stream.devtools.embedded import free_port
 from stream.settings import Settings
@@ -29,10 +31,11 @@ from stream.worker.health import Health
 from stream.worker.pipeline import BatchProcessor
 from stream.worker.store import StateStore
 from tests.conftest import TopicReader
-from tests.factories import T0, order
-from tests.helpers import raw_records
+from tests.factories import DAY, T0, click, order
+from tests.helpers import feed, raw_records
 
 pytestmark = pytest.mark.integration
+SPEND = FEATURE_NAMES.index("total_spend")
 
 
 def stalled(reason: str) -> float:
@@ -66,14 +69,14 @@ class _Faulty:
 
 
 async def _run(
-    settings: Settings, make: Callable[[], Exception], times: int, n: int
+    settings: Settings, make: Callable[[], Exception], times: int, n: int, retry_max_s: float = 0.05
 ) -> tuple[BatchResult, _Faulty, Health]:
     health = Health(model_version="m", redis_ok=True, kafka_ok=True, assigned=frozenset({"x"}))
     sink = _Faulty(settings, make, times, health)
     store = StateStore.from_settings(settings)
     model = load_current(settings.model_dir)
     # Quick retries: this is no timing test.
-    cfg = replace(pipeline_config(settings), retry_initial_s=0.01, retry_max_s=0.05)
+    cfg = replace(pipeline_config(settings), retry_initial_s=0.01, retry_max_s=retry_max_s)
     proc = BatchProcessor(store, sink, lambda: model, cfg, health=health)
     try:
         values = [order(f"u{i}", T0 + i, total=900.0) for i in range(n)]
@@ -117,6 +120,17 @@ def test_an_io_failure_stalls_shows_and_dead_letters_nothing(
     assert [g[reason] for _, _, g in during] == sorted(g[reason] for _, _, g in during)
     assert during[-1][2][reason] > 0
     assert health.readiness()[0] and stalled(reason) == 0.0  # over once it committed
+
+
+def test_a_stall_of_over_a_thousand_retries_goes_on_retrying(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """The backoff's exponent once overflowed (2.0**1024) after ~1,000 attempts:
+    about 85 minutes of outage at the 5 s ceiling, and the agent died."""
+    settings = settings_factory()
+    _, make = IO_FAILURES["cluster-unreachable"]
+    result, _, _ = asyncio.run(_run(settings, make, times=1100, n=2, retry_max_s=0.0005))
+    assert (result.applied, result.dead_lettered, result.attempts) == (2, 0, 1101)
 
 
 def test_records_failing_as_the_last_culprit_did_stall_instead_of_being_dead_lettered(
@@ -204,3 +218,55 @@ def test_a_full_queue_is_awaited_without_blocking_the_loop_and_a_failed_publish_
         assert len(sink._producer) == 0, "the failed attempt's records are purged"
     finally:
         sink.close(1.0)
+
+
+class _Picky:
+    """The served scorer, failing (deterministically) on any row of a big spender."""
+
+    def __init__(self, real: Any, spend_over: float) -> None:
+        self.real, self.classes = real, real.classes
+        row = np.zeros((1, N_FEATURES))
+        row[0, SPEND] = spend_over
+        self.limit = float(transform(row)[0, SPEND])
+
+    def score(self, x: np.ndarray) -> Any:
+        if (x[:, SPEND] > self.limit).any():
+            raise ValueError("cannot score this user")
+        return self.real.score(x)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_the_sweep_sets_aside_a_user_it_cannot_score_and_the_others_go_on(
+    settings_factory: Callable[..., Settings],
+    reader_factory: Callable[[str], TopicReader],
+) -> None:
+    settings = settings_factory(max_batch_failures=2)
+    values = [order(u, T0, total=40.0) for u in ("a", "b", "c")]
+    values += [order("poison", T0 + 1, total=90_000.0), click("x", T0 + 60 * DAY)]
+    asyncio.run(feed(settings, raw_records(settings, values)))  # scored fine on arrival
+
+    async def sweep() -> tuple[BatchResult, list[str]]:
+        store = StateStore.from_settings(settings)
+        sink = ConfluentSink(settings.kafka_client_config())
+        served = load_current(settings.model_dir)
+        picky = LoadedModel(served.version, served.manifest, _Picky(served.scorer, 50_000.0))
+        cfg = replace(pipeline_config(settings), retry_initial_s=0.01, retry_max_s=0.05)
+        proc = BatchProcessor(store, sink, lambda: picky, cfg)
+        try:
+            # Bounded, so that a sweep retrying for ever fails the test, not hangs it.
+            result = await asyncio.wait_for(proc.reevaluate([0]), 60)
+            left = await store.due_for_reevaluation(0, T0 + 9999 * DAY, 100)
+            return result, [u for u, _ in left]
+        finally:
+            sink.close()
+            await store.close()
+
+    result, still_due = asyncio.run(sweep())
+    assert result.users == 3  # a, b and c re-scored as of their due time
+    assert "poison" not in still_due and {"a", "b", "c"} <= set(still_due)  # their next step
+    (dead,) = reader_factory(settings.topic_dlq).wait_for(lambda m: len(m) >= 1)
+    headers = dict(dead.headers())
+    assert dead.key() == b"poison" and headers["x-dlq-reason"] == b"reevaluation_failed"
+    assert b"cannot score this user" in headers["x-dlq-detail"]
