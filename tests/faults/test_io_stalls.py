@@ -1,0 +1,157 @@
+"""Faults that are no record's: the worker stalls, shows it, and loses and
+dead-letters nothing. Real processes throughout: a 3-master Redis Cluster
+with AOF whose masters are all SIGKILLed, and a broken model promoted."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from model.registry import bootstrap_dir, ensure_serving_model, read_manifest, set_current
+from stream.devtools.embedded import EmbeddedRedisCluster, free_port
+from stream.settings import Settings
+from tests.conftest import TopicReader, WorkerProcess, settings_env
+from tests.faults.scenario import PacedStream, finish_and_account, history, wait_progress
+from tests.stream.test_cli import segmenter
+from tests.stream.test_observability import get, total
+
+pytestmark = pytest.mark.integration
+
+BOOTSTRAP = read_manifest(bootstrap_dir())["version"]
+
+
+def readyz(port: int) -> tuple[int, dict[str, object]]:
+    status, body = get(f"http://127.0.0.1:{port}/readyz")
+    return status, (orjson.loads(body) if body else {})
+
+
+def processing_reason(port: int) -> str | None:
+    _, body = readyz(port)
+    checks = body.get("checks", {})
+    assert isinstance(checks, dict)
+    reason = checks.get("processing", {}).get("reason")
+    return str(reason) if reason is not None else None
+
+
+def no_dead_letters(settings: Settings, reader_factory: Callable[[str], TopicReader]) -> None:
+    dead = reader_factory(settings.topic_dlq).poll(2.0)
+    assert dead == [], [dict(m.headers() or []) for m in dead]
+
+
+@pytest.fixture
+def aof_cluster() -> Iterator[EmbeddedRedisCluster]:
+    cluster = EmbeddedRedisCluster(masters=3, appendonly=True).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_every_master_of_a_cluster_killed_for_40_s_stalls_shows_and_loses_nothing(
+    aof_cluster: EmbeddedRedisCluster,
+    settings_factory: Callable[..., Settings],
+    worker_factory: Callable[[Settings], WorkerProcess],
+    reader_factory: Callable[[str], TopicReader],
+) -> None:
+    port = free_port()
+    settings = settings_factory(
+        batch_max=100,
+        redis_url=aof_cluster.url,
+        redis_cluster=True,
+        metrics_port=port,
+        housekeeping_interval_s=0.5,
+    )
+    sent = history(settings, users=120)
+    stream = PacedStream(settings, sent, head=len(sent) // 4, rate=400)
+    worker = worker_factory(settings)
+    worker.wait_ready()
+    at_kill = wait_progress(settings, len(sent) // 3, [worker])
+
+    aof_cluster.kill()  # every master, mid-stream: no shutdown, no save
+    killed = time.monotonic()
+    seen: list[float] = []
+    reasons: set[str | None] = set()
+    while time.monotonic() - killed < 40:
+        assert worker.proc.poll() is None, worker.log()[-3000:]
+        status, _ = readyz(port)
+        reason = processing_reason(port)
+        if status == 503 and reason is not None and reason.startswith("stalled: redis"):
+            seen.append(total(port, "segmenter_stalled_seconds", reason="redis"))
+            reasons.add(reason)
+        time.sleep(2)
+    assert len(seen) >= 3, f"/readyz never named the Redis stall: {reasons}"
+    assert seen[-1] > seen[0] > 0, seen  # the stall grows while it lasts
+    assert "processing stalled for" in worker.log()
+    aof_cluster.restart()
+
+    finish_and_account(
+        settings,
+        sent,
+        stream.join(),
+        worker,
+        reader_factory,
+        f"all 3 cluster masters SIGKILLed at {at_kill}/{len(sent)} for 40 s",
+    )
+    no_dead_letters(settings, reader_factory)
+    deadline = time.monotonic() + 30
+    while readyz(port)[0] != 200:
+        assert time.monotonic() < deadline, readyz(port)
+        time.sleep(0.5)
+    assert total(port, "segmenter_stalled_seconds", reason="redis") == 0
+    assert worker.stop() == 0
+
+
+def add_nan_version(model_dir: Path, version: str) -> None:
+    """The bootstrap model with one NaN in its first layer: every score is NaN."""
+    ensure_serving_model(model_dir)
+    target = model_dir / version
+    shutil.copytree(bootstrap_dir(), target)
+    manifest = orjson.loads((target / "manifest.json").read_bytes())
+    manifest["version"] = version
+    (target / "manifest.json").write_bytes(orjson.dumps(manifest))
+    with np.load(target / "weights.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["kernel_0"] = arrays["kernel_0"].copy()
+    arrays["kernel_0"][0, 0] = np.nan
+    np.savez(target / "weights.npz", **arrays)  # type: ignore[arg-type]
+
+
+def test_a_nan_model_promoted_is_refused_and_the_old_one_serves_on(
+    settings_factory: Callable[..., Settings],
+    worker_factory: Callable[[Settings], WorkerProcess],
+    reader_factory: Callable[[str], TopicReader],
+) -> None:
+    port = free_port()
+    settings = settings_factory(batch_max=100, metrics_port=port, housekeeping_interval_s=0.5)
+    add_nan_version(settings.model_dir, "v-nan")
+    sent = history(settings, users=80)
+    stream = PacedStream(settings, sent, head=len(sent) // 4, rate=800)
+    worker = worker_factory(settings)
+    worker.wait_ready()
+    wait_progress(settings, len(sent) // 3, [worker])
+
+    # The promotion command refuses it outright...
+    out = segmenter("models", "promote", "v-nan", "--reason", "test", env=settings_env(settings))
+    assert out.returncode != 0 and "not finite" in out.stderr, out.stderr
+    # ...and a pointer moved by hand is refused by the worker, which keeps its model.
+    set_current(settings.model_dir, "v-nan")
+    deadline = time.monotonic() + 30
+    while total(port, "segmenter_model_reloads_total", outcome="rejected") < 1:
+        assert time.monotonic() < deadline, worker.log()[-3000:]
+        time.sleep(0.25)
+    assert total(port, "segmenter_model_info", version=BOOTSTRAP) == 1
+    assert f"model v-nan refused, still serving {BOOTSTRAP}" in worker.log()
+
+    finish_and_account(
+        settings, sent, stream.join(), worker, reader_factory, "a NaN model promoted"
+    )
+    no_dead_letters(settings, reader_factory)
+    changes = reader_factory(settings.topic_segments).poll(1.0)
+    assert {orjson.loads(m.value())["model_version"] for m in changes} == {BOOTSTRAP}
+    assert worker.stop() == 0
