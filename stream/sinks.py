@@ -91,6 +91,10 @@ async def produce_awaiting(
     return False
 
 
+#: How long a publish waits for the broker's acknowledgement before it is reported as slow.
+SLOW_PUBLISH_S = 5.0
+
+
 class Outgoing(NamedTuple):
     """One record to publish."""
 
@@ -120,6 +124,10 @@ class ConfluentSink:
             **overrides,
         }
         self._producer = new_producer(self._config)
+        #: Told every SLOW_PUBLISH_S that a publish waits for the broker, with
+        #: the seconds waited: a topic deleted, a broker away, show as a stall
+        #: long before librdkafka's message timeout fails the attempt.
+        self.on_slow: Callable[[float], None] | None = None
         #: Set when a delivery failed with a fatal error: an idempotent
         #: producer is then unusable for good, so the next publish replaces it.
         self._broken = False
@@ -200,7 +208,17 @@ class ConfluentSink:
             done = pending[0] == 0
         if done:
             finish()
-        await fut
+        waited = 0.0
+        while True:
+            # Shielded: a slow broker is reported, never given up on here
+            # (librdkafka's message timeout fails the attempt).
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), SLOW_PUBLISH_S)
+                return
+            except TimeoutError:
+                waited += SLOW_PUBLISH_S
+                if self.on_slow is not None:
+                    self.on_slow(waited)
 
     def send(
         self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]

@@ -138,6 +138,9 @@ def _parts(settings: Settings, app: faust.App) -> WorkerParts:
         health=health,
         observe_inputs=drift.observe if drift is not None else None,
     )
+    # A publish the broker has not acknowledged for seconds (a deleted topic,
+    # a broker away) shows as a Kafka stall before it fails.
+    sink.on_slow = lambda _: processor.stalls.waiting("kafka", "publish", "unacknowledged")
     return WorkerParts(
         settings=settings,
         app=app,

@@ -104,7 +104,7 @@ class BatchProcessor(Retrying):
         #: Records that failed on their own: dead-lettered on their next try.
         self._poisoned: dict[tuple[str, int, int], Rejected] = {}
         self._health = health
-        self._stalls = Stalls(health)
+        self._stalls = self.stalls = Stalls(health)
         #: The last record dead-lettered as processing_failed, by its failure:
         #: a next record failing the same way is not poison (stream.worker.failures).
         self._last_culprit: str | None = None

@@ -52,10 +52,14 @@ class Stalls:
 
     def failing(self, reason: str, what: str, exc: BaseException) -> None:
         """An attempt of ``what`` failed for ``reason``: the stall starts or goes on."""
+        self.waiting(reason, what, type(exc).__name__)
+
+    def waiting(self, reason: str, what: str, cause: str) -> None:
+        """``what`` is held up for ``reason`` (``cause``: a class name or fixed word)."""
         now = self._clock()
-        if self.since is None or reason != self.reason:
-            self.since = now if self.since is None else self.since
-        self.reason, self.error = reason, type(exc).__name__
+        if self.since is None:
+            self.since = now
+        self.reason, self.error = reason, cause
         if self._health is not None:
             self._health.stall = f"{reason}: {self.error}"
         if now - self._logged_at >= LOG_EVERY_S:

@@ -1,6 +1,7 @@
 """Faults that are no record's: the worker stalls, shows it, and loses and
 dead-letters nothing. Real processes throughout: a 3-master Redis Cluster
-with AOF whose masters are all SIGKILLed, and a broken model promoted."""
+with AOF whose masters are all SIGKILLed, a broken model promoted, output
+topics deleted and recreated."""
 
 from __future__ import annotations
 
@@ -12,10 +13,18 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from confluent_kafka.admin import AdminClient
 
-from model.registry import bootstrap_dir, ensure_serving_model, read_manifest, set_current
+from model.registry import (
+    bootstrap_dir,
+    ensure_serving_model,
+    load_current,
+    read_manifest,
+    set_current,
+)
 from stream.devtools.embedded import EmbeddedRedisCluster, free_port
 from stream.settings import Settings
+from stream.topics import ensure_segment_topics
 from tests.conftest import TopicReader, WorkerProcess, settings_env
 from tests.faults.scenario import PacedStream, finish_and_account, history, wait_progress
 from tests.stream.test_cli import segmenter
@@ -154,4 +163,49 @@ def test_a_nan_model_promoted_is_refused_and_the_old_one_serves_on(
     no_dead_letters(settings, reader_factory)
     changes = reader_factory(settings.topic_segments).poll(1.0)
     assert {orjson.loads(m.value())["model_version"] for m in changes} == {BOOTSTRAP}
+    assert worker.stop() == 0
+
+
+@pytest.mark.brokers("kafka")  # on Tansu, publishing went on through the deletion (tried)
+def test_output_topics_deleted_mid_stream_and_recreated_stall_and_lose_nothing(
+    settings_factory: Callable[..., Settings],
+    worker_factory: Callable[[Settings], WorkerProcess],
+    reader_factory: Callable[[str], TopicReader],
+) -> None:
+    port = free_port()
+    settings = settings_factory(
+        batch_max=100, segment_topics=True, metrics_port=port, housekeeping_interval_s=0.5
+    )
+    sent = history(settings, users=80)
+    stream = PacedStream(settings, sent, head=len(sent) // 4, rate=400)
+    worker = worker_factory(settings)
+    worker.wait_ready()
+    at_delete = wait_progress(settings, len(sent) // 4, [worker])
+
+    classes = load_current(settings.model_dir).classes
+    names = [settings.segment_topic_template.format(segment=c) for c in classes]
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    for fut in admin.delete_topics(names).values():
+        fut.result(timeout=30)
+    deadline = time.monotonic() + 60
+    seen: list[float] = []
+    while len(seen) < 3:
+        assert time.monotonic() < deadline, (readyz(port), worker.log()[-3000:])
+        reason = processing_reason(port)
+        if readyz(port)[0] == 503 and reason is not None and reason.startswith("stalled: kafka"):
+            seen.append(total(port, "segmenter_stalled_seconds", reason="kafka"))
+        time.sleep(1)
+    assert seen[-1] > seen[0] > 0, seen
+    ensure_segment_topics(settings, classes)  # recreated, empty
+
+    finish_and_account(
+        settings,
+        sent,
+        stream.join(),
+        worker,
+        reader_factory,
+        f"segments.* deleted at {at_delete}/{len(sent)} and recreated",
+    )
+    no_dead_letters(settings, reader_factory)
+    assert total(port, "segmenter_stalled_seconds", reason="kafka") == 0
     assert worker.stop() == 0
