@@ -13,6 +13,8 @@ only, so a committed offset never runs ahead of applied state.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import os
 import signal
@@ -134,7 +136,7 @@ def _parts(settings: Settings, app: faust.App) -> WorkerParts:
             settings, playbook, audience_file.current if audience_file is not None else None
         ),
         should_stop=lambda: stopping.is_set() or app.should_stop,
-        on_fatal=app.crash,
+        on_fatal=functools.partial(stop_fatally, health),
         health=health,
         observe_inputs=drift.observe if drift is not None else None,
     )
@@ -171,7 +173,14 @@ def _add_agent(w: WorkerParts) -> None:
                 stream, settings.batch_max, within=settings.batch_within_s
             ):
                 async with w.one_writer:
-                    result = await processor.process(batch.records)
+                    try:
+                        result = await processor.process(batch.records)
+                    except asyncio.CancelledError:
+                        if w.stopping.is_set() or w.app.should_stop:
+                            # Given up unapplied to stop (an outage): the
+                            # stop must not wait for its ack, which never comes.
+                            batch.abandon()
+                        raise
                 await batch.ack()
                 health.last_batch_at = time.time()
                 log.debug(
@@ -193,6 +202,11 @@ def _add_agent(w: WorkerParts) -> None:
 AGENT_DIED_EXIT = 70
 #: Seconds for the orderly stop after the agent died, before the process exits regardless.
 AGENT_DIED_GRACE_S = 20.0
+
+
+async def stop_fatally(health: Health, exc: BaseException) -> None:
+    """A fatal error in a batch (stored state of other classes): stop as a dead agent does."""
+    agent_died(health, exc)
 
 
 def agent_died(health: Health, exc: BaseException) -> None:

@@ -5,10 +5,13 @@ topics deleted and recreated."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import orjson
@@ -25,8 +28,19 @@ from model.registry import (
 from stream.devtools.embedded import EmbeddedRedisCluster, free_port
 from stream.settings import Settings
 from stream.topics import ensure_segment_topics
+from stream.worker.app import AGENT_DIED_EXIT
+from stream.worker.store import StateStore
 from tests.conftest import TopicReader, WorkerProcess, settings_env
-from tests.faults.scenario import PacedStream, finish_and_account, history, wait_progress
+from tests.factories import T0, order
+from tests.faults.proxy import TcpProxy
+from tests.faults.scenario import (
+    PacedStream,
+    backlog,
+    finish_and_account,
+    history,
+    wait_progress,
+)
+from tests.helpers import as_items, produce
 from tests.stream.test_cli import segmenter
 from tests.stream.test_observability import get, total
 
@@ -209,3 +223,62 @@ def test_output_topics_deleted_mid_stream_and_recreated_stall_and_lose_nothing(
     no_dead_letters(settings, reader_factory)
     assert total(port, "segmenter_stalled_seconds", reason="kafka") == 0
     assert worker.stop() == 0
+
+
+def test_sigterm_stops_a_worker_stalled_on_redis(
+    settings_factory: Callable[..., Settings],
+    worker_factory: Callable[[Settings], WorkerProcess],
+    redis_url: str,
+) -> None:
+    real = urlsplit(redis_url)
+    proxy = TcpProxy(real.port or 6379)
+    try:
+        port = free_port()
+        direct = settings_factory(batch_max=100, metrics_port=port, housekeeping_interval_s=0.5)
+        via_proxy = direct.model_copy(
+            update={"redis_url": f"redis://127.0.0.1:{proxy.port}{real.path}"}
+        )
+        sent, _ = backlog(direct)
+        worker = worker_factory(via_proxy)
+        worker.wait_ready()
+        wait_progress(direct, len(sent) // 4, [worker])
+        proxy.cut()
+        deadline = time.monotonic() + 60
+        while not (processing_reason(port) or "").startswith("stalled: redis"):
+            assert time.monotonic() < deadline, (readyz(port), worker.log()[-3000:])
+            time.sleep(0.5)
+        worker.proc.send_signal(signal.SIGTERM)
+        # Bounded only so that a hang fails the test instead of the suite.
+        deadline = time.monotonic() + 60
+        while worker.proc.poll() is None:
+            assert time.monotonic() < deadline, worker.log()[-6000:]
+            time.sleep(0.5)
+        assert worker.proc.returncode == 0, worker.log()[-3000:]
+    finally:
+        proxy.close()
+
+
+def test_a_fatal_error_mid_run_stops_the_worker_with_a_non_zero_status(
+    settings_factory: Callable[..., Settings],
+    worker_factory: Callable[[Settings], WorkerProcess],
+) -> None:
+    """Another deployment bound the Redis prefix to other classes after this worker
+    started: its first batch finds out, and the process exits 70 for a restart
+    (which then refuses to start, naming the prefix), never idling as if alive."""
+    port = free_port()
+    settings = settings_factory(metrics_port=port)
+    worker = worker_factory(settings)
+    worker.wait_ready()
+
+    async def rebind() -> None:
+        store = StateStore.from_settings(settings)
+        try:
+            await store._r.hset(store.keys.meta, "classes", orjson.dumps(["other", "classes"]))
+        finally:
+            await store.close()
+
+    asyncio.run(rebind())
+    produce(settings, as_items(settings, [order("u1", T0, total=10.0)]))
+    # Bounded only so that a worker idling for ever fails the test.
+    assert worker.proc.wait(60) == AGENT_DIED_EXIT, worker.log()[-3000:]
+    assert "the agent died (StoreMismatch)" in worker.log()
