@@ -25,7 +25,7 @@ from model.registry import (
     read_manifest,
     set_current,
 )
-from stream.devtools.embedded import EmbeddedRedisCluster, free_port
+from stream.devtools.embedded import EmbeddedKafka, EmbeddedRedisCluster, free_port
 from stream.settings import Settings
 from stream.topics import ensure_segment_topics
 from stream.worker.app import AGENT_DIED_EXIT
@@ -40,6 +40,7 @@ from tests.faults.scenario import (
     history,
     wait_progress,
 )
+from tests.faults.test_outages import proxied_broker  # noqa: F401 (a fixture)
 from tests.helpers import as_items, produce
 from tests.stream.test_cli import segmenter
 from tests.stream.test_observability import get, total
@@ -282,3 +283,45 @@ def test_a_fatal_error_mid_run_stops_the_worker_with_a_non_zero_status(
     # Bounded only so that a worker idling for ever fails the test.
     assert worker.proc.wait(60) == AGENT_DIED_EXIT, worker.log()[-3000:]
     assert "the agent died (StoreMismatch)" in worker.log()
+
+
+def test_the_broker_away_for_60_s_stalls_shows_and_loses_nothing(
+    proxied_broker: tuple[EmbeddedKafka, TcpProxy],  # noqa: F811 (the imported fixture)
+    settings_factory: Callable[..., Settings],
+    worker_factory: Callable[[Settings], WorkerProcess],
+) -> None:
+    _, proxy = proxied_broker
+    port = free_port()
+    settings = settings_factory(
+        kafka_url=f"kafka://127.0.0.1:{proxy.port}",
+        batch_max=100,
+        metrics_port=port,
+        housekeeping_interval_s=0.5,
+    )
+    sent, ends = backlog(settings)
+    worker = worker_factory(settings)
+    worker.wait_ready()
+    at_cut = wait_progress(settings, len(sent) // 4, [worker])
+    proxy.cut()
+    cut = time.monotonic()
+    seen: list[float] = []
+    while time.monotonic() - cut < 60:
+        assert worker.proc.poll() is None, worker.log()[-3000:]
+        reason = processing_reason(port)
+        if readyz(port)[0] == 503 and reason is not None and reason.startswith("stalled: kafka"):
+            seen.append(total(port, "segmenter_stalled_seconds", reason="kafka"))
+        time.sleep(2)
+    assert len(seen) >= 3 and seen[-1] > seen[0] > 0, seen
+    proxy.restore()
+    reader = TopicReader(settings.bootstrap_servers, settings.topic_segments)
+    try:
+        label = f"broker cut at {at_cut}/{len(sent)} for 60 s"
+        finish_and_account(settings, sent, ends, worker, lambda _: reader, label)
+    finally:
+        reader.close()
+    dlq = TopicReader(settings.bootstrap_servers, settings.topic_dlq)
+    try:
+        assert dlq.poll(2.0) == []
+    finally:
+        dlq.close()
+    assert worker.stop() == 0
