@@ -41,6 +41,11 @@ def probe_problem(scorer: Scorer) -> str | None:
     traits = np.asarray(scores.traits)
     if traits.shape != (n, len(TRAITS)):
         return f"traits of shape {traits.shape}, not {(n, len(TRAITS))}"
-    if np.any(np.isinf(traits)):  # NaN is a trait the model cannot give: allowed
-        return "traits infinite on the probe batch"
+    if np.any(np.isinf(traits)):
+        return "traits not finite (infinite) on the probe batch"
+    # A NaN trait is one the model cannot give for that user: allowed. NaN for
+    # every user of the probe batch is a value head gone bad (legacy models,
+    # without one, give no traits of their own).
+    if scorer.towers is not None and np.isnan(traits).all(axis=0).any():
+        return "traits not finite (NaN for every row) on the probe batch"
     return None
