@@ -161,7 +161,9 @@ class BatchProcessor(Retrying):
         A batch that fails the same way ``max_batch_failures`` times is split
         in halves, each applied on its own, down to the record that fails: it
         is dead-lettered (``processing_failed``) and the rest go on. Partition
-        order is kept: the halves are applied in order.
+        order is kept: the halves are applied in order. A record failing the
+        way the last one dead-lettered did is no culprit: the fault is not a
+        record's, and the batch stalls (``no_culprit``) until it goes.
         """
         try:
             return await self._process(records)
