@@ -163,7 +163,7 @@ class Retrying:
                 self._health.redis_ok, self._health.redis_error = False, type(exc).__name__
         elif (err := refused(exc)) is not None:
             metrics.BROKER_REFUSALS.labels(what, err.name()).inc()
-            if self._stalls.since is None:  # once per stall; then the stall's own line
+            if self._stalls.reason != "broker_refused":  # once; then the stall's own line
                 log.error(
                     "%s refused by the broker (%s): waiting, nothing dead-lettered; "
                     "grant this worker's principal access (ACLs) and it goes on",
