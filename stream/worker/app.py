@@ -176,9 +176,10 @@ def _add_agent(w: WorkerParts) -> None:
                     try:
                         result = await processor.process(batch.records)
                     except asyncio.CancelledError:
-                        if w.stopping.is_set() or w.app.should_stop:
-                            # Given up unapplied to stop (an outage): the
-                            # stop must not wait for its ack, which never comes.
+                        if w.stopping.is_set() or w.app.should_stop or health.agent_error:
+                            # Given up unapplied to stop (an outage, a fatal
+                            # error): the stop must not wait for its ack,
+                            # which never comes.
                             batch.abandon()
                         raise
                 await batch.ack()
