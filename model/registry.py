@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from model.features import FEATURE_NAMES, SCHEMA_HASH
+from model.probe import probe_problem
 from model.scorer import Scorer
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,8 @@ def load_version(version_dir: Path) -> LoadedModel:
             f"model {version_dir.name}: class names {bad} are not 1-64 of A-Z a-z 0-9 _ . -"
         )
     scorer = Scorer.load(version_dir / WEIGHTS, classes)
+    if problem := probe_problem(scorer):
+        raise ModelError(f"model {version_dir.name}: {problem}")
     return LoadedModel(version=manifest["version"], manifest=manifest, scorer=scorer)
 
 

@@ -69,6 +69,13 @@ BROKER_REFUSALS = Counter(
     "and never dead-lettered, until access is granted; by step and Kafka error",
     ["step", "error"],
 )
+STALLED_SECONDS = Gauge(
+    "segmenter_stalled_seconds",
+    "How long the current stall has lasted (0: none): batches wait, retried and never "
+    "dead-lettered, on redis, kafka, broker_refused, or no_culprit (records fail the "
+    "same way one after another: not one record's fault)",
+    ["reason"],
+)
 REDIS_ERRORS = Counter(
     "segmenter_redis_errors_total", "Failed Redis round trips (the batch is retried)", ["op"]
 )

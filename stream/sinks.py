@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 #: librdkafka's Java-compatible partitioner: ``toPositive(murmur2(key)) % partitions``,
 #: as Java's DefaultPartitioner (and aiokafka's, which Faust uses); null keys go
@@ -55,13 +55,44 @@ def produce_waiting(
     on_delivery: Callable[[Any, Any], None] | None = None,
 ) -> None:
     """``producer.produce``, waiting while librdkafka's local queue is full
-    (back-pressure) instead of failing with ``BufferError``."""
+    (back-pressure) instead of failing with ``BufferError``. For tools that
+    own their thread; on an event loop, use :func:`produce_awaiting`."""
     while True:
         try:
             producer.produce(topic, key=key, value=value, headers=headers, on_delivery=on_delivery)
             return
         except BufferError:
             producer.poll(0.05)  # let librdkafka deliver some, then try again
+
+
+async def produce_awaiting(
+    producer: Producer,
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    *,
+    headers: list[tuple[str, str | bytes | None]] | None = None,
+    on_delivery: Callable[[Any, Any], None] | None = None,
+    given_up: Callable[[], bool] = lambda: False,
+) -> bool:
+    """``producer.produce`` from the event loop: while the local queue is full,
+    *await* (someone else polls: :class:`ConfluentSink`'s poller thread).
+
+    Spinning here would block the loop for a whole broker outage: no
+    heartbeats, a rebalance, a restart. False, with nothing produced, once
+    ``given_up()`` says the attempt has failed meanwhile.
+    """
+    while not given_up():
+        try:
+            producer.produce(topic, key=key, value=value, headers=headers, on_delivery=on_delivery)
+            return True
+        except BufferError:
+            await asyncio.sleep(0.05)
+    return False
+
+
+#: How long a publish waits for the broker's acknowledgement before it is reported as slow.
+SLOW_PUBLISH_S = 5.0
 
 
 class Outgoing(NamedTuple):
@@ -93,6 +124,10 @@ class ConfluentSink:
             **overrides,
         }
         self._producer = new_producer(self._config)
+        #: Told every SLOW_PUBLISH_S that a publish waits for the broker, with
+        #: the seconds waited: a topic deleted, a broker away, show as a stall
+        #: long before librdkafka's message timeout fails the attempt.
+        self.on_slow: Callable[[float], None] | None = None
         #: Set when a delivery failed with a fatal error: an idempotent
         #: producer is then unusable for good, so the next publish replaces it.
         self._broken = False
@@ -106,23 +141,26 @@ class ConfluentSink:
         while not self._stop.is_set():
             self._producer.poll(0.05)
 
-    def publish(self, records: Sequence[Outgoing]) -> asyncio.Future[None]:
-        """Produce ``records`` in order; the future resolves once the broker has every one.
+    async def publish(self, records: Sequence[Outgoing]) -> None:
+        """Produce ``records`` in order; return once the broker has every one.
 
-        It fails with the first delivery error. One wake-up of the event loop
-        per call, not one per record: the delivery callbacks only count down.
+        It fails with the first delivery error; then whatever of this attempt
+        is still in librdkafka's queue is purged, not left to go out later
+        behind the caller's re-run. One wake-up of the event loop per call,
+        not one per record: the delivery callbacks only count down.
         """
+        if not records:
+            return
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        if not records:
-            fut.set_result(None)
-            return fut
         if self._broken:
             # Whatever the old one still held failed with it; the caller
             # re-runs its batch, so nothing is lost by starting afresh.
             self._producer = new_producer(self._config)
             self._broken = False
-        pending = [len(records)]
+        producer = self._producer
+        pending = [0]  # produced and not yet reported
+        produced_all = [False]
         errors: list[Any] = []
         lock = threading.Lock()
 
@@ -134,28 +172,53 @@ class ConfluentSink:
                     fut.set_result(None)
 
         def delivered(err: Any, msg: Any) -> None:
-            # librdkafka calls this from whichever thread polls: the poller,
-            # or the producing thread when produce_waiting polls for room.
+            # librdkafka calls this from the poller thread.
             with lock:
                 if err is not None:
                     errors.append(err)
                     if err.fatal():
                         self._broken = True
                 pending[0] -= 1
-                done = pending[0] == 0
+                done = pending[0] == 0 and produced_all[0]
             if done:
                 loop.call_soon_threadsafe(finish)
 
         for rec in records:
-            produce_waiting(
-                self._producer,
+            with lock:
+                pending[0] += 1
+            ok = await produce_awaiting(
+                producer,
                 rec.topic,
                 rec.key,
                 rec.value,
                 headers=list(rec.headers) if rec.headers else None,
                 on_delivery=delivered,
+                given_up=lambda: bool(errors),
             )
-        return fut
+            if not ok:
+                with lock:
+                    pending[0] -= 1
+                break
+        if errors:
+            # The attempt has failed: its records still queued are dropped
+            # (their callbacks report them purged), so none goes out after it.
+            producer.purge(in_queue=True, in_flight=False, blocking=False)
+        with lock:
+            produced_all[0] = True
+            done = pending[0] == 0
+        if done:
+            finish()
+        waited = 0.0
+        while True:
+            # Shielded: a slow broker is reported, never given up on here
+            # (librdkafka's message timeout fails the attempt).
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), SLOW_PUBLISH_S)
+                return
+            except TimeoutError:
+                waited += SLOW_PUBLISH_S
+                if self.on_slow is not None:
+                    self.on_slow(waited)
 
     def send(
         self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
@@ -176,9 +239,13 @@ class ConfluentSink:
             loop.call_soon_threadsafe(resolve)
 
         kafka_headers: list[tuple[str, str | bytes | None]] | None = list(headers) or None
-        produce_waiting(
-            self._producer, topic, key, value, headers=kafka_headers, on_delivery=delivered
-        )
+        try:
+            self._producer.produce(
+                topic, key=key, value=value, headers=kafka_headers, on_delivery=delivered
+            )
+        except BufferError:
+            # Never wait on the loop's thread: the caller retries, as after any failure.
+            fut.set_exception(KafkaException(KafkaError(KafkaError._QUEUE_FULL)))
         return fut
 
     def close(self, timeout_s: float = 10.0) -> None:

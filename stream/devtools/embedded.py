@@ -229,6 +229,10 @@ class EmbeddedRedisCluster:
     with ``--cluster-enabled yes``, joined by ``redis-cli --cluster create``."""
 
     masters: int = 3
+    #: Persist to an append-only file, fsynced on every write, so that a node
+    #: SIGKILLed and restarted (:meth:`kill`, :meth:`restart`) keeps every
+    #: acknowledged write.
+    appendonly: bool = False
     ports: list[int] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False)
     _dir: str | None = field(default=None, repr=False)
@@ -245,20 +249,7 @@ class EmbeddedRedisCluster:
             for _ in range(self.masters):
                 port = _free_cluster_port()
                 self.ports.append(port)
-                self.procs.append(
-                    subprocess.Popen(
-                        [
-                            server,
-                            *("--port", str(port), "--bind", "127.0.0.1"),
-                            *("--cluster-enabled", "yes", "--cluster-config-file"),
-                            *(f"nodes-{port}.conf", "--save", "", "--appendonly", "no"),
-                            *("--dir", self._dir),
-                        ],
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                        start_new_session=True,
-                    )
-                )
+                self.procs.append(self._spawn(server, port))
             for port, proc in zip(self.ports, self.procs, strict=True):
                 _wait_port(port, proc, "redis-server", timeout_s)
             nodes = [f"127.0.0.1:{p}" for p in self.ports]
@@ -274,6 +265,38 @@ class EmbeddedRedisCluster:
             raise
         log.info("embedded Redis Cluster on %s, pids %s", nodes, [p.pid for p in self.procs])
         return self
+
+    def _spawn(self, server: str, port: int) -> subprocess.Popen[bytes]:
+        assert self._dir is not None
+        aof = ("--appendonly", "yes", "--appendfsync", "always") if self.appendonly else ()
+        return subprocess.Popen(
+            [
+                server,
+                *("--port", str(port), "--bind", "127.0.0.1"),
+                *("--cluster-enabled", "yes", "--cluster-config-file"),
+                *(f"nodes-{port}.conf", "--save", ""),
+                *(aof or ("--appendonly", "no")),
+                *("--appendfilename", f"appendonly-{port}.aof"),
+                *("--dir", self._dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def kill(self, nodes: list[int] | None = None) -> None:
+        """SIGKILL the given nodes (indexes; all by default): no shutdown, no save."""
+        for i in range(len(self.procs)) if nodes is None else nodes:
+            self.procs[i].kill()
+            self.procs[i].wait()
+
+    def restart(self, nodes: list[int] | None = None, timeout_s: float = 30.0) -> None:
+        """Start killed nodes again on their ports, from their AOF and cluster config."""
+        server, cli = cluster_binaries()
+        for i in range(len(self.procs)) if nodes is None else nodes:
+            self.procs[i] = self._spawn(server, self.ports[i])
+            _wait_port(self.ports[i], self.procs[i], "redis-server", timeout_s)
+        self._wait_ok(cli, timeout_s)
 
     def _wait_ok(self, cli: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

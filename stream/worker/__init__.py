@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Sequence
 
 import faust
@@ -12,7 +13,7 @@ from threadpoolctl import threadpool_limits
 
 from stream.settings import Settings, SettingsError
 from stream.topics import ensure_topics
-from stream.worker.app import create_app
+from stream.worker.app import AGENT_DIED_EXIT, create_app
 from stream.worker.store import StateStore, StoreMismatch
 
 log = logging.getLogger("segmenter.worker")
@@ -37,9 +38,13 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
     )
     # mode's Worker installs SIGTERM/SIGINT handlers that stop the app in
     # order (agents, then consumer commit, then producer flush) and exit 0.
-    faust.Worker(
-        app, loglevel=loglevel, quiet=True, redirect_stdouts=False
-    ).execute_from_commandline()
+    try:
+        faust.Worker(
+            app, loglevel=loglevel, quiet=True, redirect_stdouts=False
+        ).execute_from_commandline()
+    finally:
+        if app.segmenter_health.agent_error is not None:  # type: ignore[attr-defined]
+            sys.exit(AGENT_DIED_EXIT)  # not 0: an orchestrator must restart it
 
 
 async def _check_eviction(store: StateStore, settings: Settings) -> None:

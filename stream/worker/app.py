@@ -13,7 +13,11 @@ only, so a committed offset never runs ahead of applied state.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -149,7 +153,7 @@ def _parts(settings: Settings, app: faust.App) -> WorkerParts:
             settings, playbook, audience_file.current if audience_file is not None else None
         ),
         should_stop=lambda: stopping.is_set() or app.should_stop,
-        on_fatal=app.crash,
+        on_fatal=functools.partial(stop_fatally, health),
         health=health,
         observe_inputs=drift.observe if drift is not None else None,
         highwater=_highwater(app),
@@ -159,6 +163,9 @@ def _parts(settings: Settings, app: faust.App) -> WorkerParts:
             broker_topic_ids(settings),
         ),
     )
+    # A publish the broker has not acknowledged for seconds (a deleted topic,
+    # a broker away) shows as a Kafka stall before it fails.
+    sink.on_slow = lambda _: processor.stalls.waiting("kafka", "publish", "unacknowledged")
     return WorkerParts(
         settings=settings,
         app=app,
@@ -184,21 +191,64 @@ def _add_agent(w: WorkerParts) -> None:
         # after process() has published and committed to Redis.
         # take_batches is noack_take on stock Faust; on the batching consumer
         # it hands over whole fetches (stream/worker/consumer.py), acked the same way.
-        async for batch in batching.take_batches(
-            stream, settings.batch_max, within=settings.batch_within_s
-        ):
-            async with w.one_writer:
-                result = await processor.process(batch.records)
-            await batch.ack()
-            health.last_batch_at = time.time()
-            log.debug(
-                "batch: %d records, %d applied, %d duplicates, %d dead-lettered, %d changes",
-                result.records,
-                result.applied,
-                result.duplicates,
-                result.dead_lettered,
-                len(result.changes),
-            )
+        try:
+            async for batch in batching.take_batches(
+                stream, settings.batch_max, within=settings.batch_within_s
+            ):
+                async with w.one_writer:
+                    try:
+                        result = await processor.process(batch.records)
+                    except asyncio.CancelledError:
+                        if w.stopping.is_set() or w.app.should_stop or health.agent_error:
+                            # Given up unapplied to stop (an outage, a fatal
+                            # error): the stop must not wait for its ack,
+                            # which never comes.
+                            batch.abandon()
+                        raise
+                await batch.ack()
+                health.last_batch_at = time.time()
+                log.debug(
+                    "batch: %d records, %d applied, %d duplicates, %d dead-lettered, %d changes",
+                    result.records,
+                    result.applied,
+                    result.duplicates,
+                    result.dead_lettered,
+                    len(result.changes),
+                )
+        except Exception as exc:
+            # Nothing past this batch would ever be applied again while the
+            # process looked alive: say so, and exit non-zero for a restart.
+            agent_died(health, exc)
+            raise
+
+
+#: The worker's exit status once its agent has died (EX_SOFTWARE).
+AGENT_DIED_EXIT = 70
+#: Seconds for the orderly stop after the agent died, before the process exits regardless.
+AGENT_DIED_GRACE_S = 20.0
+
+
+async def stop_fatally(health: Health, exc: BaseException) -> None:
+    """A fatal error in a batch (stored state of other classes): stop as a dead agent does."""
+    agent_died(health, exc)
+
+
+def agent_died(health: Health, exc: BaseException) -> None:
+    """The agent is gone: /readyz and /healthz fail, and the process stops, non-zero."""
+    health.agent_error = type(exc).__name__
+    log.critical(
+        "the agent died (%s): stopping, exit status %d, so that the worker is restarted",
+        type(exc).__name__,
+        AGENT_DIED_EXIT,
+        exc_info=exc,
+    )
+    # The orderly stop (mode's SIGTERM handler) commits what was acked; the
+    # timer exits regardless if that stop hangs. run_worker turns the stop's
+    # exit status 0 into AGENT_DIED_EXIT.
+    timer = threading.Timer(AGENT_DIED_GRACE_S, os._exit, (AGENT_DIED_EXIT,))
+    timer.daemon = True
+    timer.start()
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _add_hooks(w: WorkerParts) -> None:

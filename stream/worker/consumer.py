@@ -454,6 +454,16 @@ class Batch:
             consumer.unacked.discard(token)
             notify(consumer._waiting_for_ack)
 
+    def abandon(self) -> None:
+        """Give the batch up unapplied (the worker is stopping): out of the unacked
+        set, so the consumer's stop does not wait on it for ever, and never acked,
+        so no offset of it is committed: the next owner reads it again."""
+        consumer = self._stream.app.consumer
+        held = [e.message for e in self._events or ()] + self._messages
+        for m in [*held, self._token] if self._token is not None else held:
+            consumer.unacked.discard(m)
+        notify(consumer._waiting_for_ack)
+
 
 class _AckedRecord:
     """What ``Consumer.ack`` reads of a message, for one record at a time.

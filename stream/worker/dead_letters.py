@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import logging
 
+import orjson
+
 from stream import metrics
 from stream.core.events import Rejected
 from stream.sinks import Outgoing
@@ -64,3 +66,27 @@ def count_dead_letters(bad: list[tuple[RawRecord, Rejected]]) -> None:
             why.reason.value,
             why.detail,
         )
+
+
+#: The DLQ reason of a user the re-evaluation sweep set aside (no record is at fault).
+SWEEP_FAILED = "reevaluation_failed"
+
+
+def user_dead_letter(topic: str, user_id: str, partition: int, due: int, detail: str) -> Outgoing:
+    """A dead letter for a user whose time-driven step fails on its own every time.
+
+    Keyed by the user; the user's state stays in Redis, unscheduled, so the
+    user's next event takes it up again (and schedules it anew).
+    """
+    headers = [
+        ("x-dlq-reason", SWEEP_FAILED.encode()),
+        ("x-dlq-detail", detail.encode("utf-8", "replace")[:1024]),
+        ("x-source-partition", str(partition).encode()),
+        ("x-dlq-due", str(due).encode()),
+    ]
+    value = orjson.dumps({"user_id": user_id, "partition": partition, "due": due})
+    return Outgoing(topic, user_id.encode(), value, headers)
+
+
+def count_user_dead_letter() -> None:
+    metrics.DEAD_LETTERS.labels("reevaluation", SWEEP_FAILED).inc()

@@ -14,11 +14,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from confluent_kafka import KafkaError, KafkaException
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from stream import metrics
 from stream.worker.health import Health
 from stream.worker.pipeline_config import PipelineConfig
+from stream.worker.stalls import Stalls
 from stream.worker.store import ConflictError, StoreMismatch
 
 log = logging.getLogger("stream.worker.pipeline")  # the processor's log, as ever
@@ -30,22 +31,34 @@ class Poisoned(Exception):
 
     def __init__(self, what: str, signature: str) -> None:
         super().__init__(f"{what} failed the same way repeatedly: {signature}")
-        self.signature = signature
+        self.what, self.signature = what, signature
+
+
+def io_failure(exc: BaseException) -> str | None:
+    """The stall reason if ``exc`` is an I/O failure, else None (the batch's own fault).
+
+    One rule: only pure code on one record (decode, fold, features, score,
+    encode) may fail a record; every failure of I/O is waited out and never
+    dead-letters anything. Redis means every redis-py error, the cluster's
+    included (``RedisClusterException``, ``SlotNotCoveredError`` and
+    ``RedisClusterUnreachableError`` are not ``RedisError``); Kafka means
+    every error out of produce or delivery, retriable or not: an ACL denying
+    an output topic, or the topic deleted, is no record's fault either.
+    """
+    if isinstance(exc, RedisError | RedisClusterException):
+        return "redis"
+    if refused(exc) is not None:
+        return "broker_refused"
+    if isinstance(exc, KafkaException):
+        return "kafka"
+    if isinstance(exc, ConnectionError | TimeoutError | OSError):
+        return "redis"  # a bare socket error: librdkafka reports its own as KafkaException
+    return None
 
 
 def transient(exc: BaseException) -> bool:
-    """Whether ``exc`` is an outage to wait out rather than a fault of the batch.
-
-    Redis errors, and broker errors librdkafka calls retriable (or a timeout,
-    a transport failure, no broker up), are outages: no record is to blame,
-    and dead-lettering during one would throw good events away.
-    """
-    if isinstance(exc, RedisError | ConnectionError | TimeoutError):
-        return True
-    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
-        err: KafkaError = exc.args[0]
-        return bool(err.retriable()) or err.code() in _TRANSIENT_KAFKA | _REFUSED_KAFKA
-    return False
+    """Whether ``exc`` is an outage to wait out rather than a fault of the batch."""
+    return io_failure(exc) is not None
 
 
 def refused(exc: BaseException) -> KafkaError | None:
@@ -71,21 +84,6 @@ _REFUSED_KAFKA = frozenset(
 )
 
 
-_TRANSIENT_KAFKA = frozenset(
-    {
-        KafkaError._MSG_TIMED_OUT,
-        KafkaError._TIMED_OUT,
-        KafkaError._TRANSPORT,
-        KafkaError._ALL_BROKERS_DOWN,
-        KafkaError._RESOLVE,
-        KafkaError.REQUEST_TIMED_OUT,
-        KafkaError.NOT_ENOUGH_REPLICAS,
-        KafkaError.LEADER_NOT_AVAILABLE,
-        KafkaError.NOT_LEADER_FOR_PARTITION,
-    }
-)
-
-
 class Retrying:
     """The processor's retry loop (mixed into stream.worker.pipeline.BatchProcessor,
     which provides what is declared here)."""
@@ -95,6 +93,7 @@ class Retrying:
     _fatal: BaseException | None
     _on_fatal: Callable[[BaseException], Awaitable[None]] | None
     _should_stop: Callable[[], bool]
+    _stalls: Stalls
 
     async def _tombstone(self, users: Sequence[str]) -> None:
         raise NotImplementedError
@@ -118,6 +117,7 @@ class Retrying:
                 out = await run()
                 if self._health is not None:
                     self._health.redis_ok, self._health.redis_error = True, None
+                self._stalls.cleared()
                 return out, attempt
             except ConflictError as exc:
                 metrics.COMMIT_CONFLICTS.inc()
@@ -139,26 +139,14 @@ class Retrying:
                     raise
                 await self._on_fatal(exc)
                 raise asyncio.CancelledError(str(exc)) from None
-            except RedisError as exc:
-                metrics.REDIS_ERRORS.labels(what).inc()
-                if self._health is not None:
-                    self._health.redis_ok = False
-                    self._health.redis_error = f"{type(exc).__name__}: {exc}"
-                await self._backoff(attempt, exc)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # a failed publish, say
-                if (err := refused(exc)) is not None:
-                    metrics.BROKER_REFUSALS.labels(what, err.name()).inc()
-                    log.error(
-                        "%s refused by the broker (%s): waiting, nothing dead-lettered; "
-                        "grant this worker's principal access (ACLs) and it goes on",
-                        what,
-                        err.str(),
-                    )
+            except Exception as exc:
+                if (reason := io_failure(exc)) is not None:
+                    self._io_failed(reason, what, exc)
                     await self._backoff(attempt, exc)
                     continue
-                if poison and not transient(exc):
+                if poison:
                     now = f"{type(exc).__name__}: {str(exc)[:300]}"
                     same, signature = (same + 1, now) if now == signature else (1, now)
                     if same >= self.cfg.max_batch_failures:
@@ -167,11 +155,29 @@ class Retrying:
                 log.exception("%s failed; retrying it", what)
                 await self._backoff(attempt, exc)
 
+    def _io_failed(self, reason: str, what: str, exc: Exception) -> None:
+        """Count and show an I/O failure: the batch stalls, nothing is dead-lettered."""
+        if reason == "redis":
+            metrics.REDIS_ERRORS.labels(what).inc()
+            if self._health is not None:
+                self._health.redis_ok, self._health.redis_error = False, type(exc).__name__
+        elif (err := refused(exc)) is not None:
+            metrics.BROKER_REFUSALS.labels(what, err.name()).inc()
+            if self._stalls.reason != "broker_refused":  # once; then the stall's own line
+                log.error(
+                    "%s refused by the broker (%s): waiting, nothing dead-lettered; "
+                    "grant this worker's principal access (ACLs) and it goes on",
+                    what,
+                    err.str(),
+                )
+        self._stalls.failing(reason, what, exc)
+
     async def _backoff(self, attempt: int, exc: Exception) -> None:
         if self._should_stop() or self._fatal is not None:
             raise asyncio.CancelledError(f"stopping with the batch unapplied: {exc}")
         # Equal jitter: workers that failed together do not retry together.
-        ceiling = min(self.cfg.retry_max_s, self.cfg.retry_initial_s * 2 ** (attempt - 1))
+        # The exponent capped: a stall retries for ever, and 2.0**1024 overflows.
+        ceiling = min(self.cfg.retry_max_s, self.cfg.retry_initial_s * 2 ** min(attempt - 1, 64))
         delay = ceiling * random.uniform(0.5, 1.0)
         log.warning(
             "%s: %s; batch not applied, retry %d in %.1fs",

@@ -40,7 +40,8 @@ def make_app(
 ) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         assert health is not None
-        return _json(health.liveness())
+        body = health.liveness()
+        return _json(body, 200 if body["alive"] else 503)
 
     async def readyz(_: web.Request) -> web.Response:
         assert health is not None

@@ -33,15 +33,13 @@ from model.features import N_FEATURES, raw_row, transform
 from model.registry import LoadedModel
 from model.scorer import TRAITS, Scores
 from stream import metrics
-from stream.core.clock import partition_clocks, partition_of
 from stream.core.dedup import SeenEvents, admit
-from stream.core.events import DAY_MS, Event, Reason, Rejected, decode, iso
+from stream.core.events import DAY_MS, Event, Reason, Rejected, iso
 from stream.core.fold import UserState, apply
-from stream.privacy import pseudonym
 from stream.sinks import Outgoing
 from stream.worker.audiences import Audiences
 from stream.worker.batch import BatchResult, Step, Timeline, known, merged, redelivered
-from stream.worker.batch_clock import BatchClocks
+from stream.worker.batch_clock import Clocks
 from stream.worker.changes import (
     audience_events,
     output_topics,
@@ -51,12 +49,15 @@ from stream.worker.changes import (
 from stream.worker.checkpoint import Checkpoint, Sink
 from stream.worker.dead_letters import count_dead_letters, dlq_record
 from stream.worker.decisions import decide_batch
+from stream.worker.decode_step import decode_batch
 from stream.worker.failures import Poisoned, Retrying
 from stream.worker.health import Health
 from stream.worker.pipeline_config import PipelineConfig
 from stream.worker.record_codec import UserRecord
 from stream.worker.records import RawRecord
 from stream.worker.schedule import next_due
+from stream.worker.set_aside import sweep_apart
+from stream.worker.stalls import Stalls
 from stream.worker.store import (
     StateStore,
     UserWrite,
@@ -110,18 +111,17 @@ class BatchProcessor(Retrying):
         #: Records that failed on their own: dead-lettered on their next try.
         self._poisoned: dict[tuple[str, int, int], Rejected] = {}
         self._health = health
+        self._stalls = self.stalls = Stalls(health)
+        #: The last record dead-lettered as processing_failed, by its failure:
+        #: a next record failing the same way is not poison (stream.worker.failures).
+        self._last_culprit: str | None = None
         #: Replaced in place when the audiences file is reloaded (between batches).
         self._audiences: Audiences | None = None
         self.audiences = config.audiences
         #: Stream time as of the last batch this processor committed (0 = not yet known).
         self.stream_time = 0
-        #: The next offset the broker will write, per "topic:partition" as the
-        #: consumer last heard (None = not known): with ``_marks``, which
-        #: topic-partitions still hold unread records (stream.core.clock).
-        self._highwater = highwater
-        #: Highest offset applied per "topic:partition": from each commit, and
-        #: from Redis at each sweep (another worker may have applied them).
-        self._marks: dict[str, int] = {}
+        #: The clock of each partition number (stream.core.clock).
+        self.clocks = Clocks(store, highwater, health)
         self._kinds: dict[str, Literal["clickstream", "orders"]] = {
             config.clickstream_topic: "clickstream",
             config.orders_topic: "orders",
@@ -132,27 +132,14 @@ class BatchProcessor(Retrying):
     def _decode(
         self, records: Sequence[RawRecord]
     ) -> tuple[list[tuple[RawRecord, Event]], list[tuple[RawRecord, Rejected]]]:
-        now = self._clock_ms()
-        key = self.cfg.pseudonymize_key
-        good: list[tuple[RawRecord, Event]] = []
-        bad: list[tuple[RawRecord, Rejected]] = []
-        for rec in records:
-            poisoned = self._poisoned.pop((rec.topic, rec.partition, rec.offset), None)
-            if poisoned is not None:
-                bad.append((rec, poisoned))
-                continue
-            kind = self._kinds.get(rec.topic)
-            if kind is None:
-                bad.append((rec, Rejected(Reason.UNKNOWN_TOPIC, f"no decoder for {rec.topic}")))
-                continue
-            result = decode(kind, rec.key, rec.value, now_ms=now, limits=self.cfg.limits)
-            if isinstance(result, Rejected):
-                bad.append((rec, result))
-            else:
-                if key is not None:
-                    result = result.model_copy(update={"user_id": pseudonym(key, result.user_id)})
-                good.append((rec, result))
-        return good, bad
+        return decode_batch(
+            records,
+            self._kinds,
+            self._poisoned,
+            now_ms=self._clock_ms(),
+            limits=self.cfg.limits,
+            pseudonymize_key=self.cfg.pseudonymize_key,
+        )
 
     async def _dead_letter(self, bad: list[tuple[RawRecord, Rejected]]) -> None:
         """Send to the DLQ and wait until the broker has them (counted by the caller)."""
@@ -170,12 +157,20 @@ class BatchProcessor(Retrying):
         A batch that fails the same way ``max_batch_failures`` times is split
         in halves, each applied on its own, down to the record that fails: it
         is dead-lettered (``processing_failed``) and the rest go on. Partition
-        order is kept: the halves are applied in order.
+        order is kept: the halves are applied in order. A record failing the
+        way the last one dead-lettered did is no culprit: the fault is not a
+        record's, and the batch stalls (``no_culprit``) until it goes.
         """
         try:
             return await self._process(records)
         except Poisoned as exc:
             if len(records) == 1:
+                if exc.signature == self._last_culprit:
+                    # A second record failing as the last culprit did: the
+                    # fault is the code's, the model's or the data's as a
+                    # whole, not this record's. Stall, alerted, until fixed.
+                    return await self._stall_on(records, exc)
+                self._last_culprit = exc.signature
                 rec = records[0]
                 why = f"failed {self.cfg.max_batch_failures} times: {exc.signature}"
                 log.error("dead-lettering %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, why)
@@ -183,6 +178,8 @@ class BatchProcessor(Retrying):
                     Reason.PROCESSING_FAILED, why
                 )
                 return await self._process(records)
+            if exc.signature == self._last_culprit:
+                return await self._stall_on(records, exc)
             mid = len(records) // 2
             log.warning(
                 "a batch of %d records failed the same way %d times (%s): applying it in halves",
@@ -193,6 +190,15 @@ class BatchProcessor(Retrying):
             first = await self.process(records[:mid])
             second = await self.process(records[mid:])
             return merged(first, second)
+
+    async def _stall_on(self, records: Sequence[RawRecord], exc: Poisoned) -> BatchResult:
+        """Retry ``records`` whole, never dead-lettering, until they go through."""
+        while True:
+            self._stalls.failing("no_culprit", exc.what, exc)
+            try:
+                return await self._process(records)  # backs off inside; stops on shutdown
+            except Poisoned as again:
+                exc = again
 
     async def _process(self, records: Sequence[RawRecord]) -> BatchResult:
         started = time.perf_counter()
@@ -232,13 +238,12 @@ class BatchProcessor(Retrying):
         by_user: dict[str, list[tuple[RawRecord, str, Event, int]]] = {}
         t0 = time.perf_counter()
         users = list(dict.fromkeys(e.user_id for _, e in good))
-        if not self._marks and self._highwater is not None:
-            await self._refresh_marks()  # once: what earlier processes applied
+        await self.clocks.start()
         loaded, stored_time, ptimes = await self.store.load(users)
         self.stream_time = max(self.stream_time, stored_time)
         metrics.REDIS_SECONDS.labels("load").observe(time.perf_counter() - t0)
         running = dict(ptimes)
-        clocks = BatchClocks(running, [raw for raw, _ in good], self._unread_after)
+        clocks = self.clocks.batch(running, [raw for raw, _ in good])
         late: list[tuple[RawRecord, Rejected]] = []
         bound = self.cfg.max_lateness_ms
         tps = await self._mark_names(good, loaded)
@@ -324,8 +329,7 @@ class BatchProcessor(Retrying):
         messages = await self._score_publish_commit(
             timelines, rows, partition_offsets, stream_time, partition_times, swept
         )
-        for tp, off in partition_offsets.items():
-            self._marks[tp] = max(self._marks.get(tp, -1), off)
+        self.clocks.applied(partition_offsets)
         count_dead_letters(late)
         result.dead_lettered = len(late)
 
@@ -540,22 +544,24 @@ class BatchProcessor(Retrying):
         for part in partitions:
             if not still_owned(part):  # revoked meanwhile: its next owner sweeps it
                 continue
-            swept, _ = await self._retrying(
-                functools.partial(self._sweep, part, limit), "reevaluate"
-            )
+            try:
+                swept, _ = await self._retrying(
+                    functools.partial(self._sweep, part, limit), "reevaluate", poison=True
+                )
+            except Poisoned as exc:
+                swept = await sweep_apart(self, part, limit, exc)
             total.users += swept.users
             total.changes += swept.changes
             total.records = max(total.records, swept.records)
         return total
 
-    async def _sweep(self, part: int, limit: int) -> BatchResult:
-        times = await self.store.partition_times()
-        await self._refresh_marks()
-        assigned = self._health.assigned if self._health is not None else ()
-        tps = {tp for tp in (*times, *assigned) if partition_of(tp) == part}
-        unread = {tp for tp in tps if self._unread_after(tp, None)}
-        until = partition_clocks({tp: times.get(tp, 0) for tp in tps}, unread).get(part, 0)
+    async def _sweep(
+        self, part: int, limit: int, only: frozenset[str] | None = None
+    ) -> BatchResult:
+        until = await self.clocks.until(part)
         due = await self.store.due_for_reevaluation(part, until, limit)
+        if only is not None:
+            due = [(u, w) for u, w in due if u in only]
         if not due:
             return BatchResult(records=0)
         loaded, stream_time, _ = await self.store.load([u for u, _ in due])
@@ -579,23 +585,6 @@ class BatchProcessor(Retrying):
             users=len(timelines),
             changes=[m for _, m in messages if m is not None],
         )
-
-    async def _refresh_marks(self) -> None:
-        for tp, off in (await self.store.partition_offsets()).items():
-            self._marks[tp] = max(self._marks.get(tp, -1), off)
-
-    def _unread_after(self, tp: str, upto: int | None) -> bool:
-        """Whether ``tp`` holds records past offset ``upto`` and past what is applied.
-
-        Unknown (no consumer, or it has not heard from the partition yet)
-        counts as nothing to read: the clock then falls back to the largest
-        time applied, as it would with a single input topic.
-        """
-        high = self._highwater(tp) if self._highwater is not None else None
-        if high is None:
-            return False
-        done = self._marks.get(tp, -1)
-        return high > max(done, -1 if upto is None else upto) + 1
 
     async def _bind_classes(self) -> None:
         classes = self.model().classes

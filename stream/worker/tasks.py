@@ -112,7 +112,7 @@ def _housekeeping(w: WorkerParts) -> None:
             applied = await store.partition_offsets()
             health.redis_ok, health.redis_error = True, None
         except Exception as exc:  # reported, never fatal: the batch path owns retries
-            health.redis_ok, health.redis_error = False, f"{type(exc).__name__}: {exc}"
+            health.redis_ok, health.redis_error = False, type(exc).__name__  # no text: redacted
             return
         for segment, n in counts.items():
             metrics.SEGMENT_USERS.labels(segment).set(n)
@@ -147,12 +147,15 @@ async def _update_lag(app: faust.App, health: Health, applied: dict[str, int]) -
         # under-report on Tansu: docs/design.md).
         highwaters = await app.consumer.highwaters(*tps)
     except Exception as exc:
-        health.kafka_ok, health.kafka_error = False, f"{type(exc).__name__}: {exc}"
+        health.kafka_ok, health.kafka_error = False, type(exc).__name__
         return
     health.kafka_ok, health.kafka_error = True, None
+    waiting = 0
     for tp, high in highwaters.items():
         next_to_apply = applied.get(f"{tp.topic}:{tp.partition}", -1) + 1
+        waiting += max(0, high - next_to_apply)
         metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - next_to_apply))
+    health.records_waiting = waiting > 0
 
 
 def _reevaluation(w: WorkerParts) -> None:
