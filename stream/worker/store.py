@@ -48,8 +48,9 @@ from stream.worker.store_keys import (
     LAYOUT_VERSION,
     MEMBER_SHARDS,
     KeyLayout,
-    group_of,
+    by_group,
     member_shard,
+    tp_times,
 )
 from stream.worker.store_scripts import COMMIT_LUA, LOAD_LUA, REAP_LUA, UNSCHEDULE_LUA
 from stream.worker.store_writes import PreparedCommit, UserWrite, encode_commit, index_moves
@@ -261,7 +262,7 @@ class StateStore:
         if not self.cluster:
             stream_time, ptimes, erased, datas = await self._load_call(clock, user_ids)
         else:
-            groups = _by_group(user_ids)
+            groups = by_group(user_ids)
             replies = await asyncio.gather(
                 self._load_call(clock, []), *(self._load_call(None, g) for g in groups.values())
             )
@@ -282,7 +283,7 @@ class StateStore:
             else:
                 out[uid] = self._decode(data)
         it = iter(ptimes)
-        partition_times = _tp_times(zip(it, it, strict=True))
+        partition_times = tp_times(zip(it, it, strict=True))
         return out, int(stream_time or 0), partition_times
 
     async def _load_call(
@@ -453,7 +454,7 @@ class StateStore:
 
     async def partition_times(self) -> dict[str, int]:
         """Per "topic:partition", the largest event time applied from it."""
-        return _tp_times((await self._r.hgetall(self.keys.ptime)).items())
+        return tp_times((await self._r.hgetall(self.keys.ptime)).items())
 
     async def forgotten_total(self) -> int:
         return int(await self._r.get(self.keys.forgotten) or 0)
@@ -573,13 +574,6 @@ class StateStore:
         return n
 
 
-def _by_group(user_ids: Iterable[str]) -> dict[int, list[str]]:
-    groups: dict[int, list[str]] = {}
-    for uid in user_ids:
-        groups.setdefault(group_of(uid), []).append(uid)
-    return groups
-
-
 __all__ = [
     "ConflictError",
     "RedisError",
@@ -592,15 +586,3 @@ __all__ = [
     "index_moves",
     "member_shard",
 ]
-
-
-def _tp_times(pairs: Iterable[tuple[bytes | str, bytes | str]]) -> dict[str, int]:
-    """The clock hash, per "topic:partition" (stream.core.clock). Fields without a
-    topic are per partition number, from releases before the clock knew topics:
-    left out, so each topic-partition's time starts again with its next record."""
-    out = {}
-    for k, v in pairs:
-        tp = k.decode() if isinstance(k, bytes) else k
-        if ":" in tp:
-            out[tp] = int(v)
-    return out

@@ -36,6 +36,7 @@ Key layout (``P`` = prefix, ``T`` = ``P:{g}`` for the user's group *g*):
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from stream.core.events import DAY_MS
@@ -184,3 +185,23 @@ __all__ = [
     "group_of",
     "member_shard",
 ]
+
+
+def by_group(user_ids: Iterable[str]) -> dict[int, list[str]]:
+    """User ids by their hash-tag group."""
+    groups: dict[int, list[str]] = {}
+    for uid in user_ids:
+        groups.setdefault(group_of(uid), []).append(uid)
+    return groups
+
+
+def tp_times(pairs: Iterable[tuple[bytes | str, bytes | str]]) -> dict[str, int]:
+    """The clock hash, per "topic:partition" (stream.core.clock). Fields without a
+    topic are per partition number, from releases before the clock knew topics:
+    left out, so each topic-partition's time starts again with its next record."""
+    out = {}
+    for k, v in pairs:
+        tp = k.decode() if isinstance(k, bytes) else k
+        if ":" in tp:
+            out[tp] = int(v)
+    return out
