@@ -92,7 +92,7 @@ def load_erased(settings: Settings) -> ErasedUsers:
 
 def erased_key(prefix: str, group: int | str) -> str:
     """The list's sorted set for a hash-tag group: in the same slot as the group's
-    state keys under any state prefix (stream.worker.store_keys)."""
+    state keys under any state prefix (stream.worker.state.keys)."""
     return f"{prefix}:{{{group}}}:erased"
 
 

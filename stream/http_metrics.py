@@ -1,6 +1,6 @@
 """The HTTP every segmenter process serves: /metrics and one access-log line per request.
 
-The worker builds its probes and read API on top of this (:mod:`stream.worker.http`);
+The worker builds its probes and read API on top of this (:mod:`stream.worker.web.http`);
 a blocking job (the retrain job) serves it alone from a thread
 (:func:`serve_in_thread`). Kept apart from the worker's HTTP so that training
 never imports the worker.

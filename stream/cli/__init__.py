@@ -238,7 +238,7 @@ def user(
 ) -> None:
     """Show one user's segment, probabilities, predictive traits and features, as the
     worker holds them in Redis (traits recomputed with the model that scored them)."""
-    from stream.worker.lookup import lookup_user
+    from stream.worker.web.lookup import lookup_user
 
     settings = settings_or_exit()
     found = asyncio.run(lookup_user(settings, user_id))

@@ -74,7 +74,7 @@ def models_show(
     from model.drift import summary
     from model.registry import current_version, read_manifest
     from stream.worker.drift import merge_reports, report_max_age_s
-    from stream.worker.store import StateStore
+    from stream.worker.state.store import StateStore
 
     settings = settings_or_exit()
     version = version or (current_version(settings.model_dir) or "")
@@ -165,7 +165,7 @@ def audiences_check(
     from model.registry import current_version, read_manifest
     from model.segments import DEFAULT_SEGMENTS
     from stream.cli.args import UserError
-    from stream.worker.audiences import AudiencesError, load
+    from stream.worker.rules.audiences import AudiencesError, load
 
     settings = settings_or_exit()
     version = current_version(settings.model_dir)

@@ -40,8 +40,8 @@ from stream.sinks import produce_waiting
 from stream.topics import ensure_topics
 from stream.training.generate import GeneratorConfig, generate
 from stream.training.produce import encode_generated, make_producer
-from stream.worker.lookup import lookup_user
-from stream.worker.store import StateStore
+from stream.worker.state.store import StateStore
+from stream.worker.web.lookup import lookup_user
 
 console = Console()
 

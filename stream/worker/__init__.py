@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_limits
 from stream.settings import Settings, SettingsError
 from stream.topics import ensure_topics
 from stream.worker.app import AGENT_DIED_EXIT, create_app
-from stream.worker.store import StateStore, StoreMismatch
+from stream.worker.state.store import StateStore, StoreMismatch
 
 log = logging.getLogger("segmenter.worker")
 

@@ -36,17 +36,17 @@ from stream.sinks import ConfluentSink
 from stream.topics import ensure_audience_topic, ensure_segment_topics
 from stream.worker import consumer as batching
 from stream.worker import runtime_tuning
-from stream.worker.audiences import AudienceFile, Audiences, AudiencesError
 from stream.worker.drift import DriftTracker
-from stream.worker.health import Health
 from stream.worker.model_holder import ModelHolder
 from stream.worker.parts import WorkerParts
 from stream.worker.pipeline import BatchProcessor, PipelineConfig
-from stream.worker.playbook import Playbook, PlaybookError
-from stream.worker.playbook import load as load_playbook
-from stream.worker.store import StateStore
+from stream.worker.rules.audiences import AudienceFile, Audiences, AudiencesError
+from stream.worker.rules.playbook import Playbook, PlaybookError
+from stream.worker.rules.playbook import load as load_playbook
+from stream.worker.state.store import StateStore
+from stream.worker.state.topic_marks import TopicMarks, broker_topic_ids
 from stream.worker.tasks import add_tasks
-from stream.worker.topic_marks import TopicMarks, broker_topic_ids
+from stream.worker.web.health import Health
 
 log = logging.getLogger("segmenter.worker")
 

@@ -8,7 +8,7 @@ from typing import Any, Literal, NamedTuple
 
 from stream.core.dedup import admit
 from stream.core.events import Event
-from stream.worker.record_codec import UserRecord
+from stream.worker.state.record_codec import UserRecord
 
 
 class Step(NamedTuple):
@@ -16,7 +16,7 @@ class Step(NamedTuple):
 
     at: int  # event time
     #: "audience": a re-evaluation of the rule audiences only, where a condition
-    #: on a clock feature can flip (stream.worker.audiences.Audiences.clock_offsets);
+    #: on a clock feature can flip (stream.worker.rules.audiences.Audiences.clock_offsets);
     #: segments are decided at the other steps only, as without audiences.
     trigger: Literal["events", "inactivity", "retention", "audience"]
     row: int  # into the batch's stacked feature matrix; -1 for retention erasure

@@ -6,9 +6,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from stream.core.clock import partition_clocks, partition_of
-from stream.worker.health import Health
 from stream.worker.records import RawRecord
-from stream.worker.store import StateStore
+from stream.worker.state.store import StateStore
+from stream.worker.web.health import Health
 
 
 class BatchClocks:

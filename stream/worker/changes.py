@@ -12,8 +12,8 @@ import numpy as np
 from model.scorer import Scores
 from stream.core.events import iso
 from stream.sinks import Outgoing
-from stream.worker.audiences import Audiences, membership_walk
 from stream.worker.batch import Timeline
+from stream.worker.rules.audiences import Audiences, membership_walk
 
 
 def output_topics(

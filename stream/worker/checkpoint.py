@@ -6,7 +6,7 @@ The order that keeps the worker's guarantees (docs/architecture.md):
 2. **the batch's changes**, acknowledged by the broker;
 3. **the users' state** in Redis: records with their offset marks and
    deduplication memory, schedule, indexes, stream time (one script, or one
-   per hash-tag group on a cluster: stream.worker.store);
+   per hash-tag group on a cluster: stream.worker.state.store);
 4. the caller **acks** the batch's records, and Faust commits their offsets.
 
 Steps 2 and 3 are :meth:`Checkpoint.commit`. A crash before 3 replays the
@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from stream import metrics
 from stream.sinks import Outgoing
-from stream.worker.store import PreparedCommit, StateStore
+from stream.worker.state.store import PreparedCommit, StateStore
 
 
 class Sink(Protocol):

@@ -31,7 +31,7 @@ from stream.privacy import pseudonym
 from stream.settings import Settings
 from stream.sinks import ConfluentSink
 from stream.worker.changes import output_topics, tombstones
-from stream.worker.store import StateStore
+from stream.worker.state.store import StateStore
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,12 @@ import faust
 
 from stream.announce import AnnouncementListener
 from stream.settings import Settings
-from stream.worker.audiences import AudienceFile, AudiencesError
 from stream.worker.drift import DriftTracker
-from stream.worker.health import Health
 from stream.worker.model_holder import ModelHolder
 from stream.worker.pipeline import BatchProcessor
-from stream.worker.store import StateStore
+from stream.worker.rules.audiences import AudienceFile, AudiencesError
+from stream.worker.state.store import StateStore
+from stream.worker.web.health import Health
 
 log = logging.getLogger("segmenter.worker")
 

@@ -37,7 +37,6 @@ from stream.core.dedup import SeenEvents, admit
 from stream.core.events import DAY_MS, Event, Reason, Rejected, iso
 from stream.core.fold import UserState, apply
 from stream.sinks import Outgoing
-from stream.worker.audiences import Audiences
 from stream.worker.batch import BatchResult, Step, Timeline, known, merged, redelivered
 from stream.worker.batch_clock import Clocks
 from stream.worker.changes import (
@@ -47,23 +46,24 @@ from stream.worker.changes import (
     tombstones,
 )
 from stream.worker.checkpoint import Checkpoint, Sink
-from stream.worker.dead_letters import count_dead_letters, dlq_record
 from stream.worker.decisions import decide_batch
 from stream.worker.decode_step import decode_batch
-from stream.worker.failures import Poisoned, Retrying
-from stream.worker.health import Health
+from stream.worker.faults.dead_letters import count_dead_letters, dlq_record
+from stream.worker.faults.failures import Poisoned, Retrying
+from stream.worker.faults.set_aside import sweep_apart
+from stream.worker.faults.stalls import Stalls
 from stream.worker.pipeline_config import PipelineConfig
-from stream.worker.record_codec import UserRecord
 from stream.worker.records import RawRecord
+from stream.worker.rules.audiences import Audiences
 from stream.worker.schedule import next_due
-from stream.worker.set_aside import sweep_apart
-from stream.worker.stalls import Stalls
-from stream.worker.store import (
+from stream.worker.state.record_codec import UserRecord
+from stream.worker.state.store import (
     StateStore,
     UserWrite,
 )
-from stream.worker.topic_marks import TopicMarks
+from stream.worker.state.topic_marks import TopicMarks
 from stream.worker.traits import clean as clean_traits
+from stream.worker.web.health import Health
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -113,7 +113,7 @@ class BatchProcessor(Retrying):
         self._health = health
         self._stalls = self.stalls = Stalls(health)
         #: The last record dead-lettered as processing_failed, by its failure:
-        #: a next record failing the same way is not poison (stream.worker.failures).
+        #: a next record failing the same way is not poison (stream.worker.faults.failures).
         self._last_culprit: str | None = None
         #: Replaced in place when the audiences file is reloaded (between batches).
         self._audiences: Audiences | None = None

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from model.segments import DEFAULT_REEVALUATE_DAYS, Hysteresis
 from stream.core.dedup import DEFAULT_CLICK_WINDOW_MS
 from stream.core.events import DAY_MS, DecodeLimits
-from stream.worker.audiences import Audiences
-from stream.worker.playbook import Playbook
+from stream.worker.rules.audiences import Audiences
+from stream.worker.rules.playbook import Playbook
 
 
 @dataclass(frozen=True)

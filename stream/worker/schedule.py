@@ -7,7 +7,7 @@ import bisect
 from collections.abc import Sequence
 
 from stream.core.fold import UserState
-from stream.worker.audiences import Audiences
+from stream.worker.rules.audiences import Audiences
 
 
 def next_due(

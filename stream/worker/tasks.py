@@ -25,10 +25,10 @@ from stream import metrics
 from stream.announce import AnnouncementListener
 from stream.redaction import install as install_redaction
 from stream.worker.drift import report_max_age_s
-from stream.worker.health import Health
-from stream.worker.http import serve as serve_http
 from stream.worker.parts import WorkerParts
 from stream.worker.traits import ModelVersions
+from stream.worker.web.health import Health
+from stream.worker.web.http import serve as serve_http
 
 log = logging.getLogger("segmenter.worker")
 

@@ -32,7 +32,7 @@ from model.features import raw_row, transform
 from model.registry import LoadedModel, ModelError, load_version
 from model.scorer import TRAITS
 from stream.core.events import DAY_MS, iso
-from stream.worker.record_codec import UserRecord
+from stream.worker.state.record_codec import UserRecord
 
 log = logging.getLogger(__name__)
 

@@ -483,7 +483,7 @@ class Bench(LatencyPhases):
         result: BenchResult,
         profile: bool = True,
     ) -> None:
-        from stream.worker.store import StateStore
+        from stream.worker.state.store import StateStore
 
         samples = Samples()
         rss = 0.0

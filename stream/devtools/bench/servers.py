@@ -121,7 +121,7 @@ async def redis_footprint(settings: Settings) -> dict[str, dict[str, int]]:
     """MEMORY USAGE (exact: SAMPLES 0) of every key under the prefix, by Redis type.
 
     By type rather than by key name, so it stays right whatever layout
-    stream/worker/store.py uses (states in hashes, indexes in sorted sets, ...).
+    stream/worker/state/store.py uses (states in hashes, indexes in sorted sets, ...).
     """
     client = redis_client(settings)
     out: dict[str, dict[str, int]] = {}
@@ -147,7 +147,7 @@ async def redis_footprint(settings: Settings) -> dict[str, dict[str, int]]:
 async def dedup_bytes_per_user(settings: Settings, groups: int = 4) -> float:
     """Mean bytes of the users' deduplication memory (stream.core.dedup) inside their
     records, over the users of ``groups`` hash-tag groups: a part of the records' size."""
-    from stream.worker.store import StateStore, decode_record
+    from stream.worker.state.store import StateStore, decode_record
 
     store = StateStore.from_settings(settings)
     sizes: list[int] = []

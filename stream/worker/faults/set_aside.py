@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 from stream.sinks import Outgoing
 from stream.worker.batch import BatchResult
-from stream.worker.dead_letters import count_user_dead_letter, user_dead_letter
-from stream.worker.failures import Poisoned
+from stream.worker.faults.dead_letters import count_user_dead_letter, user_dead_letter
+from stream.worker.faults.failures import Poisoned
 
 if TYPE_CHECKING:
     from stream.worker.pipeline import BatchProcessor

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from stream import metrics
-from stream.worker.health import Health
+from stream.worker.web.health import Health
 
 log = logging.getLogger("stream.worker.pipeline")
 

@@ -11,7 +11,7 @@ per-partition and overall stream time) shares the ``{clock}`` tag.
 
 Key layout (``P`` = prefix, ``T`` = ``P:{g}`` for the user's group *g*):
 
-* ``T:b:<n>``           hash user id -> binary record (stream.worker.record_codec);
+* ``T:b:<n>``           hash user id -> binary record (stream.worker.state.record_codec);
                         bucket *n* = CRC32(user id) mod ``buckets`` (n mod GROUPS = g)
 * ``T:m:<name>:<k>``    sorted set (scores 0) of an index's members: a segment, or
                         ``a:<audience>``; shard *k* = CRC32(user id) mod
@@ -92,7 +92,7 @@ class KeyLayout:
         self.drift = f"{prefix}:drift"
         clock = f"{prefix}:{{clock}}"
         self.offsets = f"{clock}:offsets"
-        self.topic_ids = f"{clock}:topic_ids"  # stream.worker.topic_marks
+        self.topic_ids = f"{clock}:topic_ids"  # stream.worker.state.topic_marks
         self.ptime = f"{clock}:ptime"
         self.stream_time = f"{clock}:stream_time"
         # Built once: a batch names several keys per user, and formatting them

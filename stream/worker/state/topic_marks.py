@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from stream.settings import Settings
-    from stream.worker.store import StateStore
+    from stream.worker.state.store import StateStore
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """A batch's writes, encoded as the commit script's calls (pure: no Redis here).
 
-stream.worker.store sends what :func:`encode_commit` builds; the script is
-stream.worker.store_scripts.COMMIT_LUA, and its argument layout is described there.
+stream.worker.state.store sends what :func:`encode_commit` builds; the script is
+stream.worker.state.scripts.COMMIT_LUA, and its argument layout is described there.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 from zlib import crc32
 
-from stream.worker.record_codec import UserRecord, encode_record, next_rev
-from stream.worker.store_keys import AUDIENCE_PREFIX, GROUPS, MEMBER_SHARDS, KeyLayout
+from stream.worker.state.keys import AUDIENCE_PREFIX, GROUPS, MEMBER_SHARDS, KeyLayout
+from stream.worker.state.record_codec import UserRecord, encode_record, next_rev
 
-_REV_BYTES = 4  # a stored record starts with its revision (stream.worker.record_codec)
+_REV_BYTES = 4  # a stored record starts with its revision (stream.worker.state.record_codec)
 
 
 class ScriptCall(NamedTuple):
@@ -83,7 +83,7 @@ def encode_commit(
     partition_times: dict[str, int],
     clean: Sequence[str],
 ) -> PreparedCommit:
-    """A batch's commit as script calls (stream.worker.store_scripts.COMMIT_LUA): one
+    """A batch's commit as script calls (stream.worker.state.scripts.COMMIT_LUA): one
     in all on a single Redis, one per hash-tag group and then the clock's on a
     cluster. ``clean`` names the indexes a new record is taken out of first."""
     head: list[Any] = [stream_time, len(partition_offsets), len(partition_times)]

@@ -1,9 +1,9 @@
 """The store's Lua scripts. Each declares every key it touches (in KEYS), so
 Redis Cluster, and proxies that route by declared keys, can run it; a call
-whose keys share one hash slot runs on one node (stream.worker.store_keys).
+whose keys share one hash slot runs on one node (stream.worker.state.keys).
 
 Scripts take their keys in blocks walked with a cursor: the client names every
-key (stream.worker.store builds them from stream.worker.store_keys), the script never
+key (stream.worker.state.store builds them from stream.worker.state.keys), the script never
 builds a key name itself.
 """
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from stream.worker.yaml_files import line_of, load_yaml
+from stream.worker.rules.yaml_files import line_of, load_yaml
 
 
 class Action(BaseModel):

@@ -1,6 +1,6 @@
 """Read API for recommendation services: a user's segment, segment sizes and members.
 
-Mounted on every worker's HTTP app (see :func:`stream.worker.http.make_app`). State
+Mounted on every worker's HTTP app (see :func:`stream.worker.web.http.make_app`). State
 lives in Redis, so any worker answers for any user, whichever partitions it
 owns. The contract is ``stream/openapi.yaml``, served at ``/openapi.yaml`` and
 ``/openapi.json``; tests run schemathesis against it.
@@ -9,7 +9,7 @@ Errors are JSON ``{"error": ...}``: 400 for a malformed request, 404 for an
 unknown user or segment, 503 when Redis cannot be reached. Bad input never
 produces a 500.
 
-Guards (:func:`api_middlewares`, wired by :func:`stream.worker.http.make_app`): with
+Guards (:func:`api_middlewares`, wired by :func:`stream.worker.web.http.make_app`): with
 ``SEGMENTER_API_TOKEN`` set, every route but :data:`PUBLIC_PATHS` needs
 ``Authorization: Bearer <token>`` (else 401); each client address gets a token
 bucket of ``SEGMENTER_API_BURST`` requests refilled at ``SEGMENTER_API_RATE_PER_S``
@@ -48,13 +48,13 @@ from stream.core.events import MAX_ID_LEN, iso
 from stream.settings import Settings
 from stream.settings_rules import Network, trusted_networks
 from stream.worker.forget import stored_id
-from stream.worker.lookup import describe
-from stream.worker.store import AUDIENCE_PREFIX, StateStore
+from stream.worker.state.store import AUDIENCE_PREFIX, StateStore
 from stream.worker.traits import ModelVersions
+from stream.worker.web.lookup import describe
 
 log = logging.getLogger("segmenter.api")
 
-OPENAPI_PATH = Path(__file__).parent.parent / "openapi.yaml"  # package data of stream/
+OPENAPI_PATH = Path(__file__).parents[2] / "openapi.yaml"  # package data of stream/
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000

@@ -2,7 +2,7 @@
 
 Always /metrics (with the access log, from :mod:`stream.http_metrics`),
 /healthz and /readyz; with a state store, also the read API for
-recommendation services (:mod:`stream.worker.api`, contract in ``openapi.yaml``),
+recommendation services (:mod:`stream.worker.web.api`, contract in ``openapi.yaml``),
 behind its guards (bearer token, per-client rate limit).
 """
 
@@ -18,10 +18,10 @@ from aiohttp import web
 from model.segments import DEFAULT_SEGMENTS
 from stream.http_metrics import metrics_app, start
 from stream.settings import Settings
-from stream.worker.api import Classes, Middleware, api_middlewares, mount_api
-from stream.worker.health import Health
-from stream.worker.store import StateStore
+from stream.worker.state.store import StateStore
 from stream.worker.traits import ModelVersions
+from stream.worker.web.api import Classes, Middleware, api_middlewares, mount_api
+from stream.worker.web.health import Health
 
 log = logging.getLogger("segmenter.http")
 

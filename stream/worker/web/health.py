@@ -38,7 +38,7 @@ class Health:
     redis_error: str | None = None
     model_version: str | None = None
     last_batch_at: float | None = None
-    #: The current stall, "<reason>: <exception class>" (stream.worker.stalls).
+    #: The current stall, "<reason>: <exception class>" (stream.worker.faults.stalls).
     stall: str | None = None
     #: The agent's exception class, once it has died (the process then exits).
     agent_error: str | None = None

@@ -7,7 +7,7 @@ from typing import Any
 from model.features import raw_features, round_features
 from stream.core.events import iso
 from stream.settings import Settings
-from stream.worker.store import StateStore, UserRecord
+from stream.worker.state.store import StateStore, UserRecord
 from stream.worker.traits import ModelVersions, unknown
 
 

@@ -50,15 +50,15 @@ from model.features import FEATURE_NAMES
 from model.scorer import TRAITS
 from stream import metrics
 from stream.core.events import DAY_MS
-from stream.worker.cel_numpy import Unsupported, compile_numpy, thresholds
-from stream.worker.yaml_files import line_of, load_yaml
+from stream.worker.rules.cel_numpy import Unsupported, compile_numpy, thresholds
+from stream.worker.rules.yaml_files import line_of, load_yaml
 
 log = logging.getLogger(__name__)
 
 #: Audience names: they appear in topics' messages, metric labels and URLs.
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 #: Audiences one file may name: a user's record counts the ones they are in in
-#: one byte (stream.worker.record_codec), so more could not be stored.
+#: one byte (stream.worker.state.record_codec), so more could not be stored.
 MAX_AUDIENCES = 255
 
 

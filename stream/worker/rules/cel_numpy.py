@@ -6,7 +6,7 @@ and list literals on the right of ``in``. Anything else (macros, functions,
 member access, maps) raises :class:`Unsupported`, and the caller evaluates that
 condition with the CEL runtime instead.
 
-The condition has been type-checked by the CEL runtime first (stream.worker.audiences),
+The condition has been type-checked by the CEL runtime first (stream.worker.rules.audiences),
 so types do not need checking here: a double is never compared with a string.
 Integer arithmetic (only ever on literals: no variable is an int) and unsigned
 integers are left to the CEL runtime, whose int64 rules (truncating division,

@@ -17,10 +17,10 @@ from confluent_kafka import KafkaError, KafkaException
 from redis.exceptions import RedisClusterException, RedisError
 
 from stream import metrics
-from stream.worker.health import Health
+from stream.worker.faults.stalls import Stalls
 from stream.worker.pipeline_config import PipelineConfig
-from stream.worker.stalls import Stalls
-from stream.worker.store import ConflictError, StoreMismatch
+from stream.worker.state.store import ConflictError, StoreMismatch
+from stream.worker.web.health import Health
 
 log = logging.getLogger("stream.worker.pipeline")  # the processor's log, as ever
 _T = TypeVar("_T")

@@ -10,7 +10,7 @@ skipped whatever was written before a crash.
 
 On a single Redis the whole batch, the partitions' offsets and stream time
 included, is one script call. On Redis Cluster (``SEGMENTER_REDIS_CLUSTER``)
-it is one call per hash-tag group of users (stream.worker.store_keys), each atomic
+it is one call per hash-tag group of users (stream.worker.state.keys), each atomic
 on its node, then one for the clock: a crash in between leaves some users
 written ahead of the offsets, and the replay skips them by their own offset
 marks. Per user it is still exactly once.
@@ -20,10 +20,10 @@ rebalance) are caught by a per-record revision: the script refuses the call
 if any record changed since it was read, and the caller re-runs the batch.
 
 Memory is budgeted per user (``segmenter bench`` reports it): records are a
-fixed binary layout (stream.worker.record_codec) in shared hash buckets (no per-user
+fixed binary layout (stream.worker.state.record_codec) in shared hash buckets (no per-user
 key overhead), and the per-user index entries live in many small sorted sets,
 which Redis keeps in its compact listpack encoding. The key layout is in
-stream.worker.store_keys.
+stream.worker.state.keys.
 """
 
 from __future__ import annotations
@@ -40,8 +40,7 @@ from stream.core.events import DAY_MS
 from stream.erasure import ErasureKeyError, check_key, erasure_digest, erasure_key, key_check
 from stream.redis_client import client_from_url, is_cluster, packs_with_hiredis
 from stream.settings import Settings
-from stream.worker.record_codec import UserRecord, decode_record, encode_record
-from stream.worker.store_keys import (
+from stream.worker.state.keys import (
     AUDIENCE_PREFIX,
     DEFAULT_BUCKETS,
     GROUPS,
@@ -52,9 +51,10 @@ from stream.worker.store_keys import (
     member_shard,
     tp_times,
 )
-from stream.worker.store_scripts import COMMIT_LUA, LOAD_LUA, REAP_LUA, UNSCHEDULE_LUA
-from stream.worker.store_writes import PreparedCommit, UserWrite, encode_commit, index_moves
-from stream.worker.topic_marks import RECORD_TOPIC_LUA
+from stream.worker.state.record_codec import UserRecord, decode_record, encode_record
+from stream.worker.state.scripts import COMMIT_LUA, LOAD_LUA, REAP_LUA, UNSCHEDULE_LUA
+from stream.worker.state.topic_marks import RECORD_TOPIC_LUA
+from stream.worker.state.writes import PreparedCommit, UserWrite, encode_commit, index_moves
 
 log = logging.getLogger(__name__)
 
@@ -519,7 +519,7 @@ class StateStore:
 
     async def record_topic_id(self, topic: str, topic_id: str) -> tuple[int, bool]:
         """The generation of ``topic``'s identity, and whether this call began it
-        (stream.worker.topic_marks)."""
+        (stream.worker.state.topic_marks)."""
         keys = [self.keys.topic_ids, self.keys.offsets]
         gen, began = await self._record_topic(keys=keys, args=[topic, topic_id])
         return int(gen), bool(began)

@@ -1,7 +1,7 @@
 """The user record: what Redis holds per user, and its binary encoding.
 
 A record is a fixed binary layout (about 300 bytes) rather than JSON or a hash
-of fields: it is stored in shared hash buckets (stream.worker.store), where a
+of fields: it is stored in shared hash buckets (stream.worker.state.store), where a
 per-field hash would cost Redis a key's overhead per user. The codec number
 lets a newer release read what an older one wrote.
 """
@@ -58,7 +58,7 @@ class UserRecord:
     #: the erasure list's keep time). Their events from before it are dropped.
     #: Stored only for a user who came back after erasure (8 bytes then).
     erased_at: int = 0
-    #: Rule audiences the user is in (stream.worker.audiences), sorted.
+    #: Rule audiences the user is in (stream.worker.rules.audiences), sorted.
     audiences: tuple[str, ...] = ()
     #: Per-user counter of audience events: +1 on every enter or exit.
     audience_version: int = 0

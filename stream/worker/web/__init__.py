@@ -1,0 +1,1 @@
+"""What the worker serves over HTTP: /metrics, the probes and the read API."""
