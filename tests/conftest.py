@@ -41,7 +41,7 @@ from stream.devtools.embedded import (
 )
 from stream.settings import Settings
 from stream.topics import ensure_topics
-from stream.worker.store import StateStore
+from stream.worker.state.store import StateStore
 from tests.kafka.fixtures import KafkaUnderTest, kafka_under_test
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from stream.sinks import ConfluentSink, new_producer
 from stream.worker.app import pipeline_config
 from stream.worker.pipeline import BatchProcessor, BatchResult
 from stream.worker.records import RawRecord
-from stream.worker.store import StateStore, encode_record
+from stream.worker.state.store import StateStore, encode_record
 from tests.conftest import WorkerProcess
 
 

@@ -135,7 +135,7 @@ def test_profile_breakdown_attributes_each_sample_to_its_innermost_stage() -> No
         [
             f"{root} 50",
             f"{root};fold_agent (stream/worker/app.py:3);process (stream/worker/pipeline.py:4);"
-            "StateStore.load (stream/worker/store.py:6);read (redis/connection.py:7) 20",
+            "StateStore.load (stream/worker/state/store.py:6);read (redis/connection.py:7) 20",
             f"{root};fold_agent (stream/worker/app.py:3);apply (stream/core/fold.py:8) 30",
             "thread (2): Thread-1;run (threading.py:1) 500",
         ]

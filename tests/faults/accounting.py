@@ -12,7 +12,7 @@ from model.training.dataset import drop_duplicate_events
 from model.training.sources import decode_records
 from stream.core.fold import UserState, fold_all
 from stream.settings import Settings
-from stream.worker.store import StateStore, UserRecord
+from stream.worker.state.store import StateStore, UserRecord
 
 
 @dataclass

@@ -13,7 +13,7 @@ from confluent_kafka import Consumer, TopicPartition
 from stream.settings import Settings
 from stream.training.generate import GeneratorConfig, generate
 from stream.training.produce import encode_generated
-from stream.worker.store import StateStore
+from stream.worker.state.store import StateStore
 from tests.conftest import TopicReader, WorkerProcess
 from tests.faults.accounting import Ledger, account
 from tests.helpers import produce, wait_applied

@@ -29,7 +29,7 @@ from stream.devtools.embedded import EmbeddedKafka, EmbeddedRedisCluster, free_p
 from stream.settings import Settings
 from stream.topics import ensure_segment_topics
 from stream.worker.app import AGENT_DIED_EXIT
-from stream.worker.store import StateStore
+from stream.worker.state.store import StateStore
 from tests.conftest import TopicReader, WorkerProcess, settings_env
 from tests.factories import T0, order
 from tests.faults.proxy import TcpProxy

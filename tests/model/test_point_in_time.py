@@ -16,7 +16,7 @@ from stream.core.fold import DAY_MS
 from stream.settings import Settings
 from stream.training.export import export_records, read_export
 from stream.training.replay import replay_topics
-from stream.worker.store import StateStore
+from stream.worker.state.store import StateStore
 from tests.conftest import WorkerProcess
 from tests.faults.scenario import history
 from tests.helpers import produce, wait_applied

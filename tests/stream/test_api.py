@@ -1,4 +1,4 @@
-"""The read API (stream/worker/api.py) over real Redis state, and its OpenAPI contract.
+"""The read API (stream/worker/web/api.py) over real Redis state, and its OpenAPI contract.
 
 Users are fed through the real BatchProcessor (as a worker does), then the
 worker's HTTP app is served on a free port from a background thread with its
@@ -34,14 +34,14 @@ from model.features import FEATURE_NAMES
 from model.registry import load_current
 from stream.settings import Settings
 from stream.sinks import ConfluentSink
-from stream.worker.api import OPENAPI_PATH, BadRequest, decode_cursor
 from stream.worker.app import pipeline_config
-from stream.worker.health import Health
-from stream.worker.http import make_app
 from stream.worker.pipeline import BatchProcessor
 from stream.worker.records import RawRecord
-from stream.worker.store import StateStore, member_shard
+from stream.worker.state.store import StateStore, member_shard
 from stream.worker.traits import ModelVersions
+from stream.worker.web.api import OPENAPI_PATH, BadRequest, decode_cursor
+from stream.worker.web.health import Health
+from stream.worker.web.http import make_app
 from tests.factories import DAY, T0, click, order
 
 pytestmark = pytest.mark.integration

@@ -22,12 +22,12 @@ from pydantic import SecretStr
 from stream.core.events import Reason, Rejected, decode
 from stream.devtools.embedded import free_port
 from stream.settings import Settings
-from stream.worker.api import RateLimiter
-from stream.worker.dead_letters import dlq_headers
-from stream.worker.health import Health
-from stream.worker.http import is_loopback, serve
+from stream.worker.faults.dead_letters import dlq_headers
 from stream.worker.records import RawRecord
-from stream.worker.store import StateStore
+from stream.worker.state.store import StateStore
+from stream.worker.web.api import RateLimiter
+from stream.worker.web.health import Health
+from stream.worker.web.http import is_loopback, serve
 from tests.conftest import WorkerProcess
 from tests.factories import DAY, T0, click
 from tests.stream.test_api import Server, feed, user_path

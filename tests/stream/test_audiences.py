@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from model.features import FEATURE_NAMES
 from model.segments import DEFAULT_SEGMENTS
-from stream.worker.audiences import (
+from stream.worker.rules.audiences import (
     MAX_AUDIENCES,
     AudienceFile,
     AudiencesError,
@@ -20,8 +20,8 @@ from stream.worker.audiences import (
     parse,
     variables,
 )
-from stream.worker.cel_numpy import compile_numpy
-from stream.worker.record_codec import UserRecord, decode_record, encode_record
+from stream.worker.rules.cel_numpy import compile_numpy
+from stream.worker.state.record_codec import UserRecord, decode_record, encode_record
 
 CLASSES = DEFAULT_SEGMENTS
 KNOWN = variables(CLASSES)
@@ -173,7 +173,7 @@ def test_a_bad_file_says_where_and_why_in_one_line(body: str, expect: str) -> No
 
 
 def test_an_unreadable_file_is_named(tmp_path: Path) -> None:
-    from stream.worker.audiences import load
+    from stream.worker.rules.audiences import load
 
     with pytest.raises(AudiencesError, match="cannot read"):
         load(tmp_path / "missing.yaml", CLASSES)
@@ -197,7 +197,7 @@ def walks(draw: st.DrawFn) -> tuple[tuple[str, ...], list[tuple[int, int | None]
 
 @given(walks())
 def test_membership_walk_reports_every_change_once_in_order(case) -> None:  # type: ignore[no-untyped-def]
-    from stream.worker.audiences import membership_walk
+    from stream.worker.rules.audiences import membership_walk
 
     current, steps, members = case
     names = ("a", "b", "c")
@@ -288,7 +288,7 @@ def test_a_condition_that_fails_at_run_time_is_counted_per_audience_and_logged_o
         return metrics.AUDIENCE_ERRORS.labels(name, "error")._value.get()  # type: ignore[no-any-return]
 
     before = {n: errors(n) for n in parsed.names}
-    caplog.set_level("WARNING", logger="stream.worker.audiences")
+    caplog.set_level("WARNING", logger="stream.worker.rules.audiences")
     for _ in range(2):  # two batches within a minute
         members = parsed.members(raw, ["high_value"] * 3, np.zeros((3, len(CLASSES))))
         assert members.tolist() == [[True, False, True]] + [[False, False, True]] * 2
@@ -308,7 +308,7 @@ def test_audience_failures_are_logged_at_most_once_a_minute(
 ) -> None:
     now = [0.0]
     failures = _Failures("some_audience", clock=lambda: now[0])
-    caplog.set_level("WARNING", logger="stream.worker.audiences")
+    caplog.set_level("WARNING", logger="stream.worker.rules.audiences")
     for t in (0.0, 10.0, 59.0, 60.0, 61.0, 125.0):
         now[0] = t
         failures.record("divide by zero")

@@ -22,7 +22,7 @@ import pytest
 from model.registry import load_current
 from stream.devtools.embedded import free_port
 from stream.settings import Settings
-from stream.worker.store import StateStore
+from stream.worker.state.store import StateStore
 from tests.conftest import REPO, TopicReader, WorkerProcess
 from tests.factories import DAY, T0, click, order
 from tests.helpers import as_items, produce, wait_applied
@@ -187,7 +187,7 @@ def test_a_replay_in_big_batches_gives_the_same_audience_events(
     settings_factory: Callable[..., Settings],
     reader_factory: Callable[[str], TopicReader],
 ) -> None:
-    from stream.worker.audiences import parse
+    from stream.worker.rules.audiences import parse
     from tests.stream.test_semantics import loyal_buyer, others_traffic, run
 
     text = BIG_RECENT + (

@@ -22,7 +22,7 @@ from stream.sinks import ConfluentSink
 from stream.worker.app import pipeline_config
 from stream.worker.pipeline import BatchProcessor
 from stream.worker.records import RawRecord
-from stream.worker.store import StateStore
+from stream.worker.state.store import StateStore
 from tests.conftest import TopicReader, WorkerProcess
 from tests.factories import DAY, T0, click, order
 from tests.helpers import feed, produce, raw_records, wait_applied

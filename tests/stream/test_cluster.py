@@ -14,9 +14,9 @@ import pytest
 
 from stream.devtools.embedded import cluster_binaries
 from stream.settings import Settings
-from stream.worker.record_codec import UserRecord
-from stream.worker.store import StateStore, UserWrite
-from stream.worker.store_keys import GROUPS
+from stream.worker.state.keys import GROUPS
+from stream.worker.state.record_codec import UserRecord
+from stream.worker.state.store import StateStore, UserWrite
 from tests.conftest import TopicReader, WorkerProcess
 from tests.faults.scenario import PacedStream, finish_and_account, history, wait_progress
 

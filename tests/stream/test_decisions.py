@@ -17,7 +17,7 @@ from model.segments import Hysteresis, decide
 from stream.worker.batch import Step, Timeline
 from stream.worker.decisions import decide_batch
 from stream.worker.pipeline_config import PipelineConfig
-from stream.worker.record_codec import UserRecord
+from stream.worker.state.record_codec import UserRecord
 from stream.worker.traits import published
 
 #: Decision weights as a manifest gives them: none, one class pushed, two moved.

@@ -25,7 +25,7 @@ from stream.sinks import ConfluentSink
 from stream.training.generate import GeneratorConfig, generate_events
 from stream.worker.app import pipeline_config
 from stream.worker.pipeline import BatchProcessor
-from stream.worker.store import StateStore
+from stream.worker.state.store import StateStore
 from tests.conftest import REPO, WorkerProcess, settings_env
 from tests.factories import DAY, T0, as_event, click, order
 from tests.helpers import as_items, produce, raw_records, wait_applied

@@ -26,10 +26,10 @@ from stream.topics import ensure_audience_topic, ensure_segment_topics
 from stream.training.replay import replay_records
 from stream.training.retrain import RetrainConfig, training_events
 from stream.worker.app import pipeline_config
-from stream.worker.audiences import load as load_audiences
 from stream.worker.pipeline import BatchProcessor, BatchResult
 from stream.worker.records import RawRecord
-from stream.worker.store import StateStore
+from stream.worker.rules.audiences import load as load_audiences
+from stream.worker.state.store import StateStore
 from tests.conftest import WorkerProcess, settings_env
 from tests.factories import T0, click, order
 from tests.helpers import as_items, produce, raw_records, wait_applied

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from model.labels import window_activity
 from stream.core.events import Event, fact
 from stream.core.fold import HALF_LIVES, UserState, decay, fold, fold_all, linear_count
-from stream.worker.store import UserRecord, decode_record, encode_record
+from stream.worker.state.store import UserRecord, decode_record, encode_record
 from tests.factories import DAY, T0, as_event, click, order
 
 

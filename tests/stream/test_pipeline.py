@@ -17,7 +17,7 @@ from stream.sinks import ConfluentSink
 from stream.worker.app import pipeline_config
 from stream.worker.pipeline import BatchProcessor
 from stream.worker.records import RawRecord
-from stream.worker.store import StateStore, encode_record
+from stream.worker.state.store import StateStore, encode_record
 from tests.conftest import TopicReader
 from tests.factories import DAY, T0, click, order
 from tests.helpers import raw_records
@@ -85,7 +85,7 @@ def test_a_resent_event_is_recognised_after_a_burst_of_either_topic(
     resent = raw_records(settings, [event], start=100)
     (_, again), snapshot, _ = asyncio.run(run_batches(settings, [first, resent]))
     assert (again.applied, again.duplicates) == (0, 1)
-    from stream.worker.store import decode_record
+    from stream.worker.state.store import decode_record
 
     assert decode_record(snapshot["u"], None).state.events == 1 + len(burst)
 
@@ -112,7 +112,7 @@ def test_re_sent_orders_are_recognised_after_any_number_of_newer_events(
     clean = settings_factory(redis_prefix=settings.redis_prefix + "-clean")
     _, without, _ = asyncio.run(run_batches(clean, [once]))
     # identical features; only the offset marks differ (they moved past the resend)
-    from stream.worker.store import decode_record
+    from stream.worker.state.store import decode_record
 
     a, b = decode_record(with_dupes["whale"], None), decode_record(without["whale"], None)
     assert a.state == b.state and a.segment == b.segment and a.version == b.version

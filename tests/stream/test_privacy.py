@@ -15,7 +15,7 @@ from stream.settings import Settings, SettingsError, load_settings
 from stream.topics import ensure_segment_topics
 from stream.worker.app import faust_credentials
 from stream.worker.pipeline import BatchResult
-from stream.worker.store import StateStore, UserRecord
+from stream.worker.state.store import StateStore, UserRecord
 from tests.conftest import TopicReader, WorkerProcess, settings_env
 from tests.factories import DAY, T0, click, order
 from tests.helpers import as_items, produce, raw_records, wait_applied

@@ -14,7 +14,7 @@ from stream.settings import Settings
 from stream.sinks import ConfluentSink, Outgoing
 from stream.worker.app import pipeline_config
 from stream.worker.pipeline import BatchProcessor, BatchResult
-from stream.worker.store import StateStore, StoreMismatch
+from stream.worker.state.store import StateStore, StoreMismatch
 from tests.conftest import TopicReader, settings_env
 from tests.factories import DAY, T0, click, order
 from tests.helpers import feed, raw_records

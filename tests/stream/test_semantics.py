@@ -17,11 +17,11 @@ from model.registry import load_current
 from stream.settings import Settings
 from stream.sinks import ConfluentSink
 from stream.worker.app import pipeline_config
-from stream.worker.audiences import Audiences
 from stream.worker.pipeline import BatchProcessor
-from stream.worker.playbook import PlaybookError, parse
 from stream.worker.records import RawRecord
-from stream.worker.store import StateStore
+from stream.worker.rules.audiences import Audiences
+from stream.worker.rules.playbook import PlaybookError, parse
+from stream.worker.state.store import StateStore
 from tests.conftest import TopicReader, WorkerProcess
 from tests.factories import DAY, T0, click, order
 from tests.helpers import as_items, produce, wait_applied
@@ -236,7 +236,7 @@ def test_bad_playbook_fails_with_line_and_reason() -> None:
 
 
 def test_playbook_resolves_transition_then_wildcard_then_segment_default() -> None:
-    from stream.worker.playbook import default_path, load
+    from stream.worker.rules.playbook import default_path, load
 
     book = load(default_path(), CLASSES)
     assert book.action_for("high_value", "at_risk")["params"]["channel"] == "account_manager"  # type: ignore[index]

@@ -28,10 +28,10 @@ from stream.settings import Settings
 from stream.sinks import ConfluentSink, Outgoing
 from stream.worker.app import pipeline_config
 from stream.worker.batch import BatchResult
-from stream.worker.failures import Retrying
-from stream.worker.health import Health
+from stream.worker.faults.failures import Retrying
 from stream.worker.pipeline import BatchProcessor
-from stream.worker.store import StateStore
+from stream.worker.state.store import StateStore
+from stream.worker.web.health import Health
 from tests.conftest import TopicReader
 from tests.factories import DAY, T0, click, order
 from tests.helpers import feed, raw_records

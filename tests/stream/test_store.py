@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from stream.core.dedup import SeenEvents, admit, encode, order_digest
 from stream.core.fold import HALF_LIVES, UserState, fold_all
 from stream.redis_client import client_from_url
-from stream.worker.store import (
+from stream.worker.state.keys import GROUPS
+from stream.worker.state.store import (
     ConflictError,
     StateStore,
     StoreMismatch,
@@ -21,7 +22,6 @@ from stream.worker.store import (
     decode_record,
     encode_record,
 )
-from stream.worker.store_keys import GROUPS
 from tests.factories import DAY, T0, as_event, order
 
 pytestmark = pytest.mark.integration

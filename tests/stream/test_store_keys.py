@@ -1,7 +1,7 @@
 """The key layout: every key of one user, and the clock's keys, share a hash slot.
 
 Redis Cluster runs a script only if its keys share one slot; these check the
-layout (stream.worker.store_keys) and what the store hands each script call.
+layout (stream.worker.state.keys) and what the store hands each script call.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from stream.core.fold import UserState
-from stream.worker.record_codec import UserRecord
-from stream.worker.store import StateStore, UserWrite, index_moves
-from stream.worker.store_keys import GROUPS, MEMBER_SHARDS, KeyLayout, group_of, member_shard
-from stream.worker.store_scripts import USER_ARGS, USER_KEYS
+from stream.worker.state.keys import GROUPS, MEMBER_SHARDS, KeyLayout, group_of, member_shard
+from stream.worker.state.record_codec import UserRecord
+from stream.worker.state.scripts import USER_ARGS, USER_KEYS
+from stream.worker.state.store import StateStore, UserWrite, index_moves
 
 user_ids = st.text(min_size=1, max_size=40)
 DAY = 86_400_000

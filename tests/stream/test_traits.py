@@ -36,11 +36,11 @@ from stream.settings import Settings
 from stream.sinks import ConfluentSink
 from stream.topics import ensure_audience_topic, ensure_segment_topics
 from stream.worker.app import pipeline_config
-from stream.worker.audiences import parse
 from stream.worker.changes import segment_change, segment_events
 from stream.worker.pipeline import BatchProcessor
 from stream.worker.records import RawRecord
-from stream.worker.store import StateStore
+from stream.worker.rules.audiences import parse
+from stream.worker.state.store import StateStore
 from stream.worker.traits import ModelVersions, clean, published
 from tests.conftest import REPO, TopicReader, settings_env
 from tests.factories import DAY, T0, click, order
