@@ -42,6 +42,8 @@ def _result(**overrides: object) -> BenchResult:
         "raw_p99_ms": 30.0,
         "worker_rss_mb": 180.0,
         "redis_bytes_per_user": 410.0,
+        "bytewax_eps": 96_000.0,
+        "quix_eps": 24_000.0,
     }
     values.update(overrides)
     return BenchResult(**values)  # type: ignore[arg-type]
