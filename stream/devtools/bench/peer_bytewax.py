@@ -18,6 +18,7 @@ import orjson
 from stream.devtools.bench.peer_child import (
     PUBLISH_EVERY,
     Progress,
+    create_output_topic,
     fold,
     missing,
     parse_args,
@@ -40,7 +41,9 @@ def main(argv: list[str]) -> int:
 
     args = parse_args("stream.devtools.bench.peer_bytewax", argv)
     # The run's broker and its SASL/TLS settings (the environment is the run's settings).
-    conf = load_settings().kafka_client_config()
+    settings = load_settings()
+    conf = settings.kafka_client_config()
+    create_output_topic(conf, args.output, settings.topic_partitions)
     brokers = conf.pop("bootstrap.servers").split(",")
     security = {k: str(v) for k, v in conf.items()}
     say({"peer": "bytewax", "version": version("bytewax")})

@@ -14,7 +14,7 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import orjson
 
@@ -24,6 +24,10 @@ MISSING_EXIT = 3
 #: the smallest backlog (1,000 events would still get a few), coarse enough to
 #: cost nothing beside the fold.
 REPORT_EVERY = 500
+#: The peers' output topics' retention (a bench's output is thrown away with
+#: its run). Given at creation because quix-streams reads ``retention.ms`` back,
+#: and Tansu returns only the configs a topic was created with.
+OUTPUT_RETENTION_MS = str(60 * 60 * 1000)
 #: Every this many updates of a user, the fold publishes its count and spend
 #: (as the issue's harness did).
 PUBLISH_EVERY = 10
@@ -58,6 +62,20 @@ def version(dist: str) -> str:
         return dist_version(dist)
     except PackageNotFoundError:
         return "?"
+
+
+def create_output_topic(conf: dict[str, Any], name: str, partitions: int) -> None:
+    """The peer's output topic, with ``retention.ms``, unless it exists. Neither
+    Tansu nor the Apache Kafka the bench starts creates a topic on first produce
+    (bytewax's sink failed on a missing one)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(conf)
+    if name in admin.list_topics(timeout=15).topics:
+        return
+    topic = NewTopic(name, partitions, 1, config={"retention.ms": OUTPUT_RETENTION_MS})
+    for fut in admin.create_topics([topic], operation_timeout=15).values():
+        fut.result(15)
 
 
 def say(obj: dict[str, object]) -> None:

@@ -10,7 +10,8 @@ quix-streams reads ``retention.ms`` back from every topic it uses (and derives
 its changelogs' from the inputs'). Apache Kafka returns every config with its
 defaults, but Tansu returns only those given at creation: the service creates
 its input topics with ``retention.ms`` (stream.topics.input_retention), and this
-peer creates its output topic with it too.
+peer creates its output topic with it (quix creates the changelog with the
+inputs').
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 from typing import Any
 
 from stream.devtools.bench.peer_child import (
+    OUTPUT_RETENTION_MS,
     PUBLISH_EVERY,
     Progress,
     fold,
@@ -27,9 +29,6 @@ from stream.devtools.bench.peer_child import (
     say,
     version,
 )
-
-#: The output topic's retention: a bench's output is thrown away with its run.
-OUTPUT_RETENTION_MS = str(60 * 60 * 1000)
 
 
 def main(argv: list[str]) -> int:
@@ -51,13 +50,11 @@ def main(argv: list[str]) -> int:
         auto_offset_reset="earliest",
         state_dir=args.datadir,
         loglevel="WARNING",
-        # Short group timeouts, as every other phase of the bench uses: they
-        # make the group join take seconds on Tansu, not the data path faster.
-        consumer_extra_config={
-            "session.timeout.ms": 6000,
-            "heartbeat.interval.ms": 1000,
-            "max.poll.interval.ms": 6000,
-        },
+        # A short session, as every other phase of the bench uses: the group
+        # join takes seconds on Tansu, and the data path is untouched. Not a
+        # short max.poll.interval.ms: on a loaded machine a 6 s one expired
+        # mid-run and failed the peer.
+        consumer_extra_config={"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000},
     )
     inputs = [app.dataframe(app.topic(name, value_deserializer="json")) for name in args.topics]
     sdf = inputs[0]

@@ -141,6 +141,7 @@ def run_peer(
     """(the peer's rate over the 10%-90% window, its version), or (None, "not installed")."""
     module, _ = PEERS[peer]
     log_path = workdir / f"peer-{peer}.log"
+    output = f"bench-{run_id}-peer-{peer}-out"
     cmd = [
         sys.executable,
         "-m",
@@ -148,7 +149,7 @@ def run_peer(
         "--topics",
         ",".join(settings.input_topics),
         "--output",
-        f"bench-{run_id}-peer-{peer}-out",
+        output,
         "--group",
         f"bench-{run_id}-peer-{peer}",
         "--expect",
