@@ -159,7 +159,7 @@ def test_config_refuses_more_workers_than_partitions() -> None:
 def test_cli_help_names_the_phases_and_options() -> None:
     result = CliRunner().invoke(app, ["bench", "--help"])
     assert result.exit_code == 0
-    for word in ("--events", "--users", "--partitions", "--workers", "--json", "B0"):
+    for word in ("--events", "--users", "--partitions", "--workers", "--json", "B0", "--peers"):
         assert word in result.output
 
 
