@@ -67,6 +67,19 @@ class ChildProgress:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def _parse(line: bytes) -> dict[str, Any]:
+    """One line of a child's stdout; anything but a JSON object (a library that
+    prints) is not the child's report, and is passed over."""
+    try:
+        point = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        point = None
+    if not isinstance(point, dict):
+        log.debug("not a progress line: %r", line[:200])
+        return {}
+    return point
+
+
 def follow_child(
     proc: subprocess.Popen[bytes],
     what: str,
@@ -97,7 +110,7 @@ def follow_child(
         while out.samples.last < total:
             time.sleep(0.05)
             while seen < len(lines):
-                point = orjson.loads(lines[seen])
+                point = _parse(lines[seen])
                 seen += 1
                 if "n" in point:
                     out.samples.add(point["t"], point["n"])
@@ -108,7 +121,7 @@ def follow_child(
             if proc.poll() is not None and out.samples.last < total:
                 reader.join(5)  # its last lines (a "missing" one) may still be in the pipe
                 for line in lines[seen:]:
-                    out.meta.update(orjson.loads(line))
+                    out.meta.update(_parse(line))
                 if proc.returncode == MISSING_EXIT and "missing" in out.meta:
                     raise PeerMissing(str(out.meta.get("error", "")))
                 raise BenchError(
