@@ -16,7 +16,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
@@ -100,7 +100,9 @@ class AnnouncementListener:
                 if msg is None or msg.error() is not None or msg.value() is None:
                     continue
                 try:
-                    self._callback(orjson.loads(msg.value()))  # type: ignore[arg-type]
+                    # cast, not an ignore: confluent-kafka's stubs type value()
+                    # differently across releases (the bench extra pins < 2.13).
+                    self._callback(orjson.loads(cast("bytes", msg.value())))
                 except Exception:  # a bad announcement must not stop the listener
                     log.exception("bad model announcement ignored")
         except Exception:

@@ -152,6 +152,13 @@ def bench(
             help="Pin the broker, Redis and the load driver to core 0 and the workers to core 1",
         ),
     ] = False,
+    peers: Annotated[
+        str,
+        typer.Option(
+            help="Also drain the backlog with these stream processors' trivial fold, each in "
+            "its own process: bytewax, quix (comma-separated; pip install -e '.[bench]')",
+        ),
+    ] = "",
 ) -> None:
     """Measure the pipeline against a raw Kafka drain and a bare Faust agent, on one backlog.
 
@@ -159,16 +166,23 @@ def bench(
     Faust agent, default settings, take(1000, within=0.05)), P (`segmenter
     worker` with its shipped settings), then end-to-end latency at B0's rate,
     with a plain consumer's latency on the same records beside it (the
-    transport's floor).
+    transport's floor). With --peers, bytewax's and quix-streams' trivial fold
+    (a count and a spend per user) drain the same backlog too.
     Prints a table, or with --json one object with raw_eps, faust_passthrough_eps,
     pipeline_eps, pipeline_vs_faust, pipeline_vs_raw, latency_rate_eps, p50_ms,
-    p99_ms, raw_p50_ms, raw_p99_ms,
+    p99_ms, raw_p50_ms, raw_p99_ms, overhead_p50_ms, overhead_p99_ms, bytewax_eps,
+    quix_eps, pipeline_vs_bytewax, pipeline_vs_quix (null: not run or not installed),
     worker_rss_mb, redis_bytes_per_user, events, users, partitions and a
     per-stage breakdown. SEGMENTER_* variables change P's settings.
     """
     from stream.devtools.bench import BenchConfig, BenchError, render, run_bench
+    from stream.devtools.bench.peers import parse_peers
 
     setup_logging("INFO")
+    try:
+        peer_names = parse_peers(peers)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--peers") from None
     cfg = BenchConfig(
         events=events,
         users=users,
@@ -185,6 +199,7 @@ def bench(
         redis_url=redis_url,
         redis_cluster=redis_cluster,
         pin=pin,
+        peers=peer_names,
     )
     try:
         cfg.validate()

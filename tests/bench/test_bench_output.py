@@ -42,6 +42,8 @@ def _result(**overrides: object) -> BenchResult:
         "raw_p99_ms": 30.0,
         "worker_rss_mb": 180.0,
         "redis_bytes_per_user": 410.0,
+        "bytewax_eps": 96_000.0,
+        "quix_eps": 24_000.0,
     }
     values.update(overrides)
     return BenchResult(**values)  # type: ignore[arg-type]
@@ -157,7 +159,7 @@ def test_config_refuses_more_workers_than_partitions() -> None:
 def test_cli_help_names_the_phases_and_options() -> None:
     result = CliRunner().invoke(app, ["bench", "--help"])
     assert result.exit_code == 0
-    for word in ("--events", "--users", "--partitions", "--workers", "--json", "B0"):
+    for word in ("--events", "--users", "--partitions", "--workers", "--json", "B0", "--peers"):
         assert word in result.output
 
 

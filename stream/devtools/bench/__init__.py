@@ -7,6 +7,8 @@ One run, one process tree, one broker and one Redis for every phase:
   ``stream.take(1000, within=0.05)`` (what a user writes first), in its own process;
 * **P**: ``segmenter worker`` process(es) with the settings the project ships,
   draining the same backlog: decode, validate, fold, Redis, score, publish;
+* **peers** (``--peers bytewax,quix``): bytewax's and quix-streams' trivial fold
+  (a count and a spend per user) on the same backlog, each in its own process;
 * **latency**: paced events at B0's measured throughput (or a fraction of P's),
   stamped with the wall clock, against a consumer of ``customer-segments``:
   event time to the segment change being readable; a plain consumer of the
@@ -26,9 +28,10 @@ afterwards: never FLUSHDB/FLUSHALL).
 Modules: ``config`` (what a run is asked), ``runner`` (phases R, B0, P),
 ``latency_phases`` and ``latency`` (latency, the transport's floor, the curve),
 ``measure`` (helpers), ``servers`` (embedded servers, clean-up), ``results``
-(the result, its JSON and its table), ``passthrough`` (the B0 process) and
-``audiences`` (the audiences of ``--audiences N``). None of them is imported
-by the worker.
+(the result, its JSON and its table), ``passthrough`` (the B0 process),
+``audiences`` (the audiences of ``--audiences N``), and ``peers`` (the phase of
+``--peers``) with ``peer_child``, ``peer_bytewax`` and ``peer_quix`` (the peer
+processes). None of them is imported by the worker.
 """
 
 from stream.devtools.bench.config import BenchConfig, BenchError

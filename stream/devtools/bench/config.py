@@ -54,6 +54,9 @@ class BenchConfig:
     #: Rule audiences P serves (0 = none); with N > 0, P also runs without
     #: them in the same run, for ``audiences_vs_none``.
     audiences: int = 0
+    #: Other stream processors' trivial fold on the same backlog and broker
+    #: (stream.devtools.bench.peers.PEERS: "bytewax", "quix"), each its own process.
+    peers: tuple[str, ...] = ()
 
     @property
     def broker_label(self) -> str:
@@ -76,6 +79,12 @@ class BenchConfig:
             raise ValueError(f"latency_load must be in (0, 2], got {self.latency_load}")
         if self.pin and len(os.sched_getaffinity(0)) < 2:
             raise ValueError("--pin needs at least 2 cores")
+        from stream.devtools.bench.peers import PEERS
+
+        if unknown := [p for p in self.peers if p not in PEERS]:
+            raise ValueError(
+                f"unknown peer(s) {', '.join(unknown)}: choose from {', '.join(PEERS)}"
+            )
         if self.workers > self.partitions:
             raise ValueError(
                 f"{self.workers} workers need at least as many partitions, got {self.partitions}"

@@ -23,6 +23,12 @@ JSON_KEYS = (
     "p99_ms",
     "raw_p50_ms",
     "raw_p99_ms",
+    "overhead_p50_ms",
+    "overhead_p99_ms",
+    "bytewax_eps",
+    "quix_eps",
+    "pipeline_vs_bytewax",
+    "pipeline_vs_quix",
     "worker_rss_mb",
     "redis_bytes_per_user",
     "events",
@@ -65,6 +71,34 @@ class BenchResult:
     pinned: bool = False
     #: The broker measured: "tansu" or "kafka" (started by the run), or "external".
     broker: str = "tansu"
+    #: With --peers: each peer's trivial fold on the same backlog (None: not
+    #: measured, or not installed), and per peer asked its library's version
+    #: or "not installed".
+    bytewax_eps: float | None = None
+    quix_eps: float | None = None
+    peer_versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def overhead_p50_ms(self) -> float | None:
+        """The pipeline's own share of p50 latency: its p50 less the raw transport's,
+        on the same paced records at ``latency_rate_eps``."""
+        if self.p50_ms is None or self.raw_p50_ms is None:
+            return None
+        return self.p50_ms - self.raw_p50_ms
+
+    @property
+    def overhead_p99_ms(self) -> float | None:
+        if self.p99_ms is None or self.raw_p99_ms is None:
+            return None
+        return self.p99_ms - self.raw_p99_ms
+
+    @property
+    def pipeline_vs_bytewax(self) -> float | None:
+        return self.pipeline_eps / self.bytewax_eps if self.bytewax_eps else None
+
+    @property
+    def pipeline_vs_quix(self) -> float | None:
+        return self.pipeline_eps / self.quix_eps if self.quix_eps else None
 
     @property
     def audiences_vs_none(self) -> float | None:
@@ -98,6 +132,13 @@ class BenchResult:
             "p99_ms": r(self.p99_ms),
             "raw_p50_ms": r(self.raw_p50_ms),
             "raw_p99_ms": r(self.raw_p99_ms),
+            "overhead_p50_ms": r(self.overhead_p50_ms),
+            "overhead_p99_ms": r(self.overhead_p99_ms),
+            "bytewax_eps": r(self.bytewax_eps, 0),
+            "quix_eps": r(self.quix_eps, 0),
+            "pipeline_vs_bytewax": r(self.pipeline_vs_bytewax, 2),
+            "pipeline_vs_quix": r(self.pipeline_vs_quix, 2),
+            "peers": self.peer_versions,
             "worker_rss_mb": r(self.worker_rss_mb),
             "redis_bytes_per_user": r(self.redis_bytes_per_user),
             "events": self.events,
@@ -160,6 +201,8 @@ def render(result: BenchResult) -> Table:
             f"{result.audiences_vs_none:.2f}",
         )
     table.add_row("", "pipeline_vs_raw", f"{result.pipeline_vs_raw:.3f}")
+    for peer, version in result.peer_versions.items():
+        _peer_rows(table, result, peer, version)
     if result.p50_ms is not None and result.p99_ms is not None:
         table.add_row(
             "lat",
@@ -171,6 +214,12 @@ def render(result: BenchResult) -> Table:
             "lat",
             "  raw transport, same records (plain consumer of the inputs)",
             f"p50 {result.raw_p50_ms:.1f} ms, p99 {result.raw_p99_ms:.1f} ms",
+        )
+    if result.overhead_p50_ms is not None and result.overhead_p99_ms is not None:
+        table.add_row(
+            "lat",
+            "  the pipeline's own share (pipeline - raw)",
+            f"p50 {result.overhead_p50_ms:+.1f} ms, p99 {result.overhead_p99_ms:+.1f} ms",
         )
     for point in result.latency_curve:
         table.add_row(
@@ -202,3 +251,16 @@ def render(result: BenchResult) -> Table:
     for stage, pct in result.breakdown.get("profile", {}).get("main_thread_pct", {}).items():
         table.add_row("py-spy", f"  {stage}", f"{pct:.1f}%")
     return table
+
+
+def _peer_rows(table: Table, result: BenchResult, peer: str, version: str) -> None:
+    from stream.devtools.bench.peers import INSTALL_HINT, PEERS
+
+    eps = result.bytewax_eps if peer == "bytewax" else result.quix_eps
+    ratio = result.pipeline_vs_bytewax if peer == "bytewax" else result.pipeline_vs_quix
+    what = f"{PEERS[peer][1]}, trivial fold"
+    if eps is None or ratio is None:
+        table.add_row(peer, what, f"not installed ({INSTALL_HINT})")
+        return
+    table.add_row(peer, f"{what} ({version})", f"{eps:,.0f} ev/s")
+    table.add_row("", f"pipeline_vs_{peer}", f"{ratio:.2f}")

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -51,6 +50,7 @@ from stream.devtools.bench.measure import (
     scrape,
     vm_rss_mb,
 )
+from stream.devtools.bench.peers import follow_child, run_peer, run_topics
 from stream.devtools.bench.results import BenchResult
 from stream.devtools.bench.servers import (
     GroupWatch,
@@ -140,7 +140,9 @@ class Bench(LatencyPhases):
                     return self._run(settings)
                 finally:
                     if cfg.kafka_url is not None:
-                        delete_topics(settings, list(settings.all_topics))
+                        # The peers' topics too (their outputs, quix's changelogs).
+                        theirs = run_topics(settings, self.run_id) if cfg.peers else []
+                        delete_topics(settings, sorted({*settings.all_topics, *theirs}))
                     if not embedded_redis:
                         n = asyncio.run(delete_prefix(settings))
                         log.info("deleted %d keys under %s:*", n, settings.redis_prefix)
@@ -191,6 +193,8 @@ class Bench(LatencyPhases):
                 )
             },
         )
+        for peer in cfg.peers:
+            self._phase_peer(settings, result, peer)
         if cfg.workers > 1:
             result.one_worker_eps = self._phase_one_worker(settings, result)
         if cfg.audiences:
@@ -366,51 +370,41 @@ class Bench(LatencyPhases):
             "--logfile",
             str(log_path),
         ]
-        samples = Samples()
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=settings.to_env()
         )
         if self.cfg.pin:
             pin_process(proc.pid, WORKER_CORE)
-        lines: list[bytes] = []
-
-        def read() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                lines.append(line)
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        try:
-            with self._progress() as bar:
-                task = bar.add_task("B0 bare Faust take(1000)", total=self.total, rate="")
-                started = last = time.monotonic()
-                seen = 0
-                while samples.last < self.total:
-                    time.sleep(0.05)
-                    while seen < len(lines):
-                        point = orjson.loads(lines[seen])
-                        seen += 1
-                        samples.add(point["t"], point["n"])
-                        last = time.monotonic()
-                    bar.update(task, completed=samples.last)
-                    if proc.poll() is not None and samples.last < self.total:
-                        raise BenchError(
-                            f"B0: the passthrough worker exited {proc.returncode} at "
-                            f"{samples.last:,} records:\n{log_tail(log_path)}"
-                        )
-                    limit = self.cfg.stall_s + (90 if not samples.last else 0)
-                    if time.monotonic() - max(last, started) > limit:
-                        raise BenchError(
-                            f"B0: no progress for {limit:.0f} s at {samples.last:,} records:\n"
-                            f"{log_tail(log_path)}"
-                        )
-        finally:
-            stop_process(proc, 10)
-            reader.join(5)
+        with self._progress() as bar:
+            task = bar.add_task("B0 bare Faust take(1000)", total=self.total, rate="")
+            samples = follow_child(
+                proc,
+                "B0: the passthrough worker",
+                self.total,
+                log_path,
+                self.cfg.stall_s,
+                lambda n: bar.update(task, completed=n),
+            ).samples
         eps = samples.rate(self.total)
         log.info("B0: bare Faust agent, default settings, at %s records/s", f"{eps:,.0f}")
         return eps
+
+    def _phase_peer(self, settings: Settings, result: BenchResult, peer: str) -> None:
+        """A peer's trivial fold on the same backlog (stream.devtools.bench.peers)."""
+        with self._progress() as bar:
+            task = bar.add_task(f"peer {peer}", total=self.total, rate="")
+            eps, version = run_peer(
+                peer,
+                settings,
+                run_id=self.run_id,
+                total=self.total,
+                workdir=self.workdir,
+                stall_s=self.cfg.stall_s,
+                on_start=lambda pid: pin_process(pid, WORKER_CORE) if self.cfg.pin else None,
+                on_progress=lambda n: bar.update(task, completed=n),
+            )
+        setattr(result, f"{peer}_eps", eps)
+        result.peer_versions[peer] = version
 
     # ----------------------------------------------------------------- phase P
 
