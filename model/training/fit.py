@@ -155,6 +155,9 @@ def fit(
     # and given its decision weight here; train.py chooses on validation rows.
     heads = candidates(uncalibrated, early_stopping.x, t_stop, early_stopping.y)
     network = heads[0]
+    allowed = getattr(cfg, "value_heads", None)
+    if allowed:
+        heads = [h for h in heads if h.source in allowed] or [network]
     platt = network.scorer.towers.value.platt  # type: ignore[union-attr]
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     calibration = {
@@ -167,7 +170,8 @@ def fit(
         "cadence": cadence.to_dict(),
     }
     log.info("calibrated on %d early-stopping rows: %s", len(early_stopping), calibration)
-    return Fitted(model, network.scorer, network.decision_weights, hist, calibration, heads)
+    first = heads[0]
+    return Fitted(model, first.scorer, first.decision_weights, hist, calibration, heads)
 
 
 def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -55,6 +55,9 @@ class TrainConfig:
     seed: int = 0
     #: Clip inputs to the training range (model/training/network.py).
     clip: bool = True
+    #: The value heads the choice may take (model.training.stacking): all three
+    #: by default; ("network",) serves the network alone.
+    value_heads: tuple[str, ...] = ("network", "btyd", "blend")
 
 
 def code_version() -> str:
