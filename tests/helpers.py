@@ -18,23 +18,35 @@ from stream.worker.state.store import StateStore, encode_record
 from tests.conftest import WorkerProcess
 
 
+def sending_producer(settings: Settings, **config: Any) -> Any:
+    """The producer the tests send with. Through the project's producer factory:
+    keys land where Java clients put them. Idempotent, as `segmenter produce` is:
+    a retried batch can then never land after a later one, so send order is each
+    partition's order (the ledgers fold in send order; a non-idempotent retry
+    under load broke that on Kafka). Making one costs a round trip for its
+    producer id (0.6 s on Tansu): a stream of small sends keeps one.
+
+    ``config``: more librdkafka settings, with dots as underscores.
+    """
+    return new_producer(
+        {"bootstrap.servers": settings.bootstrap_servers, "acks": "all", "enable.idempotence": True}
+        | {k.replace("_", "."): v for k, v in config.items()}
+    )
+
+
 def produce(
     settings: Settings,
     items: list[tuple[str, bytes | None, bytes]],
+    *,
+    producer: Any = None,
     **config: Any,
 ) -> dict[str, int]:
     """Produce (topic, key, value); return the last offset per topic:partition.
 
-    ``config``: more librdkafka settings, with dots as underscores.
+    ``producer``: one from :func:`sending_producer` to reuse (else a new one);
+    ``config``: more librdkafka settings for a new one, with dots as underscores.
     """
-    # Through the project's producer factory: keys land where Java clients put them.
-    # Idempotent, as `segmenter produce` is: a retried batch can then never land
-    # after a later one, so send order is each partition's order (the ledgers
-    # fold in send order; a non-idempotent retry under load broke that on Kafka).
-    producer = new_producer(
-        {"bootstrap.servers": settings.bootstrap_servers, "acks": "all", "enable.idempotence": True}
-        | {k.replace("_", "."): v for k, v in config.items()}
-    )
+    producer = producer or sending_producer(settings, **config)
     ends: dict[str, int] = {}
     errors: list[Any] = []
 

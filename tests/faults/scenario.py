@@ -16,7 +16,7 @@ from stream.training.produce import encode_generated
 from stream.worker.state.store import StateStore
 from tests.conftest import TopicReader, WorkerProcess
 from tests.faults.accounting import Ledger, account
-from tests.helpers import produce, wait_applied
+from tests.helpers import produce, sending_producer, wait_applied
 
 Sent = list[tuple[str, bytes | None, bytes]]
 
@@ -39,7 +39,8 @@ class PacedStream:
     """Produce ``head`` records at once, then the rest at ``rate``/s in a thread: a live stream."""
 
     def __init__(self, settings: Settings, sent: Sent, head: int, rate: float) -> None:
-        self.ends: dict[str, int] = produce(settings, sent[:head])
+        self._producer = sending_producer(settings)  # one for the whole stream
+        self.ends: dict[str, int] = produce(settings, sent[:head], producer=self._producer)
         self._settings, self._rest, self._rate = settings, sent[head:], rate
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -48,7 +49,8 @@ class PacedStream:
         chunk = max(1, int(self._rate / 10))
         for i in range(0, len(self._rest), chunk):
             started = time.monotonic()
-            for tp, off in produce(self._settings, self._rest[i : i + chunk]).items():
+            chunk_ends = produce(self._settings, self._rest[i : i + chunk], producer=self._producer)
+            for tp, off in chunk_ends.items():
                 self.ends[tp] = max(self.ends.get(tp, -1), off)
             time.sleep(max(0.0, 0.1 - (time.monotonic() - started)))
 
