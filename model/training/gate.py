@@ -175,18 +175,6 @@ def score_version(
     }
 
 
-def score_serving(
-    model_dir: Path, candidate_dir: Path, manifest: dict[str, Any]
-) -> dict[str, Any] | None:
-    """The serving model on the candidate's rows (None if there is none but the candidate)."""
-    version = current_version(model_dir)
-    if version is None or version == candidate_dir.name:
-        return None
-    with np.load(candidate_dir / "validation.npz") as val:
-        x, y = val["x"], val["y"]
-    return score_version(model_dir, version, manifest, x, y)
-
-
 def incumbents(
     model_dir: Path, candidate_dir: Path, manifest: dict[str, Any], x: np.ndarray, y: np.ndarray
 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
