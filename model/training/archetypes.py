@@ -72,9 +72,19 @@ class Archetype:
     scored_after_days: float = 0.0
     #: the history has clickstream events: not judged for orders-only models
     needs_clicks: bool = False
+    #: a buyer whose segment does not rest on browsing: judged on the orders
+    #: alone for a model trained without clickstream
+    clicks_optional: bool = False
 
-    def features(self) -> np.ndarray:
-        return vector(fold_all(self.events()), NOW_MS + int(self.scored_after_days * DAY_MS))
+    def history(self, has_clicks: bool = True) -> list[Event]:
+        events = self.events()
+        if self.clicks_optional and not has_clicks:
+            return [e for e in events if not isinstance(e, ClickEvent)]
+        return events
+
+    def features(self, has_clicks: bool = True) -> np.ndarray:
+        at = NOW_MS + int(self.scored_after_days * DAY_MS)
+        return vector(fold_all(self.history(has_clicks)), at)
 
 
 def _whale() -> list[Event]:
@@ -186,7 +196,8 @@ def _why_not_judged(
         return "the model has no such class"
     if a.needs_clicks and not has_clicks:
         return "the model was trained without clickstream"
-    if not has_orders_only and not any(isinstance(e, ClickEvent) for e in a.events()):
+    history = a.history(has_clicks)
+    if not has_orders_only and not any(isinstance(e, ClickEvent) for e in history):
         # The mirror case: a buyer with no session at all is outside everything
         # such a model saw (every buyer it learnt from browsed), as clicks are
         # for a model trained on orders alone.
@@ -210,9 +221,13 @@ def run(
     no clickstream and every buyer the model saw had some. Those are reported
     with the reason and do not gate.
     """
+    # The release suite is imported here: it builds on this module's helpers.
+    from model.training.archetypes_release import RELEASE, RELEASE_PAIRS
+
+    suites = [("development", a) for a in ARCHETYPES] + [("release", a) for a in RELEASE]
     rows: list[dict[str, Any]] = []
-    for a in ARCHETYPES:
-        x = a.features()
+    for suite, a in suites:
+        x = a.features(has_clicks)
         probs = predict(x[None, :])[0]
         got = classes[int(probs.argmax())]
         not_judged = _why_not_judged(a, classes, has_clicks, has_orders_only)
@@ -220,6 +235,7 @@ def run(
         rows.append(
             {
                 "name": a.name,
+                "suite": suite,
                 "description": a.description,
                 "expected": sorted(a.expected),
                 "got": got,
@@ -232,22 +248,29 @@ def run(
                 "features": {
                     k: round(v, 3)
                     for k, v in raw_features(
-                        fold_all(a.events()), NOW_MS + int(a.scored_after_days * DAY_MS)
+                        fold_all(a.history(has_clicks)), NOW_MS + int(a.scored_after_days * DAY_MS)
                     ).items()
                 },
             }
         )
     pairs: list[dict[str, Any]] = []
-    for p in PAIRS:
+    for suite, p in [("development", q) for q in PAIRS] + [("release", q) for q in RELEASE_PAIRS]:
         if p.segment not in classes:
-            pairs.append({"name": p.name, "applicable": False, "passed": True})
+            pairs.append({"name": p.name, "suite": suite, "applicable": False, "passed": True})
             continue
         k = classes.index(p.segment)
-        hi = float(predict(_at(p.higher(), p.higher_after_days))[0, k])
-        lo = float(predict(_at(p.lower(), p.lower_after_days))[0, k])
+
+        # Browsing is beside the point of every pair: a model trained without
+        # clickstream compares the orders alone.
+        def seen(events: list[Event]) -> list[Event]:
+            return events if has_clicks else [e for e in events if not isinstance(e, ClickEvent)]
+
+        hi = float(predict(_at(seen(p.higher()), p.higher_after_days))[0, k])
+        lo = float(predict(_at(seen(p.lower()), p.lower_after_days))[0, k])
         pairs.append(
             {
                 "name": p.name,
+                "suite": suite,
                 "description": p.description,
                 "segment": p.segment,
                 "higher": round(hi, 4),

@@ -150,11 +150,12 @@ def assess(
     horizon_ms: int,
     top_quantile: float,
     decision_weights: dict[str, float] | None = None,
-) -> tuple[dict[str, Any], np.ndarray]:
+) -> tuple[dict[str, Any], np.ndarray, dict[str, np.ndarray]]:
     """Metrics of the model and the baselines on all parts' validation rows, and the checks.
 
-    Returns ``(metrics, predicted class indices)``. Segments are decided with
-    the model's decision weights; calibration is measured on the published
+    Returns ``(metrics, predicted class indices, each baseline's class indices)``,
+    the last as the gate compares with (the pooled CLV decision with several parts).
+    Segments are decided with the model's decision weights; calibration is measured on the published
     probabilities, which have none.
     """
     val = Examples.concat([p.val for p in parts])
@@ -180,9 +181,9 @@ def assess(
         baseline_predictions(p, horizon_ms=horizon_ms, top_quantile=top_quantile, clv_expected=e)
         for p, e in zip(parts, expected, strict=True)
     ]
+    decided = {name: np.concatenate([b[name] for b in per_part]) for name in BASELINES}
     metrics["baselines"] = {
-        name: classification_report(val.y, np.concatenate([b[name] for b in per_part]), classes)
-        for name in BASELINES
+        name: classification_report(val.y, pred, classes) for name, pred in decided.items()
     }
     if len(parts) > 1:
         # Like with like. The model decides every row by one rule, not knowing
@@ -203,6 +204,7 @@ def assess(
             ),
         )
         metrics["baselines"]["clv"] = classification_report(val.y, pooled, classes)
+        decided["clv"] = pooled
     fit_x = np.concatenate([p.fit.x for p in parts])
     metrics["checks"] = behaviour_checks(scorer.predict, classes, val.x, fit_x)
-    return metrics, predicted
+    return metrics, predicted, decided

@@ -14,6 +14,12 @@ Three disjoint, time-ordered row sets come out of one example table (see
 Every fit and early-stopping label window closes by V, so neither the weights
 nor the choice of epoch have seen anything the validation features could not,
 and no validation row is ever shown to the fit.
+
+Backtest rows (:func:`gate_cutoffs`) are users at earlier closed cutoffs
+between E and V, a third of a horizon apart: their label windows end by the
+data's end but not by V, so no fit or early-stopping row is among them. The
+gate scores the candidate and the incumbents there as well as at V, so one
+cutoff's luck does not decide a promotion.
 """
 
 from __future__ import annotations
@@ -119,6 +125,23 @@ def default_cutoffs(
         return []
     cutoffs = list(range(end, start - 1, -step_ms))
     return sorted(cutoffs)
+
+
+#: Closed cutoffs the gate compares models at: V and earlier ones (:func:`gate_cutoffs`).
+GATE_CUTOFFS = 3
+
+
+def gate_cutoffs(validation_cutoff: int, horizon_ms: int, n: int = GATE_CUTOFFS) -> list[int]:
+    """V and the ``n - 1`` cutoffs before it, ``horizon / n`` apart (whole days), oldest first.
+
+    All lie after V - H, so none is a training or early-stopping cutoff
+    (:func:`temporal_split` keeps only c + H <= V), and none after V, so
+    their label windows close by the data's end. A horizon shorter than
+    ``n`` days gives fewer.
+    """
+    spacing = max(DAY_MS, (horizon_ms // n) // DAY_MS * DAY_MS)
+    at = [validation_cutoff - j * spacing for j in range(n - 1, -1, -1)]
+    return [c for c in at if c + horizon_ms > validation_cutoff]
 
 
 def drop_duplicate_events(
@@ -303,6 +326,8 @@ class Prepared:
     fit: Examples
     early_stopping: Examples
     val: Examples
+    #: rows at the gate's earlier closed cutoffs (:func:`gate_cutoffs`): never fit
+    backtest: Examples
 
 
 def prepare_examples(
@@ -335,8 +360,13 @@ def prepare_examples(
             f"the events give {len(cutoffs)} cutoff(s); fitting, early stopping and validation "
             "need warm-up (30 d) + horizon + two steps of history (cutoffs within the window)"
         )
+    backtest_at = [c for c in gate_cutoffs(cutoffs[-1], horizon_ms)[:-1] if c >= cutoffs[0]]
     examples = build_examples(
-        ordered, cutoffs, horizon_ms=horizon_ms, top_quantile=top_quantile, classes=classes
+        ordered,
+        sorted(set(cutoffs) | set(backtest_at)),
+        horizon_ms=horizon_ms,
+        top_quantile=top_quantile,
+        classes=classes,
     )
     train, val = temporal_split(examples, horizon_ms)
     fit_rows, stop_rows = early_stopping_split(train)
@@ -348,4 +378,5 @@ def prepare_examples(
         fit=fit_rows,
         early_stopping=stop_rows,
         val=val,
+        backtest=examples.subset(np.isin(examples.cutoffs, backtest_at)),
     )

@@ -8,6 +8,11 @@ user at the validation cutoff), with Poisson(1) weights, which resample the
 same users for both models in each draw. The interval of the difference is
 much narrower than either model's own interval, because both models are right
 and wrong on mostly the same users.
+
+Rows at several cutoffs hold the same user more than once, and those rows are
+not independent: ``groups`` names each row's user, and a draw weighs all of a
+user's rows together (a cluster bootstrap), so three cutoffs do not pass for
+three times the evidence.
 """
 
 from __future__ import annotations
@@ -39,10 +44,16 @@ def paired_f1_difference(
     level: float = LEVEL,
     draws: int = DRAWS,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """F1 of class ``k``: model a minus model b on the same rows, with a paired
-    bootstrap interval at ``level`` (``low``, ``high``)."""
+    bootstrap interval at ``level`` (``low``, ``high``). ``groups``: each row's
+    user as an integer (rows of one user are resampled together)."""
     y, pred_a, pred_b = (np.asarray(v) for v in (y, pred_a, pred_b))
+    if groups is None:
+        groups = np.arange(len(y))
+    codes = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
+    n_groups = int(codes.max()) + 1 if len(codes) else 0
     truth = y == k
     # Per row, what it adds to each model's true positives, and to F1's
     # denominator (2 tp + fp + fn = said + truth).
@@ -53,7 +64,8 @@ def paired_f1_difference(
     rng = np.random.default_rng(seed)
     diffs = []
     for start in range(0, draws, _CHUNK):
-        w = rng.poisson(1.0, size=(min(_CHUNK, draws - start), len(y))).astype(np.float64)
+        w = rng.poisson(1.0, size=(min(_CHUNK, draws - start), n_groups)).astype(np.float64)
+        w = w[:, codes]
         fa = 2 * (w @ tp_a) / np.maximum(w @ den_a, 1.0)
         fb = 2 * (w @ tp_b) / np.maximum(w @ den_b, 1.0)
         diffs.append(fa - fb)
@@ -66,6 +78,7 @@ def paired_f1_difference(
         "high": round(float(high), 4),
         "level": level,
         "rows": len(y),
+        "users": n_groups,
         "support": int(truth.sum()),
     }
 

@@ -68,8 +68,12 @@ def archetype_section(
     lines = [
         "## Archetypes",
         "",
-        "| customer | expected | got | probabilities | passed |",
-        "|---|---|---|---|:---:|",
+        "The development suite is what models were built against; the release suite was "
+        "written once from the label definition and is never changed to make a model pass "
+        "(`model/training/archetypes_release.py`). The gate checks both.",
+        "",
+        "| suite | customer | expected | got | probabilities | passed |",
+        "|---|---|---|---|---|:---:|",
     ]
     for a in archetypes:
         probs = ", ".join(f"{c} {p:.2f}" for c, p in a["probabilities"].items())
@@ -79,19 +83,21 @@ def archetype_section(
             else ("yes" if a["passed"] else "**no**")
         )
         lines.append(
-            f"| {a['description']} | {'/'.join(a['expected'])} | {a['got']} | {probs} | {passed} |"
+            f"| {a.get('suite', 'development')} | {a['description']} | "
+            f"{'/'.join(a['expected'])} | {a['got']} | {probs} | {passed} |"
         )
     if pairs:
         lines += [
             "",
-            "| pair | segment | P (higher) | P (lower) | passed |",
-            "|---|---|---:|---:|:---:|",
+            "| suite | pair | segment | P (higher) | P (lower) | passed |",
+            "|---|---|---|---:|---:|:---:|",
         ]
         for p in pairs:
             if not p.get("applicable"):
                 continue
             lines.append(
-                f"| {p['description']} | {p['segment']} | {p['higher']:.4f} | {p['lower']:.4f} | "
+                f"| {p.get('suite', 'development')} | {p['description']} | {p['segment']} | "
+                f"{p['higher']:.4f} | {p['lower']:.4f} | "
                 f"{'yes' if p['passed'] else '**no**'} |"
             )
     return [*lines, ""]

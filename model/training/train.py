@@ -28,9 +28,11 @@ import orjson
 from model.features import FEATURE_NAMES, SCHEMA_HASH
 from model.registry import KERAS, MANIFEST, WEIGHTS, publish_version, set_current
 from model.scorer import save_weights
+from model.training import gate_rows
 from model.training.assess import MAX_ECE, assess, behaviour_checks
 from model.training.dataset import Examples, Prepared, prepare_examples
 from model.training.fit import Fitted, fit
+from model.training.gate_rows import user_groups
 from model.training.monotone import INPUT_NAMES
 from model.training.stacking import choose
 from stream.core.events import DAY_MS
@@ -90,13 +92,15 @@ def write_artifact(
     training: dict[str, Any],
     promote: bool,
     version: str | None = None,
-    validation: Examples | None = None,
+    validation: tuple[Examples, Examples, tuple[np.ndarray, np.ndarray], dict[str, np.ndarray]]
+    | None = None,
     reference_rows: np.ndarray | None = None,
 ) -> Path:
     """Write model, weights, manifest and report into ``model_dir/<version>``, atomically.
 
-    ``validation.npz`` keeps the validation window's inputs and labels, so the
-    promotion gate can score the serving model on exactly the same rows.
+    ``validation.npz`` keeps the rows the promotion gate scores every model on
+    (:mod:`model.training.gate_rows`): (V rows, backtest rows, their user ids,
+    the baselines' decisions on the V rows).
     ``reference_rows`` (rows shaped like the worker's: one per arriving event)
     give the drift reference the worker compares live inputs with.
     """
@@ -144,13 +148,7 @@ def write_artifact(
         )
     )
     if validation is not None:
-        np.savez_compressed(
-            staging / "validation.npz",
-            x=validation.x,
-            y=validation.y,
-            spend=validation.spend,
-            thresholds=validation.thresholds,
-        )
+        gate_rows.save(staging / gate_rows.FILE, *validation)
     target = publish_version(model_dir, staging, version)
     if promote:
         set_current(model_dir, version)
@@ -258,7 +256,7 @@ def train_prepared(
         head, choice = choose(fitted.heads, val.x, val.y, val.spend, MAX_ECE, behaves)
         fitted.serve(head, choice)
         log.info("value head: %s (%s)", head.source, choice["candidates"])
-    metrics, predicted = assess(
+    metrics, predicted, decided = assess(
         parts,
         fitted.scorer,
         horizon_ms=horizon_ms,
@@ -292,6 +290,8 @@ def train_prepared(
         "fit_cutoffs": _cutoff_list(fit_rows),
         "early_stopping_cutoff_ms": int(stop_rows.cutoffs.max()),
         "validation_cutoff_ms": int(val.cutoffs.max()),
+        # The closed cutoffs the gate scores models at (model.training.dataset.gate_cutoffs).
+        "gate_cutoffs_ms": _cutoff_list(Examples.concat([p.backtest for p in parts] + [val])),
         "horizon_ms": horizon_ms,
         "step_ms": step_ms,
         "top_quantile": top_quantile,
@@ -313,7 +313,7 @@ def train_prepared(
         training=training,
         promote=promote,
         version=version,
-        validation=val,
+        validation=(val, Examples.concat([p.backtest for p in parts]), user_groups(parts), decided),
         reference_rows=np.concatenate([_recent_serving_rows(p) for p in parts]),
     )
     render_report(target)

@@ -14,6 +14,8 @@ from model.training.dataset import (
     default_cutoffs,
     drop_duplicate_events,
     early_stopping_split,
+    gate_cutoffs,
+    labels_closed_by,
     sort_events,
     temporal_split,
 )
@@ -125,12 +127,17 @@ def test_cutoff_window_bounds_examples_not_the_history_folded_into_them() -> Non
     )
     ex = prepared.examples
     assert ex.cutoffs.min() >= since
-    # The kept cutoffs are exactly the unbounded call's cutoffs in the window.
+    # The kept cutoffs are exactly the unbounded call's cutoffs in the window,
+    # and the gate's earlier closed cutoffs, whose rows are backtest rows only.
     unbounded = default_cutoffs(
         events[0].timestamp, events[-1].timestamp, horizon_ms=HORIZON_MS, step_ms=7 * DAY
     )
+    backtest = gate_cutoffs(unbounded[-1], HORIZON_MS)[:-1]
     cutoffs = sorted(set(ex.cutoffs.tolist()))
-    assert cutoffs == [c for c in unbounded if c >= since]
+    assert cutoffs == sorted({c for c in unbounded if c >= since} | set(backtest))
+    assert sorted(set(prepared.backtest.cutoffs.tolist())) == backtest
+    training = set(prepared.train.cutoffs.tolist()) | set(prepared.val.cutoffs.tolist())
+    assert not training & set(backtest)
     # Every row equals the full offline fold at its cutoff...
     assert_same_examples(ex, build_examples(events, cutoffs, horizon_ms=HORIZON_MS))
     # ...and for the old customer that is the fold of their whole history,
@@ -186,3 +193,21 @@ def test_one_training_cutoff_is_not_enough_for_early_stopping() -> None:
     assert set(train.cutoffs.tolist()) == {T0}
     with pytest.raises(ValueError, match="early stopping"):
         early_stopping_split(train)
+
+
+@given(
+    v=st.integers(400 * DAY, 2000 * DAY),
+    horizon_days=st.integers(1, 400),
+    n=st.integers(1, 6),
+)
+def test_gate_cutoffs_are_closed_and_never_training_cutoffs(
+    v: int, horizon_days: int, n: int
+) -> None:
+    horizon = horizon_days * DAY
+    at = gate_cutoffs(v, horizon, n)
+    assert at[-1] == v and at == sorted(set(at))
+    assert len(at) == n or horizon_days < n
+    # Each one's label window closes by V + H (the data's end), and none is a
+    # training cutoff (those need c + H <= V).
+    assert all(c <= v for c in at)
+    assert not labels_closed_by(np.asarray(at), v, horizon).any()
