@@ -57,18 +57,26 @@ def paired_f1_difference(
     truth = y == k
     # Per row, what it adds to each model's true positives, and to F1's
     # denominator (2 tp + fp + fn = said + truth).
-    tp_a = ((pred_a == k) & truth).astype(np.float64)
-    tp_b = ((pred_b == k) & truth).astype(np.float64)
-    den_a = (pred_a == k).astype(np.float64) + truth
-    den_b = (pred_b == k).astype(np.float64) + truth
+    per_row = np.stack(
+        [
+            (pred_a == k) & truth,  # tp a
+            (pred_b == k) & truth,  # tp b
+            (pred_a == k).astype(np.float64) + truth,  # denominator a
+            (pred_b == k).astype(np.float64) + truth,  # denominator b
+        ],
+        axis=1,
+    ).astype(np.float64)
+    # A draw weighs a user's rows alike, so their sums per user are all it needs.
+    per_user = np.zeros((n_groups, 4))
+    np.add.at(per_user, codes, per_row)
     rng = np.random.default_rng(seed)
     diffs = []
     for start in range(0, draws, _CHUNK):
         w = rng.poisson(1.0, size=(min(_CHUNK, draws - start), n_groups)).astype(np.float64)
-        w = w[:, codes]
-        fa = 2 * (w @ tp_a) / np.maximum(w @ den_a, 1.0)
-        fb = 2 * (w @ tp_b) / np.maximum(w @ den_b, 1.0)
-        diffs.append(fa - fb)
+        s = w @ per_user
+        diffs.append(
+            2 * s[:, 0] / np.maximum(s[:, 2], 1.0) - 2 * s[:, 1] / np.maximum(s[:, 3], 1.0)
+        )
     d = np.concatenate(diffs) if diffs else np.zeros(1)
     tail = (1.0 - level) / 2
     low, high = np.quantile(d, [tail, 1.0 - tail])

@@ -205,3 +205,24 @@ def test_the_paired_interval_is_antisymmetric_and_holds_its_point(
     assert ab["low"] <= ab["high"]
     same = paired_f1_difference(y, a, a, 0, draws=100)
     assert same["difference"] == same["low"] == same["high"] == 0.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 1000), st.integers(2, 4), st.floats(0.0, 0.6))
+def test_a_user_seen_at_several_cutoffs_counts_once_in_the_interval(
+    seed: int, copies: int, wrong: float
+) -> None:
+    # Rows at several cutoffs repeat users. Grouped by user, k copies of every
+    # row are exactly the evidence of one (F1 is a ratio of sums, and a draw
+    # weighs a user's copies alike); ungrouped, they would pass for k times the
+    # users and narrow the interval.
+    y = np.random.default_rng(seed).choice(4, 200)
+    a, b = _noisy(y, wrong, seed + 1), _noisy(y, 0.3, seed + 2)
+    once = paired_f1_difference(y, a, b, 0, draws=300, seed=seed)
+    rep = [np.tile(v, copies) for v in (y, a, b)]
+    users = np.tile(np.arange(len(y)), copies)
+    grouped = paired_f1_difference(*rep, 0, draws=300, seed=seed, groups=users)
+    assert (grouped["low"], grouped["high"]) == (once["low"], once["high"])
+    assert grouped["users"] == once["users"] == len(y) and grouped["rows"] == copies * len(y)
+    ungrouped = paired_f1_difference(*rep, 0, draws=300, seed=seed)
+    assert ungrouped["high"] - ungrouped["low"] <= once["high"] - once["low"] + 1e-9
