@@ -58,7 +58,12 @@ def produce(
             ends[tp] = max(ends.get(tp, -1), msg.offset())
 
     for topic, key, value in items:
-        producer.produce(topic, key=key, value=value, on_delivery=delivered)
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value, on_delivery=delivered)
+                break
+            except BufferError:  # librdkafka's queue (100k records) is full: let it drain
+                producer.poll(0.1)
     assert producer.flush(30) == 0 and not errors
     return ends
 

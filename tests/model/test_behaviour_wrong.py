@@ -3,19 +3,24 @@
 A check that no model can fail proves nothing. The wrong model here is a plain
 softmax over the feature row whose signs are flipped where the expectations
 look: more orders, views, sessions and categories raise P(at_risk), silence
-lowers it, and spend lowers P(high_value) while refunds raise it.
+lowers it, and spend lowers P(high_value) while refunds raise it. The same
+model fails every archetype and pair of the release suite, which the shipped
+bootstrap passes.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pytest
 
 from model.features import FEATURE_NAMES, N_FEATURES
-from model.registry import bootstrap_dir
+from model.registry import bootstrap_dir, load_version
 from model.scorer import Scorer
 from model.segments import DEFAULT_SEGMENTS
-from model.training import behaviour
+from model.training import archetypes, behaviour
+from model.training.archetypes_release import RELEASE, RELEASE_PAIRS
 
 CLASSES = tuple(DEFAULT_SEGMENTS)
 
@@ -55,3 +60,24 @@ def test_a_model_wrong_in_its_direction_fails_it(expectation: behaviour.Expectat
     assert result["applicable"]
     assert not result["passed"], result
     assert result["rate"] > 10 * expectation.max_violation_rate
+
+
+def _release_results(predict: Any, classes: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    result = archetypes.run(predict, classes)
+    return {r["name"]: r for r in result["archetypes"] + result["pairs"] if r["suite"] == "release"}
+
+
+RELEASE_CHECKS = [a.name for a in RELEASE] + [p.name for p in RELEASE_PAIRS]
+
+
+@pytest.mark.parametrize("name", RELEASE_CHECKS)
+def test_every_release_archetype_fails_a_wrong_model_and_holds_for_the_bootstrap(
+    name: str,
+) -> None:
+    # The release suite gates promotion; each of its checks must be able to
+    # refuse a model, or passing it says nothing.
+    wrong = _release_results(_wrong().predict, CLASSES)[name]
+    assert wrong["applicable"] and not wrong["passed"], wrong
+    shipped = load_version(bootstrap_dir())
+    right = _release_results(shipped.scorer.predict, shipped.classes)[name]
+    assert right["applicable"] and right["passed"], right
