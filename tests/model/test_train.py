@@ -11,6 +11,7 @@ import pytest
 
 from model.registry import current_version, load_version
 from model.training.dataset import (
+    GATE_CUTOFFS,
     Examples,
     build_examples,
     default_cutoffs,
@@ -112,6 +113,22 @@ def test_fit_never_sees_the_validation_rows_the_report_and_gate_score(
     assert training["fit_cutoffs"] == sorted(set(fit_rows.cutoffs.tolist()))
     assert training["examples"] == len(fit_rows)
     assert training["early_stopping_examples"] == len(stop_rows)
+    # The gate's earlier closed cutoffs: backtest rows only, none a fit or
+    # early-stopping cutoff, each row the fold at its cutoff.
+    gate = training["gate_cutoffs_ms"]
+    assert len(gate) == GATE_CUTOFFS and gate[-1] == v
+    assert not set(gate) & (set(training["fit_cutoffs"]) | {e})
+    assert all(c + horizon > v for c in gate)
+    with np.load(target / "validation.npz") as saved:
+        back_x, back_cut = saved["backtest_x"], saved["backtest_cutoffs"]
+        back_groups, groups = saved["backtest_groups"], saved["groups"]
+    assert sorted(set(back_cut.tolist())) == gate[:-1]
+    earlier = build_examples(sort_events(events), gate[:-1], horizon_ms=horizon)
+    np.testing.assert_array_equal(back_x, earlier.x)
+    # One group per user, shared by that user's rows at every cutoff.
+    assert len(set(back_groups.tolist()) | set(groups.tolist())) == len(
+        set(val.users) | set(earlier.users)
+    )
     # Standardisation comes from the fit rows alone (the feature row's part of the input).
     mean = orjson.loads((target / "manifest.json").read_bytes())["normalisation"]["mean"]
     n = fit_rows.x.shape[1]

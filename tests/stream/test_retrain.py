@@ -63,6 +63,13 @@ def test_retrain_once_replays_the_topics_and_gates_against_the_serving_model(
     assert verdict["checks"] and all(c["detail"] for c in verdict["checks"])
     passed = all(c["passed"] for c in verdict["checks"])
     assert verdict["outcome"] == ("promoted" if passed else "candidate")
+    # Judged on three closed cutoffs, a user's rows at each resampled together.
+    assert len(verdict["cutoffs_ms"]) == 3
+    assert verdict["gate_rows"]["rows"] > verdict["gate_rows"]["users"] > 0
+    evidence = verdict["serving"]["evidence"]
+    assert evidence["users"] == verdict["gate_rows"]["users"]
+    assert evidence["low"] <= evidence["difference"] <= evidence["high"]
+    assert len(evidence["cutoffs"]) == 3
     # The bootstrap was trained on generated data: scored like a baseline here.
     assert verdict["serving"]["home"] is False
     assert (settings.model_dir / new[0] / "report.md").exists()
