@@ -16,14 +16,13 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.drift import reference
-from model.features import FEATURE_NAMES, N_FEATURES, SCHEMA_HASH
+from model.features import N_FEATURES
 from model.registry import promote
 from model.scorer import save_weights
 from model.segments import DEFAULT_SEGMENTS
-from model.training.evaluate import classification_report
 from model.training.evidence import paired_f1_difference
 from model.training.gate import decide, judge
+from tests.model.gate_models import describe
 from tests.model.test_gate import PASSING
 
 CLASSES = list(DEFAULT_SEGMENTS)
@@ -70,20 +69,7 @@ class Registry:
         save_weights(
             d / "weights.npz", np.zeros(N_FEATURES), np.ones(N_FEATURES), [(kernel, np.zeros(4))]
         )
-        metrics = classification_report(self.y, pred, CLASSES)
-        metrics["baselines"] = {}
-        metrics["checks"] = PASSING
-        manifest = {
-            "version": name,
-            "features": list(FEATURE_NAMES),
-            "schema_hash": SCHEMA_HASH,
-            "classes": CLASSES,
-            "training": {"source_kind": kind, "validation_cutoff_ms": 1},
-            "metrics": metrics,
-            "drift_reference": reference(self.x),
-        }
-        (d / "manifest.json").write_bytes(orjson.dumps(manifest))
-        (d / "report.json").write_bytes(orjson.dumps({"history": {}}))
+        describe(d, self.y, pred, self.x, validation_cutoff_ms=1, kind=kind)
         return d
 
     def rows(self) -> None:

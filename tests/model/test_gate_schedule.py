@@ -22,13 +22,12 @@ import orjson
 import pytest
 
 import model.training.gate as gate
-from model.drift import reference
-from model.features import FEATURE_NAMES, N_FEATURES, SCHEMA_HASH
+from model.features import N_FEATURES
 from model.registry import current_version, promote
 from model.scorer import save_weights
 from model.segments import DEFAULT_SEGMENTS
 from model.training.evaluate import classification_report
-from tests.model.test_gate import PASSING
+from tests.model.gate_models import describe
 
 CLASSES = list(DEFAULT_SEGMENTS)
 HV = CLASSES.index("high_value")
@@ -80,20 +79,7 @@ def _model(root: Path, name: str, w: np.ndarray, rows: dict[str, np.ndarray]) ->
     layers = [(_kernel(w), BIAS.copy())]
     save_weights(d / "weights.npz", np.zeros(N_FEATURES), np.ones(N_FEATURES), layers)
     pred = (rows["x"][:, :4] @ w + BIAS).argmax(axis=1)
-    metrics = classification_report(rows["y"], pred, CLASSES)
-    metrics["baselines"] = {}
-    metrics["checks"] = PASSING
-    manifest = {
-        "version": name,
-        "features": list(FEATURE_NAMES),
-        "schema_hash": SCHEMA_HASH,
-        "classes": CLASSES,
-        "training": {"source_kind": "events", "validation_cutoff_ms": 1_000 + CUTOFFS - 1},
-        "metrics": metrics,
-        "drift_reference": reference(rows["x"]),
-    }
-    (d / "manifest.json").write_bytes(orjson.dumps(manifest))
-    (d / "report.json").write_bytes(orjson.dumps({"history": {}}))
+    describe(d, rows["y"], pred, rows["x"], validation_cutoff_ms=1_000 + CUTOFFS - 1)
     np.savez_compressed(d / "validation.npz", **rows)
     return d
 
