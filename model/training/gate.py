@@ -277,20 +277,20 @@ def decide(
         if serving["home"] and ev is not None:
             ok = ev["low"] > -tolerance
             rule = (
-                f"the interval's low end above -{tolerance} against {role} "
+                f"must have the interval's low end above -{tolerance} against {role} "
                 f"(home ground: {serving['why']})"
             )
         elif serving["home"]:
             ok = candidate >= value - tolerance
-            rule = f"within {tolerance} of {role} (home ground: {serving['why']})"
+            rule = f"must be within {tolerance} of {role} (home ground: {serving['why']})"
         else:
             ok = candidate > value
-            rule = f"beats {role}, scored as a baseline ({serving['why']})"
+            rule = f"must beat {role}, scored as a baseline ({serving['why']})"
         checks.append(
             {
                 "check": f"serving {serving['version']}",
                 "passed": ok,
-                "detail": f"{metric} {candidate:.4f} vs {value:.4f}{interval}: must be {rule}",
+                "detail": f"{metric} {candidate:.4f} vs {value:.4f}{interval}: {rule}",
             }
         )
     checks += guards or []
