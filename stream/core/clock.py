@@ -47,3 +47,19 @@ def partition_clocks(times: Mapping[str, int], unread: Collection[str]) -> dict[
         if p in top:
             top[p] = min(top[p], times.get(tp, 0))
     return top
+
+
+def two_topic_clock(own: int, other: int, other_unread: bool) -> int:
+    """:func:`partition_clocks` for a partition number read from two
+    topic-partitions (clicks and orders), asked before a record of the first.
+
+    ``own`` and ``other`` are the two largest applied times (0 if none). The
+    record's own topic-partition still has it to read, so the clock is held at
+    ``own``; the other holds it back only while it has records left. The
+    worker asks this before every event, where the general form (names parsed,
+    maps built) cost about 6% of its time; ``tests/stream/test_clock.py``
+    pins the two together.
+    """
+    if other_unread and other < own:
+        return other
+    return own

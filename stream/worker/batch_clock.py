@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from stream.core.clock import partition_clocks, partition_of
+from stream.core.clock import partition_clocks, partition_of, two_topic_clock
 from stream.worker.records import RawRecord
 from stream.worker.state.store import StateStore
 from stream.worker.web.health import Health
@@ -28,10 +28,11 @@ class BatchClocks:
         unread_after: Callable[[str, int | None], bool],
     ) -> None:
         self._running = running
-        self._left: Counter[str] = Counter(r.tp for r in records)
+        names = [r.tp for r in records]  # each record's name built once
+        self._left: Counter[str] = Counter(names)
         last: dict[str, int] = {}
-        for r in records:
-            last[r.tp] = max(last.get(r.tp, -1), r.offset)
+        for tp, r in zip(names, records, strict=True):
+            last[tp] = max(last.get(tp, -1), r.offset)
         self._by_number: dict[int, tuple[str, ...]] = {}
         for tp in {*running, *last}:
             p = partition_of(tp)
@@ -44,6 +45,13 @@ class BatchClocks:
         tps = self._by_number[partition]
         if len(tps) == 1:  # one input topic on this partition: its own time
             return self._running.get(tp, 0)
+        if len(tps) == 2:  # clicks and orders: the rule without building maps
+            other = tps[1] if tps[0] == tp else tps[0]
+            return two_topic_clock(
+                self._running.get(tp, 0),
+                self._running.get(other, 0),
+                self._left[other] > 0 or other in self._beyond,
+            )
         times = {t: self._running.get(t, 0) for t in tps}
         unread = [t for t in tps if t == tp or self._left[t] > 0 or t in self._beyond]
         return partition_clocks(times, unread).get(partition, 0)

@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from model.registry import load_current
-from stream.core.clock import partition_clocks, partition_of
+from stream.core.clock import partition_clocks, partition_of, two_topic_clock
 from stream.core.events import iso
 from stream.settings import Settings
 from stream.sinks import ConfluentSink
@@ -65,6 +65,18 @@ def test_applying_more_never_moves_the_clock_back(
     drained = partition_clocks(times, unread - {tp})
     for p, t in before.items():
         assert drained[p] >= t
+
+
+@given(st.integers(0, 10**13), st.integers(0, 10**13), st.booleans(), st.integers(0, 3))
+def test_the_two_topic_form_is_the_general_rule(
+    own: int, other: int, other_unread: bool, p: int
+) -> None:
+    # The worker asks the reduced form before every event of a partition read
+    # from two topics; it must agree with the rule the sweep uses.
+    mine, theirs = f"clickstream:{p}", f"orders:{p}"
+    unread = {mine, theirs} if other_unread else {mine}
+    general = partition_clocks({mine: own, theirs: other}, unread)[p]
+    assert two_topic_clock(own, other, other_unread) == general
 
 
 def _records(topic: str, values: list[dict[str, Any]]) -> list[RawRecord]:
