@@ -177,13 +177,20 @@ def test_home_ground_decides_on_the_low_end_of_the_interval() -> None:
     assert passed(-0.005) and not passed(-0.02)
 
 
+def _truth_and_two_models(
+    seed: int, n: int, wrong_a: float, wrong_b: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` true classes, and two models' decisions wrong on about those shares of rows."""
+    y = np.random.default_rng(seed).choice(4, n)
+    return y, _noisy(y, wrong_a, seed + 1), _noisy(y, wrong_b, seed + 2)
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 1000), st.floats(0.0, 0.6), st.floats(0.0, 0.6))
 def test_the_paired_interval_is_antisymmetric_and_holds_its_point(
     seed: int, wrong_a: float, wrong_b: float
 ) -> None:
-    y = np.random.default_rng(seed).choice(4, 300)
-    a, b = _noisy(y, wrong_a, seed + 1), _noisy(y, wrong_b, seed + 2)
+    y, a, b = _truth_and_two_models(seed, 300, wrong_a, wrong_b)
     ab = paired_f1_difference(y, a, b, 0, draws=300, seed=seed)
     ba = paired_f1_difference(y, b, a, 0, draws=300, seed=seed)
     assert ab["difference"] == -ba["difference"]
@@ -202,8 +209,7 @@ def test_a_user_seen_at_several_cutoffs_counts_once_in_the_interval(
     # row are exactly the evidence of one (F1 is a ratio of sums, and a draw
     # weighs a user's copies alike); ungrouped, they would pass for k times the
     # users and narrow the interval.
-    y = np.random.default_rng(seed).choice(4, 200)
-    a, b = _noisy(y, wrong, seed + 1), _noisy(y, 0.3, seed + 2)
+    y, a, b = _truth_and_two_models(seed, 200, wrong, 0.3)
     once = paired_f1_difference(y, a, b, 0, draws=300, seed=seed)
     rep = [np.tile(v, copies) for v in (y, a, b)]
     users = np.tile(np.arange(len(y)), copies)
