@@ -4,8 +4,8 @@
   for the model and for every baseline, on the very same rows: the RFM rule,
   "the segment at the previous cutoff", and the classic CLV model (BG/NBD +
   Gamma-Gamma, :mod:`model.training.clv`).
-* The directional expectations (:mod:`model.training.behaviour`) on those rows.
-* The archetype customers (:mod:`model.training.archetypes`).
+* The directional expectations (:mod:`model.training.behaviour.directions`) on those rows.
+* The archetype customers (:mod:`model.training.behaviour.archetypes`).
 
 With several populations (the bootstrap trains on several), each baseline is
 fitted and applied per population, as each would be on its own data, and the
@@ -22,8 +22,9 @@ import numpy as np
 from model.features import FEATURE_NAMES, raw_column
 from model.scorer import TRAITS, Scorer
 from model.segments import weighted
-from model.training import archetypes, behaviour
 from model.training.baselines import majority_class, previous_segment_baseline, rfm_baseline
+from model.training.behaviour import archetypes
+from model.training.behaviour import directions as behaviour
 from model.training.clv import clv_baseline, clv_expectations
 from model.training.dataset import Examples, Prepared
 from model.training.evaluate import classification_report

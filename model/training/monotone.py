@@ -33,7 +33,7 @@ Where the orientations come from (docs/design.md, "Recency against cadence"):
   ``active`` (engagement); a shop with 2,000 categories must not make its
   customers high_value.
 
-With these, the directional expectations of :mod:`model.training.behaviour`
+With these, the directional expectations of :mod:`model.training.behaviour.directions`
 hold by construction (``tests/model/test_monotone.py`` checks it on random
 weights): an order placed now never lowers P(high_value) or raises P(at_risk);
 the same history, older, never lowers P(at_risk); more views never raise it.

@@ -28,11 +28,11 @@ import orjson
 from model.features import FEATURE_NAMES, SCHEMA_HASH
 from model.registry import KERAS, MANIFEST, WEIGHTS, publish_version, set_current
 from model.scorer import save_weights
-from model.training import gate_rows
 from model.training.assess import MAX_ECE, assess, behaviour_checks
 from model.training.dataset import Examples, Prepared, prepare_examples
 from model.training.fit import Fitted, fit
-from model.training.gate_rows import user_groups
+from model.training.gate import rows as gate_rows
+from model.training.gate.rows import user_groups
 from model.training.monotone import INPUT_NAMES
 from model.training.stacking import choose
 from stream.core.events import DAY_MS
@@ -99,7 +99,7 @@ def write_artifact(
     """Write model, weights, manifest and report into ``model_dir/<version>``, atomically.
 
     ``validation.npz`` keeps the rows the promotion gate scores every model on
-    (:mod:`model.training.gate_rows`): (V rows, backtest rows, their user ids,
+    (:mod:`model.training.gate.rows`): (V rows, backtest rows, their user ids,
     the baselines' decisions on the V rows).
     ``reference_rows`` (rows shaped like the worker's: one per arriving event)
     give the drift reference the worker compares live inputs with.
@@ -323,7 +323,7 @@ def train_prepared(
 def render_report(target: Path, gate: dict[str, Any] | None = None) -> list[Path]:
     """(Re)write report.md and its plots from the artifact's own files."""
     from model.registry import load_version
-    from model.training.report import write_report
+    from model.training.report.render import write_report
 
     manifest = orjson.loads((target / MANIFEST).read_bytes())
     report = orjson.loads((target / "report.json").read_bytes())

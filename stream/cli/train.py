@@ -191,7 +191,7 @@ def train(
             version=version,
         )
     from model.training.evaluate import fmt as show
-    from model.training.gate import judge
+    from model.training.gate.judge import judge
 
     registry = model_dir or settings.model_dir
     verdict = judge(registry, target, tolerance)

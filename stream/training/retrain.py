@@ -11,7 +11,7 @@ folded, so a user's features at a cutoff (tenure, total spend, order count,
 cutting the history first would give long-standing customers the features of
 new ones.
 
-Gate (model/training/gate.py): the candidate, the serving model and the baselines are
+Gate (model/training/gate/judge.py): the candidate, the serving model and the baselines are
 scored on the *same* rows, the candidate's validation window from the latest
 data, with one primary metric (high_value F1). A serving model trained on
 another population (the bootstrap, synthetic data) is scored like a baseline;
@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from model.training.gate import judge
+from model.training.gate.judge import judge
 from model.training.sources import decode_records
 from model.training.train import TrainConfig, train_from_events
 from stream import metrics

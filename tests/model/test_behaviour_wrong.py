@@ -19,8 +19,9 @@ from model.features import FEATURE_NAMES, N_FEATURES
 from model.registry import bootstrap_dir, load_version
 from model.scorer import Scorer
 from model.segments import DEFAULT_SEGMENTS
-from model.training import archetypes, behaviour
-from model.training.archetypes_release import RELEASE, RELEASE_PAIRS
+from model.training.behaviour import archetypes
+from model.training.behaviour import directions as behaviour
+from model.training.behaviour.archetypes_release import RELEASE, RELEASE_PAIRS
 
 CLASSES = tuple(DEFAULT_SEGMENTS)
 

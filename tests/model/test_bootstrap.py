@@ -15,7 +15,8 @@ import orjson
 from model.cadence import CADENCE_INPUTS
 from model.features import FEATURE_NAMES
 from model.registry import bootstrap_dir, load_version
-from model.training import archetypes, behaviour
+from model.training.behaviour import archetypes
+from model.training.behaviour import directions as behaviour
 from tests.model.test_monotone import random_rows
 
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from model.cadence import Cadence, extend
 from model.features import vector
-from model.training.archetypes import NOW_MS, _orders
+from model.training.behaviour.archetypes import NOW_MS, _orders
 from stream.core.fold import DAY_MS, fold_all
 
 params = st.builds(

@@ -16,7 +16,7 @@ from model.registry import set_current
 from model.scorer import save_weights
 from model.segments import DEFAULT_SEGMENTS
 from model.training.evaluate import classification_report, primary
-from model.training.gate import decide, judge
+from model.training.gate.judge import decide, judge
 
 PASSING = {
     "directional": [

@@ -20,8 +20,8 @@ from model.features import N_FEATURES
 from model.registry import promote
 from model.scorer import save_weights
 from model.segments import DEFAULT_SEGMENTS
-from model.training.evidence import paired_f1_difference
-from model.training.gate import decide, judge
+from model.training.gate.evidence import paired_f1_difference
+from model.training.gate.judge import decide, judge
 from tests.model.gate_models import describe
 from tests.model.test_gate import PASSING
 

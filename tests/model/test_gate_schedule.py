@@ -5,7 +5,7 @@ of the same users around a slowly drifting mean), and a retrain arrives: the
 serving model's weights with a small loss on high_value (a slightly shrunk
 high_value column, plus noise), the kind of candidate one training recipe
 gives from run to run. On day 20 a clearly better model arrives. The real
-:func:`model.training.gate.judge` decides each day on a real registry.
+:func:`model.training.gate.judge.judge` decides each day on a real registry.
 
 The same schedule under the old rule (the serving model alone as the bar,
 and points instead of intervals) lets the losses add up: the test shows it,
@@ -21,7 +21,7 @@ import numpy as np
 import orjson
 import pytest
 
-import model.training.gate as gate
+import model.training.gate.judge as gate
 from model.features import N_FEATURES
 from model.registry import current_version, promote
 from model.scorer import save_weights
@@ -152,7 +152,7 @@ def test_the_old_rule_lets_the_same_losses_add_up(
 
     monkeypatch.setattr(gate, "INCUMBENTS", 1)
     monkeypatch.setattr(gate, "paired_f1_difference", point)
-    monkeypatch.setattr("model.training.guards.per_class_differences", lambda *a, **k: {})
+    monkeypatch.setattr("model.training.gate.guards.per_class_differences", lambda *a, **k: {})
     run = _schedule(tmp_path)
     scores, serving = run["scores"], run["serving"]
     losses = [d for d, ok in run["outcomes"].items() if ok and d > 20]

@@ -18,7 +18,7 @@ import pytest
 from model.features import vector
 from model.registry import LoadedModel, bootstrap_dir, load_version
 from model.segments import DEFAULT_REEVALUATE_DAYS, Hysteresis, decide
-from model.training.archetypes import NOW_MS, _orders
+from model.training.behaviour.archetypes import NOW_MS, _orders
 from stream.core.fold import DAY_MS, fold_all
 
 

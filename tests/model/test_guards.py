@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from model.training.guards import REFERENCE_MARGIN, baseline_checks
+from model.training.gate.guards import REFERENCE_MARGIN, baseline_checks
 
 
 def _ev(difference: float, low: float, high: float) -> dict[str, Any]:

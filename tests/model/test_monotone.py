@@ -2,7 +2,7 @@
 
 Random weights (hypothesis) are projected by the network's own Keras
 constraint, then served by the NumPy scorer with random cadence parameters
-and Platt scales; the expectations of model/training/behaviour.py must hold
+and Platt scales; the expectations of model/training/behaviour/directions.py must hold
 on random rows, however far outside any training range. The same weights
 unconstrained violate them, so the test can fail.
 """
@@ -17,7 +17,7 @@ from model.cadence import Cadence
 from model.features import FEATURE_NAMES, N_FEATURES, transform
 from model.scorer import Scorer, Towers
 from model.segments import DEFAULT_SEGMENTS
-from model.training import behaviour
+from model.training.behaviour import directions as behaviour
 from model.training.monotone import HEADS, INPUT_NAMES, ORIENTATION, layout
 from model.training.network import SignMask
 from model.value import ValueHead

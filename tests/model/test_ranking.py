@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.training.gate import decide
+from model.training.gate.judge import decide
 from model.training.ranking import (
     auc,
     calibration_report,

@@ -9,7 +9,7 @@ import numpy as np
 
 from model.segments import DEFAULT_SEGMENTS
 from model.training.evaluate import classification_report
-from model.training.report import write_report
+from model.training.report.render import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURES = (

@@ -1,6 +1,6 @@
 """The release suite of archetypes: written once (2026-12-07), never changed to make a model pass.
 
-The development suite (:data:`model.training.archetypes.ARCHETYPES`) is what
+The development suite (:data:`model.training.behaviour.archetypes.ARCHETYPES`) is what
 models were built against; a model shaped until it passes those proves
 little about customers it was not shaped on. These were written from the
 label definition alone (docs/design.md, "Segments and labels": a segment is
@@ -16,7 +16,7 @@ not rest on their browsing.
 
 from __future__ import annotations
 
-from model.training.archetypes import Archetype, Pair, _order, _session
+from model.training.behaviour.archetypes import Archetype, Pair, _order, _session
 from stream.core.events import Event
 
 

@@ -222,7 +222,7 @@ def run(
     with the reason and do not gate.
     """
     # The release suite is imported here: it builds on this module's helpers.
-    from model.training.archetypes_release import RELEASE, RELEASE_PAIRS
+    from model.training.behaviour.archetypes_release import RELEASE, RELEASE_PAIRS
 
     suites = [("development", a) for a in ARCHETYPES] + [("release", a) for a in RELEASE]
     rows: list[dict[str, Any]] = []

@@ -5,19 +5,19 @@ It measures what segments are for, on the data the model will serve:
 * **One primary metric** (:data:`model.training.evaluate.PRIMARY_METRIC`, high_value
   F1; the module docstring of :mod:`model.training.evaluate` says why), computed over
   classes with support only. The candidate, the incumbents and every baseline
-  are scored with it on the candidate's own rows (:mod:`model.training.gate_rows`):
+  are scored with it on the candidate's own rows (:mod:`model.training.gate.rows`):
   users at the validation cutoff V and at the earlier closed cutoffs of
   :func:`model.training.dataset.gate_cutoffs`.
 * **Evidence, not points:** the candidate is compared with each model by the
   paired bootstrap interval of the difference, a user's rows resampled
-  together (:mod:`model.training.evidence`), at level
-  :data:`model.training.evidence.LEVEL`.
-* **Baselines** (:mod:`model.training.guards`): the candidate must not trail
+  together (:mod:`model.training.gate.evidence`), at level
+  :data:`model.training.gate.evidence.LEVEL`.
+* **Baselines** (:mod:`model.training.gate.guards`): the candidate must not trail
   the simple rules (RFM, "previous segment") beyond the tolerance nor be shown
   worse than them: otherwise the network is not earning its keep. The
   classic CLV model (BG/NBD + Gamma-Gamma) is the field's reference, and the
   floor: the candidate must trail it by at most
-  :data:`model.training.guards.REFERENCE_MARGIN`.
+  :data:`model.training.gate.guards.REFERENCE_MARGIN`.
 * **The incumbent** is the best of the last :data:`INCUMBENTS` promoted
   models on these rows, not only the serving one, so a chain of small losses
   cannot add up. It has a home advantage only when it was trained on the
@@ -55,12 +55,12 @@ from model.drift import SIGNIFICANT_PSI, bin_counts, psi, reference
 from model.registry import MANIFEST, current_version, load_version, promotion_history
 from model.scorer import TRAITS
 from model.segments import weighted
-from model.training import gate_rows
 from model.training.assess import MAX_ECE
 from model.training.evaluate import PRIMARY_METRIC, classification_report, primary
-from model.training.evidence import paired_f1_difference
-from model.training.gate_rows import GateRows
-from model.training.guards import baseline_checks, guard_checks, per_cutoff
+from model.training.gate import rows as gate_rows
+from model.training.gate.evidence import paired_f1_difference
+from model.training.gate.guards import baseline_checks, guard_checks, per_cutoff
+from model.training.gate.rows import GateRows
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def decide(
     minus it, over every closed cutoff), home ground asks the interval's low
     end to be above ``-tolerance``, not the point: a noise-sized loss is not
     promoted. ``baseline_evidence``: the paired interval against each baseline
-    (:func:`model.training.guards.baseline_checks`).
+    (:func:`model.training.gate.guards.baseline_checks`).
     """
     checks: list[dict[str, Any]] = []
     if calibration is not None:

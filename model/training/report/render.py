@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 
 from model.training.evaluate import fmt
-from model.training.report_sections import (
+from model.training.report.sections import (
     archetype_section,
     directional_section,
     drift_section,
     gate_section,
 )
-from model.training.report_value import (
+from model.training.report.value_charts import (
     DECILES_PNG,
     GAINS_PNG,
     calibration_section,

@@ -10,7 +10,7 @@ ratios together), then transforms them back.
 
 The expectations are data (:data:`EXPECTATIONS`), each with its threshold;
 the gate refuses a candidate over any threshold, and the report shows the
-rates. The archetype customers live in :mod:`model.training.archetypes`.
+rates. The archetype customers live in :mod:`model.training.behaviour.archetypes`.
 """
 
 from __future__ import annotations

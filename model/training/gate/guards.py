@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from model.training.evidence import LEVEL, f1, log_loss, per_class_differences
+from model.training.gate.evidence import LEVEL, f1, log_loss, per_class_differences
 from model.training.ranking import normalised_gini
 
 #: Baselines the candidate must match (within REFERENCE_MARGIN) rather than beat.

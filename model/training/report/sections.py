@@ -1,6 +1,6 @@
 """The report's tables about trust: gate checks, directional checks, archetypes, drift reference.
 
-Markdown only (the figures are in :mod:`model.training.report`). Each function takes the
+Markdown only (the figures are in :mod:`model.training.report.render`). Each function takes the
 JSON the gate and training already wrote, so a report can be re-rendered from
 an artifact's own files.
 """
@@ -70,7 +70,7 @@ def archetype_section(
         "",
         "The development suite is what models were built against; the release suite was "
         "written once from the label definition and is never changed to make a model pass "
-        "(`model/training/archetypes_release.py`). The gate checks both.",
+        "(`model/training/behaviour/archetypes_release.py`). The gate checks both.",
         "",
         "| suite | customer | expected | got | probabilities | passed |",
         "|---|---|---|---|---|:---:|",

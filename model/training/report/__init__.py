@@ -1,0 +1,1 @@
+"""The report a data team reads: report.md, report.json and their charts."""
