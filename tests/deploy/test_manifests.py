@@ -550,6 +550,30 @@ def test_k8s_worker_deployment() -> None:
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
 
 
+#: The worker's peak RSS at the default batch size, catching up 1.2M events
+#: (docs/performance.md, 2026-12-07: `segmenter bench --events 1200000`).
+WORKER_PEAK_MIB = 514
+
+
+def mebibytes(quantity: str) -> float:
+    """A Kubernetes or Compose memory quantity (512Mi, 1Gi, 512M, 1G) in MiB. Compose's
+    M and G are binary, as Docker reads them; Kubernetes' are decimal."""
+    k8s = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "M": 1e6 / 2**20, "G": 1e9 / 2**20}
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMG]i?)", quantity)
+    assert m, quantity
+    return float(m[1]) * k8s[m[2]]
+
+
+def test_the_worker_memory_limit_leaves_room_for_catching_up_a_backlog() -> None:
+    """A limit under the worker's peak kills it while it catches up after an
+    outage, and it restarts into the same backlog: it never catches up."""
+    (c,) = one("Deployment", "segmenter-worker")["spec"]["template"]["spec"]["containers"]
+    assert "SEGMENTER_BATCH_MAX" not in env_of(services()["worker"])
+    assert mebibytes(c["resources"]["limits"]["memory"]) >= 1.5 * WORKER_PEAK_MIB
+    compose_limit = services()["worker"]["deploy"]["resources"]["limits"]["memory"]
+    assert mebibytes(compose_limit.replace("M", "Mi").replace("G", "Gi")) >= 1.5 * WORKER_PEAK_MIB
+
+
 def test_k8s_retrain_deployment() -> None:
     dep = one("Deployment", "segmenter-retrain")
     pod = dep["spec"]["template"]["spec"]
