@@ -4,7 +4,7 @@
 point-in-time rows with labels, ``network``/``monotone`` define the network,
 ``fit``/``calibrate``/``stacking`` fit it and choose its value head, and
 ``train`` writes the artifact. ``assess`` judges it against ``baselines``
-(previous segment, RFM, BG/NBD + Gamma-Gamma: ``btyd``/``clv``) with
+(majority, previous segment, RFM, BG/NBD + Gamma-Gamma: ``btyd``/``clv``) with
 ``ranking``/``evaluate`` metrics and the checks of the ``behaviour`` package
 (directional expectations, archetype customers). The ``gate`` package decides
 promotion on paired evidence; the ``report`` package writes what a data team reads.
