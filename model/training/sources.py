@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from stream.core.events import DecodeLimits, Fact, Rejected, decode, fact
+from stream.core.events import DecodeLimits, Fact, Rejected
+from stream.core.wire import decode_fact
 
 
 @dataclass
@@ -41,9 +42,9 @@ def decode_records(
         if kind is None:
             out.rejected["unknown_topic"] += 1
             continue
-        result = decode(kind, key, value, now_ms=now, limits=limits or DecodeLimits())
+        result = decode_fact(kind, key, value, now_ms=now, limits=limits or DecodeLimits())
         if isinstance(result, Rejected):
             out.rejected[result.reason.value] += 1
         elif until_ms is None or result.timestamp <= until_ms:
-            out.events.append(fact(result))
+            out.events.append(result)
     return out

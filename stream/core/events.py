@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal, overload
 
+import msgspec
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 CLICK_TYPES = (
@@ -164,15 +165,17 @@ Event = ClickEvent | OrderEvent
 
 # Training holds every replayed event at once; a validated model costs about
 # 1.2 KB each (its __dict__, the fields-set record, a string per id). These
-# keep only what the fold, the labels and dedup read, as slots, with ids
-# interned (a user's events share one string): a few hundred bytes.
-@dataclass(frozen=True, slots=True)
-class ItemFact:
+# keep only what the fold, the labels and dedup read, with ids interned (a
+# user's events share one string): a few hundred bytes. msgspec Structs, not
+# frozen dataclasses: the worker builds one per record, and a frozen
+# dataclass's __init__ (one object.__setattr__ per field) cost 1.6 us of it,
+# a Struct 0.2 us. gc=False: they hold no references back, so they never need
+# the cycle collector, and they are 16 bytes smaller for it.
+class ItemFact(msgspec.Struct, frozen=True, gc=False):
     category: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class ClickFact:
+class ClickFact(msgspec.Struct, frozen=True, gc=False):
     event_id: str
     user_id: str
     timestamp: int
@@ -181,8 +184,7 @@ class ClickFact:
     category: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class OrderFact:
+class OrderFact(msgspec.Struct, frozen=True, gc=False):
     event_id: str
     user_id: str
     timestamp: int
@@ -274,6 +276,17 @@ def decode(
         return Rejected(Reason.SCHEMA, _schema_detail(exc))
     except (ValueError, RecursionError) as exc:  # pragma: no cover - defensive
         return Rejected(Reason.INVALID_JSON, str(exc)[:200])
+    return envelope_problem(key, event.user_id, event.timestamp, now_ms, limits) or event
+
+
+def envelope_problem(
+    key: bytes | None, user_id: str, timestamp: int, now_ms: int, limits: DecodeLimits
+) -> Rejected | None:
+    """What is wrong with a schema-valid event's key or time, if anything.
+
+    One rule for both decoders (:func:`decode`, and the fast
+    :func:`stream.core.wire.decode_fact`).
+    """
     # Keys route users to partitions, and partition ownership is what keeps
     # one user's events in order on one worker: a mismatched key breaks that.
     # Compared as bytes: a lossy decode of the key (errors="replace") would let a
@@ -283,7 +296,7 @@ def decode(
     if key is None:
         return Rejected(Reason.KEY_MISMATCH, "record has no key; it must be the user_id")
     try:
-        expected = event.user_id.encode("utf-8")
+        expected = user_id.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate (a JSON escape): no key can match it
         return Rejected(Reason.KEY_MISMATCH, "user_id is not valid Unicode; no key can match it")
     if key != expected:
@@ -291,18 +304,18 @@ def decode(
             Reason.KEY_MISMATCH,
             f"record key ({len(key)} bytes) differs from the UTF-8 user_id ({len(expected)} bytes)",
         )
-    if event.timestamp < limits.min_timestamp_ms:
+    if timestamp < limits.min_timestamp_ms:
         return Rejected(
             Reason.TIMESTAMP_RANGE,
-            f"timestamp {event.timestamp} is before {iso(limits.min_timestamp_ms)} "
+            f"timestamp {timestamp} is before {iso(limits.min_timestamp_ms)} "
             "(SEGMENTER_MIN_EVENT_TIME)",
         )
-    if event.timestamp > now_ms + limits.max_future_ms:
+    if timestamp > now_ms + limits.max_future_ms:
         return Rejected(
             Reason.TIMESTAMP_RANGE,
-            f"timestamp {event.timestamp} is more than {limits.max_future_ms} ms in the future",
+            f"timestamp {timestamp} is more than {limits.max_future_ms} ms in the future",
         )
-    return event
+    return None
 
 
 @overload

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 from stream.core.dedup import admit
-from stream.core.events import Event
+from stream.core.events import Fact
 from stream.worker.state.record_codec import UserRecord
 
 
@@ -67,7 +67,7 @@ def known(
     rec: UserRecord,
     tp: str,
     offset: int,
-    event: Event,
+    event: Fact,
     click_window_ms: int,
     order_memory_ms: int,
 ) -> bool:

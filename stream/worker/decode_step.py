@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from stream.core.events import DecodeLimits, Event, Reason, Rejected, decode
+import msgspec
+
+from stream.core.events import DecodeLimits, Fact, Reason, Rejected
+from stream.core.wire import decode_fact
 from stream.privacy import pseudonym
 from stream.worker.records import RawRecord
 
@@ -18,10 +21,10 @@ def decode_batch(
     now_ms: int,
     limits: DecodeLimits,
     pseudonymize_key: bytes | None,
-) -> tuple[list[tuple[RawRecord, Event]], list[tuple[RawRecord, Rejected]]]:
+) -> tuple[list[tuple[RawRecord, Fact]], list[tuple[RawRecord, Rejected]]]:
     """(good, bad) in batch order. A record in ``poisoned`` (it failed on its own
     before) is taken out of it and dead-lettered with its reason."""
-    good: list[tuple[RawRecord, Event]] = []
+    good: list[tuple[RawRecord, Fact]] = []
     bad: list[tuple[RawRecord, Rejected]] = []
     for rec in records:
         why = poisoned.pop((rec.topic, rec.partition, rec.offset), None)
@@ -32,12 +35,12 @@ def decode_batch(
         if kind is None:
             bad.append((rec, Rejected(Reason.UNKNOWN_TOPIC, f"no decoder for {rec.topic}")))
             continue
-        result = decode(kind, rec.key, rec.value, now_ms=now_ms, limits=limits)
+        result = decode_fact(kind, rec.key, rec.value, now_ms=now_ms, limits=limits)
         if isinstance(result, Rejected):
             bad.append((rec, result))
         else:
             if pseudonymize_key is not None:
                 uid = pseudonym(pseudonymize_key, result.user_id)
-                result = result.model_copy(update={"user_id": uid})
+                result = msgspec.structs.replace(result, user_id=uid)
             good.append((rec, result))
     return good, bad

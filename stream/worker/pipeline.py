@@ -34,7 +34,7 @@ from model.registry import LoadedModel
 from model.scorer import TRAITS, Scores
 from stream import metrics
 from stream.core.dedup import SeenEvents, admit
-from stream.core.events import DAY_MS, Event, Reason, Rejected, iso
+from stream.core.events import DAY_MS, Fact, Reason, Rejected, iso
 from stream.core.fold import UserState, apply
 from stream.sinks import Outgoing
 from stream.worker.batch import BatchResult, Step, Timeline, known, merged, redelivered
@@ -131,7 +131,7 @@ class BatchProcessor(Retrying):
 
     def _decode(
         self, records: Sequence[RawRecord]
-    ) -> tuple[list[tuple[RawRecord, Event]], list[tuple[RawRecord, Rejected]]]:
+    ) -> tuple[list[tuple[RawRecord, Fact]], list[tuple[RawRecord, Rejected]]]:
         return decode_batch(
             records,
             self._kinds,
@@ -228,14 +228,14 @@ class BatchProcessor(Retrying):
 
     async def _fold_score_publish_commit(
         self,
-        good: list[tuple[RawRecord, Event]],
+        good: list[tuple[RawRecord, Fact]],
         partition_offsets: dict[str, int],
     ) -> BatchResult:
         result = BatchResult()
         # Stream time per partition number *before* each event, in batch
         # (= partition) order: a user's schedule is caught up to it before the
         # event is folded, exactly as a sweep between the two would have done.
-        by_user: dict[str, list[tuple[RawRecord, str, Event, int]]] = {}
+        by_user: dict[str, list[tuple[RawRecord, str, Fact, int]]] = {}
         t0 = time.perf_counter()
         users = list(dict.fromkeys(e.user_id for _, e in good))
         await self.clocks.start()
@@ -248,8 +248,8 @@ class BatchProcessor(Retrying):
         bound = self.cfg.max_lateness_ms
         tps = await self._mark_names(good, loaded)
         for raw, event in good:
-            tp = tps[raw.topic, raw.partition]
-            before = clocks.before(raw.tp, raw.partition)
+            tp, name = tps[raw.topic, raw.partition], raw.tp  # raw.tp formats: once a record
+            before = clocks.before(name, raw.partition)
             if (
                 bound
                 and event.timestamp <= before - bound
@@ -274,7 +274,7 @@ class BatchProcessor(Retrying):
                 late.append((raw, why))
                 continue
             by_user.setdefault(event.user_id, []).append((raw, tp, event, before))
-            running[raw.tp] = max(running.get(raw.tp, 0), event.timestamp)
+            running[name] = max(running.get(name, 0), event.timestamp)
         partition_times = {tp: t for tp, t in running.items() if t > ptimes.get(tp, 0)}
 
         timelines: dict[str, Timeline] = {}
@@ -349,7 +349,7 @@ class BatchProcessor(Retrying):
         return result
 
     async def _mark_names(
-        self, good: list[tuple[RawRecord, Event]], loaded: dict[str, UserRecord]
+        self, good: list[tuple[RawRecord, Fact]], loaded: dict[str, UserRecord]
     ) -> dict[tuple[str, int], str]:
         """Each partition's offset-mark key. A record its user's mark would skip
         may come from a recreated topic: its identity is checked first."""

@@ -1,0 +1,143 @@
+"""The fast decoder: raw record bytes straight to a :data:`~stream.core.events.Fact`. Pure.
+
+The pydantic models in :mod:`stream.core.events` are the contract, and
+:func:`~stream.core.events.decode` its reference decoder. Validating through
+them costs about 3.4 us a record, and the worker then needs a compact fact
+of its own. This mirrors the contract in msgspec Structs (about 1 us with the
+fact) and only ever *accepts* with them: whatever they refuse, and every
+timestamp that is not plain epoch milliseconds, goes through the reference
+decoder, so a dead-lettered record gets the same reason and detail as
+before. That the two accept exactly the same records, with the same
+contents, is a property test (tests/stream/test_wire.py).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from stream.core.events import (
+    MAX_ID_LEN,
+    MAX_MONEY,
+    ClickFact,
+    DecodeLimits,
+    Fact,
+    OrderFact,
+    Rejected,
+    _intern,
+    _item,
+    _to_epoch_ms,
+    decode,
+    envelope_problem,
+    fact,
+)
+
+# The constraints of stream.core.events, one for one.
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LEN)]
+_Category = Annotated[str, msgspec.Meta(max_length=MAX_ID_LEN)]
+_Money = Annotated[float, msgspec.Meta(ge=0, le=MAX_MONEY)]
+# Epoch ms as an int, or anything the contract's timestamp rule reads
+# (a float, an ISO-8601 string): those go through _to_epoch_ms.
+_Time = int | float | str
+
+
+class _Click(msgspec.Struct, frozen=True, gc=False):
+    event_id: _Id
+    user_id: _Id
+    timestamp: _Time
+    event_type: Literal[
+        "page_view",
+        "product_view",
+        "search",
+        "add_to_cart",
+        "remove_from_cart",
+        "checkout_start",
+    ]
+    session_id: _Id
+    product_id: _Id | None = None
+    category: _Category | None = None
+    price: _Money | None = None
+
+
+class _Item(msgspec.Struct, frozen=True, gc=False):
+    product_id: _Id
+    quantity: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
+    unit_price: _Money
+    category: _Category | None = None
+
+
+class _Order(msgspec.Struct, frozen=True, gc=False):
+    event_id: _Id
+    user_id: _Id
+    timestamp: _Time
+    event_type: Literal["order_placed", "order_cancelled", "order_refunded"]
+    order_id: _Id
+    total: _Money
+    currency: Annotated[str, msgspec.Meta(max_length=8)] | None = None
+    items: Annotated[list[_Item], msgspec.Meta(max_length=1000)] | None = None
+
+
+_DEFAULT_LIMITS = DecodeLimits()
+_CLICKS = msgspec.json.Decoder(_Click)
+_ORDERS = msgspec.json.Decoder(_Order)
+
+
+def decode_fact(
+    kind: Literal["clickstream", "orders"],
+    key: bytes | None,
+    value: bytes | None,
+    *,
+    now_ms: int,
+    limits: DecodeLimits = _DEFAULT_LIMITS,
+) -> Fact | Rejected:
+    """``fact(decode(...))``, or decode's :class:`Rejected`, at a third of the cost.
+
+    Never raises on bad input.
+    """
+    if value is None or len(value) > limits.max_bytes:
+        return _reference(kind, key, value, now_ms, limits)
+    try:
+        wire = (_CLICKS if kind == "clickstream" else _ORDERS).decode(value)
+        ts = wire.timestamp
+        if type(ts) is not int:
+            ts = _to_epoch_ms(ts)
+    except (msgspec.DecodeError, ValueError, RecursionError):
+        # msgspec.ValidationError is a DecodeError. The reference decoder
+        # gives the reason and the detail a dead letter carries.
+        return _reference(kind, key, value, now_ms, limits)
+    problem = envelope_problem(key, wire.user_id, ts, now_ms, limits)
+    if problem is not None:
+        return problem
+    if type(wire) is _Click:
+        category = wire.category
+        return ClickFact(
+            wire.event_id,
+            _intern(wire.user_id),
+            ts,
+            _intern(wire.event_type),
+            _intern(wire.session_id),
+            None if category is None else _intern(category),
+        )
+    assert type(wire) is _Order
+    items = None if wire.items is None else tuple(_item(i.category) for i in wire.items)
+    return OrderFact(
+        wire.event_id,
+        _intern(wire.user_id),
+        ts,
+        _intern(wire.event_type),
+        wire.order_id,
+        wire.total,
+        items,
+    )
+
+
+def _reference(
+    kind: Literal["clickstream", "orders"],
+    key: bytes | None,
+    value: bytes | None,
+    now_ms: int,
+    limits: DecodeLimits,
+) -> Fact | Rejected:
+    event = decode(kind, key, value, now_ms=now_ms, limits=limits)
+    return event if isinstance(event, Rejected) else fact(event)
