@@ -28,7 +28,8 @@ class BatchClocks:
         unread_after: Callable[[str, int | None], bool],
     ) -> None:
         self._running = running
-        names = [r.tp for r in records]  # each record's name built once
+        #: Each record's "topic:partition", built once (the caller reads it too).
+        self.names = names = [r.tp for r in records]
         self._left: Counter[str] = Counter(names)
         last: dict[str, int] = {}
         for tp, r in zip(names, records, strict=True):

@@ -27,7 +27,8 @@ def decode_batch(
     good: list[tuple[RawRecord, Fact]] = []
     bad: list[tuple[RawRecord, Rejected]] = []
     for rec in records:
-        why = poisoned.pop((rec.topic, rec.partition, rec.offset), None)
+        # Almost always empty: no key built per record then.
+        why = poisoned.pop((rec.topic, rec.partition, rec.offset), None) if poisoned else None
         if why is not None:
             bad.append((rec, why))
             continue

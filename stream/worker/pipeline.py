@@ -29,7 +29,7 @@ import numpy as np
 import orjson
 
 from model.explain import top_reasons
-from model.features import N_FEATURES, raw_row, transform
+from model.features import raw_row, stack_rows, transform
 from model.registry import LoadedModel
 from model.scorer import TRAITS, Scores
 from stream import metrics
@@ -246,9 +246,9 @@ class BatchProcessor(Retrying):
         clocks = self.clocks.batch(running, [raw for raw, _ in good])
         late: list[tuple[RawRecord, Rejected]] = []
         bound = self.cfg.max_lateness_ms
-        tps = await self._mark_names(good, loaded)
-        for raw, event in good:
-            tp, name = tps[raw.topic, raw.partition], raw.tp  # raw.tp formats: once a record
+        tps = await self._mark_names(good, clocks.names, loaded)
+        for (raw, event), name in zip(good, clocks.names, strict=True):
+            tp = tps[name]
             before = clocks.before(name, raw.partition)
             if (
                 bound
@@ -349,22 +349,21 @@ class BatchProcessor(Retrying):
         return result
 
     async def _mark_names(
-        self, good: list[tuple[RawRecord, Fact]], loaded: dict[str, UserRecord]
-    ) -> dict[tuple[str, int], str]:
-        """Each partition's offset-mark key. A record its user's mark would skip
-        may come from a recreated topic: its identity is checked first."""
+        self, good: list[tuple[RawRecord, Fact]], names: list[str], loaded: dict[str, UserRecord]
+    ) -> dict[str, str]:
+        """Each partition's offset-mark key, by its "topic:partition" (``names``, per
+        record). A record its user's mark would skip may come from a recreated
+        topic: its identity is checked first."""
         marks = self.marks
+        parts = {n: n.rpartition(":") for n in dict.fromkeys(names)}
         if marks is None:
-            return {(r.topic, r.partition): r.tp for r, _ in good}
-        tps = {(r.topic, r.partition): "" for r, _ in good}
+            return {n: n for n in parts}
         for _ in range(2):
-            for t, p in tps:
-                tps[t, p] = marks.mark(t, p)
+            tps = {n: marks.mark(t, int(p)) for n, (t, _, p) in parts.items()}
             suspects = {
                 raw.topic
-                for raw, event in good
-                if raw.offset
-                <= loaded[event.user_id].offsets.get(tps[raw.topic, raw.partition], -1)
+                for (raw, event), n in zip(good, names, strict=True)
+                if raw.offset <= loaded[event.user_id].offsets.get(tps[n], -1)
             }
             if not await marks.check(suspects):
                 break
@@ -439,7 +438,7 @@ class BatchProcessor(Retrying):
         model = self.model()
         # The raw rows as one array: the model's input is made from it, and the
         # rule audiences read it as it is (before log1p).
-        raw = np.asarray(rows, dtype=np.float64).reshape(-1, N_FEATURES)
+        raw = stack_rows(rows)
         x = transform(raw)
         if rows:
             # One forward pass gives both; traits held to the contract once, so

@@ -4,7 +4,15 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from model.features import FEATURE_NAMES, N_FEATURES, SCHEMA_HASH, raw_features, vector
+from model.features import (
+    FEATURE_NAMES,
+    N_FEATURES,
+    SCHEMA_HASH,
+    raw_features,
+    raw_row,
+    stack_rows,
+    vector,
+)
 from stream.core.fold import fold_all
 from tests.factories import DAY, T0, as_event, click, order
 from tests.stream.test_fold import user_events
@@ -54,3 +62,11 @@ def test_clicks_only_user_has_zero_order_features() -> None:
 def test_schema_hash_names_the_feature_set() -> None:
     assert len(FEATURE_NAMES) == N_FEATURES == len(set(FEATURE_NAMES))
     assert len(SCHEMA_HASH) == 16
+
+
+@given(st.lists(st.tuples(user_events(), st.integers(0, 400 * DAY)), max_size=5))
+def test_stacked_rows_are_the_rows_as_they_are(users) -> None:  # type: ignore[no-untyped-def]
+    rows = [raw_row(fold_all(events), T0 + later) for events, later in users]
+    stacked = stack_rows(rows)
+    assert stacked.shape == (len(rows), N_FEATURES)
+    assert np.array_equal(stacked, np.asarray(rows, dtype=np.float64).reshape(-1, N_FEATURES))
