@@ -18,20 +18,23 @@ import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal, overload
+from typing import Annotated, Literal, get_args, overload
 
 import msgspec
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-CLICK_TYPES = (
+#: The event types of each topic; both decoders validate against these.
+ClickType = Literal[
     "page_view",
     "product_view",
     "search",
     "add_to_cart",
     "remove_from_cart",
     "checkout_start",
-)
-ORDER_TYPES = ("order_placed", "order_cancelled", "order_refunded")
+]
+OrderType = Literal["order_placed", "order_cancelled", "order_refunded"]
+CLICK_TYPES: tuple[str, ...] = get_args(ClickType)
+ORDER_TYPES: tuple[str, ...] = get_args(OrderType)
 
 #: Time units, in the milliseconds every event time is kept in.
 HOUR_MS = 3_600_000
@@ -129,14 +132,7 @@ class _Event(BaseModel):
 
 
 class ClickEvent(_Event):
-    event_type: Literal[
-        "page_view",
-        "product_view",
-        "search",
-        "add_to_cart",
-        "remove_from_cart",
-        "checkout_start",
-    ]
+    event_type: ClickType
     session_id: Id
     product_id: Id | None = None
     category: Annotated[str, Field(max_length=MAX_ID_LEN)] | None = None
@@ -153,7 +149,7 @@ class OrderItem(BaseModel):
 
 
 class OrderEvent(_Event):
-    event_type: Literal["order_placed", "order_cancelled", "order_refunded"]
+    event_type: OrderType
     order_id: Id
     total: Money
     currency: Annotated[str, Field(max_length=8)] | None = None

@@ -21,9 +21,11 @@ from stream.core.events import (
     MAX_ID_LEN,
     MAX_MONEY,
     ClickFact,
+    ClickType,
     DecodeLimits,
     Fact,
     OrderFact,
+    OrderType,
     Rejected,
     _intern,
     _item,
@@ -46,14 +48,7 @@ class _Click(msgspec.Struct, frozen=True, gc=False):
     event_id: _Id
     user_id: _Id
     timestamp: _Time
-    event_type: Literal[
-        "page_view",
-        "product_view",
-        "search",
-        "add_to_cart",
-        "remove_from_cart",
-        "checkout_start",
-    ]
+    event_type: ClickType
     session_id: _Id
     product_id: _Id | None = None
     category: _Category | None = None
@@ -71,7 +66,7 @@ class _Order(msgspec.Struct, frozen=True, gc=False):
     event_id: _Id
     user_id: _Id
     timestamp: _Time
-    event_type: Literal["order_placed", "order_cancelled", "order_refunded"]
+    event_type: OrderType
     order_id: _Id
     total: _Money
     currency: Annotated[str, msgspec.Meta(max_length=8)] | None = None

@@ -15,6 +15,7 @@ from stream.core.events import ClickFact, DecodeLimits, Fact, OrderFact, Rejecte
 from stream.core.wire import decode_fact
 from stream.training.generate import GeneratorConfig, generate_events
 from tests.factories import T0, click, order
+from tests.stream.test_events import json_values
 
 NOW = T0 + 10 * 86_400_000
 Kind = Literal["clickstream", "orders"]
@@ -30,18 +31,6 @@ def assert_same(kind: Kind, key: bytes | None, value: bytes | None, **kw: Any) -
     assert fast == reference(kind, key, value, **kw), value
     return fast
 
-
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
-    max_leaves=12,
-)
 
 # Values near each bound of the contract, of each JSON type.
 edges = st.one_of(
