@@ -1,13 +1,22 @@
 from __future__ import annotations
 
 import math
+import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model.labels import window_activity
 from stream.core.events import Event, fact
-from stream.core.fold import HALF_LIVES, UserState, decay, fold, fold_all, linear_count
+from stream.core.fold import (
+    CATEGORY_BITS,
+    HALF_LIVES,
+    UserState,
+    decay,
+    fold,
+    fold_all,
+    linear_count,
+)
 from stream.worker.state.store import UserRecord, decode_record, encode_record
 from tests.factories import DAY, T0, as_event, click, order
 
@@ -162,3 +171,12 @@ def test_training_facts_fold_and_label_exactly_as_the_events_they_come_from(
     assert fold_all(facts) == fold_all(events)
     assert window_activity(facts) == window_activity(events)
     assert [f.user_id for f in facts] == [e.user_id for e in events]
+
+
+@settings(max_examples=25)
+@given(st.randoms(use_true_random=False))
+def test_distinct_categories_is_the_linear_count_estimate(rnd: random.Random) -> None:
+    for n in range(CATEGORY_BITS + 1):  # every bit count, at random positions
+        bitmap = sum(1 << b for b in rnd.sample(range(CATEGORY_BITS), n))
+        expected = round(linear_count(bitmap, CATEGORY_BITS))
+        assert UserState(categories=bitmap).distinct_categories == expected
