@@ -4,11 +4,12 @@ The pydantic models in :mod:`stream.core.events` are the contract, and
 :func:`~stream.core.events.decode` its reference decoder. Validating through
 them costs about 4 us a record, and the worker then needs a compact fact of
 its own. This mirrors the contract in msgspec Structs (about 1.7 us with the
-fact) and only ever *accepts* with them: whatever they refuse, and every
-timestamp that is not plain epoch milliseconds, goes through the reference
-decoder, so a dead-lettered record gets the same reason and detail as
-before. That the two accept exactly the same records, with the same
-contents, is a property test (tests/stream/test_wire.py).
+fact) and only ever *accepts* with them: whatever they refuse goes through
+the reference decoder, so a dead-lettered record gets the same reason and
+detail as before. A timestamp that is not an int is read by the contract's
+own rule (``_to_epoch_ms``), and one that rule refuses goes back too. That
+the two accept exactly the same records, with the same contents, is a
+property test (tests/stream/test_wire.py).
 """
 
 from __future__ import annotations
