@@ -15,10 +15,11 @@ import functools
 import math
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal, get_args, overload
+from typing import Annotated, Literal, Protocol, get_args, overload
 
 import msgspec
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -199,29 +200,75 @@ _intern = sys.intern
 _item = functools.lru_cache(maxsize=4096)(ItemFact)
 
 
-def fact(event: Event) -> Fact:
-    """The compact form of a validated event (see :class:`ClickFact`)."""
-    if isinstance(event, ClickEvent):
-        return ClickFact(
-            event.event_id,
-            _intern(event.user_id),
-            event.timestamp,
-            _intern(event.event_type),
-            _intern(event.session_id),
-            None if event.category is None else _intern(event.category),
-        )
-    items = None
-    if event.items is not None:
-        items = tuple(_item(i.category) for i in event.items)
+class _ClickFields(Protocol):
+    """What a click fact is built from: a validated ClickEvent, or the fast decoder's struct."""
+
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def event_type(self) -> str: ...
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def category(self) -> str | None: ...
+
+
+class _ItemFields(Protocol):
+    @property
+    def category(self) -> str | None: ...
+
+
+class _OrderFields(Protocol):
+    """What an order fact is built from: a validated OrderEvent, or the fast decoder's struct."""
+
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def event_type(self) -> str: ...
+    @property
+    def order_id(self) -> str: ...
+    @property
+    def total(self) -> float: ...
+    @property
+    def items(self) -> Sequence[_ItemFields] | None: ...
+
+
+def click_fact(event: _ClickFields, timestamp: int) -> ClickFact:
+    """The compact form of a validated click (both decoders build it here)."""
+    category = event.category
+    return ClickFact(
+        event.event_id,
+        _intern(event.user_id),
+        timestamp,
+        _intern(event.event_type),
+        _intern(event.session_id),
+        None if category is None else _intern(category),
+    )
+
+
+def order_fact(event: _OrderFields, timestamp: int) -> OrderFact:
+    """The compact form of a validated order (both decoders build it here)."""
+    items = None if event.items is None else tuple(_item(i.category) for i in event.items)
     return OrderFact(
         event.event_id,
         _intern(event.user_id),
-        event.timestamp,
+        timestamp,
         _intern(event.event_type),
         event.order_id,
         event.total,
         items,
     )
+
+
+def fact(event: Event) -> Fact:
+    """The compact form of a validated event (see :class:`ClickFact`)."""
+    if isinstance(event, ClickEvent):
+        return click_fact(event, event.timestamp)
+    return order_fact(event, event.timestamp)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,19 +21,17 @@ import msgspec
 from stream.core.events import (
     MAX_ID_LEN,
     MAX_MONEY,
-    ClickFact,
     ClickType,
     DecodeLimits,
     Fact,
-    OrderFact,
     OrderType,
     Rejected,
-    _intern,
-    _item,
     _to_epoch_ms,
+    click_fact,
     decode,
     envelope_problem,
     fact,
+    order_fact,
 )
 
 # The constraints of stream.core.events, one for one.
@@ -106,26 +104,9 @@ def decode_fact(
     if problem is not None:
         return problem
     if type(wire) is _Click:
-        category = wire.category
-        return ClickFact(
-            wire.event_id,
-            _intern(wire.user_id),
-            ts,
-            _intern(wire.event_type),
-            _intern(wire.session_id),
-            None if category is None else _intern(category),
-        )
+        return click_fact(wire, ts)
     assert type(wire) is _Order
-    items = None if wire.items is None else tuple(_item(i.category) for i in wire.items)
-    return OrderFact(
-        wire.event_id,
-        _intern(wire.user_id),
-        ts,
-        _intern(wire.event_type),
-        wire.order_id,
-        wire.total,
-        items,
-    )
+    return order_fact(wire, ts)
 
 
 def _reference(
