@@ -79,6 +79,15 @@ STALLED_SECONDS = Gauge(
 REDIS_ERRORS = Counter(
     "segmenter_redis_errors_total", "Failed Redis round trips (the batch is retried)", ["op"]
 )
+STATE_CACHE_READS = Counter(
+    "segmenter_state_cache_reads_total",
+    "Users read by batches, by where their record came from: the worker's cache "
+    "of what it committed (hit) or Redis (miss)",
+    ["outcome"],
+)
+STATE_CACHE_USERS = Gauge(
+    "segmenter_state_cache_users", "Users' records the worker keeps as it last committed them"
+)
 COMMIT_CONFLICTS = Counter(
     "segmenter_commit_conflicts_total", "Batches re-run because another writer got there first"
 )

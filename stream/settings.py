@@ -175,6 +175,14 @@ class Settings(BaseSettings):
         description="Young objects (allocated less freed) before a young garbage collection "
         "(0 = Python's default); start-up objects are frozen out of collection",
     )
+    state_cache_users: int = Field(
+        20_000,
+        ge=0,
+        le=10_000_000,
+        description="Users' records a worker keeps as it last committed them, so that "
+        "a batch reads only the others from Redis (0 = read every user from Redis); "
+        "each costs about 3.5 KB of the worker's memory (docs/performance.md)",
+    )
 
     # --- input guards
     max_event_bytes: int = Field(64 * 1024, ge=256)
@@ -397,18 +405,6 @@ class Settings(BaseSettings):
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 problems.append(f"SEGMENTER_{name.upper()}={path} is not a readable file")
-        if list(self.reevaluate_days) != sorted(set(self.reevaluate_days)) or any(
-            not (0 < d < 100_000)
-            for d in self.reevaluate_days  # also refuses NaN and Infinity
-        ):
-            problems.append(
-                "SEGMENTER_REEVALUATE_DAYS must be increasing positive days, e.g. [30,60]"
-            )
-        if self.stream_buffer_maxsize < self.batch_max:
-            problems.append(
-                f"SEGMENTER_STREAM_BUFFER_MAXSIZE={self.stream_buffer_maxsize} must be at least "
-                f"SEGMENTER_BATCH_MAX={self.batch_max}, or batches could never fill"
-            )
         if self.pseudonymize_key is not None and len(self.pseudonymize_key.get_secret_value()) < 16:
             problems.append(
                 "SEGMENTER_PSEUDONYMIZE_KEY must be at least 16 characters (it has "

@@ -1,5 +1,6 @@
-"""Cross-setting rules of erasure and the rate limit (kept out of stream.settings,
-which is near its size limit). Each problem is one line naming what to fix."""
+"""Cross-setting rules of erasure, the rate limit, batching and the re-evaluation
+schedule (kept out of stream.settings, which is near its size limit). Each
+problem is one line naming what to fix."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ MIN_KEY_LEN = 16
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class _Erasure(Protocol):
+class _Rules(Protocol):
     retention_days: float
     forget_denylist_days: float
     erasure_key: SecretStr | None
     trusted_proxies: str
+    reevaluate_days: tuple[float, ...]
+    stream_buffer_maxsize: int
+    batch_max: int
 
 
 def trusted_networks(text: str) -> list[Network]:
@@ -32,8 +36,18 @@ def trusted_networks(text: str) -> list[Network]:
     return out
 
 
-def more_problems(s: _Erasure) -> list[str]:
+def more_problems(s: _Rules) -> list[str]:
     problems: list[str] = []
+    if list(s.reevaluate_days) != sorted(set(s.reevaluate_days)) or any(
+        not (0 < d < 100_000)
+        for d in s.reevaluate_days  # also refuses NaN and Infinity
+    ):
+        problems.append("SEGMENTER_REEVALUATE_DAYS must be increasing positive days, e.g. [30,60]")
+    if s.stream_buffer_maxsize < s.batch_max:
+        problems.append(
+            f"SEGMENTER_STREAM_BUFFER_MAXSIZE={s.stream_buffer_maxsize} must be at least "
+            f"SEGMENTER_BATCH_MAX={s.batch_max}, or batches could never fill"
+        )
     if s.retention_days > s.forget_denylist_days:
         # The list must outlive every event a replay could still fold: an entry
         # pruned before retention lets the user's old events rebuild them.

@@ -118,7 +118,7 @@ def _faust_app(settings: Settings) -> faust.App:
 def _parts(settings: Settings, app: faust.App) -> WorkerParts:
     """Load and check everything a batch needs; a bad model, playbook or
     audiences file fails here, before any connection."""
-    store = StateStore.from_settings(settings)
+    store = StateStore.from_settings(settings, cache=True)
     holder = ModelHolder(load_current(settings.model_dir))
     try:
         playbook = load_playbook(settings.playbook_path, holder.current.classes)
@@ -261,12 +261,16 @@ def _add_hooks(w: WorkerParts) -> None:
         gone = {f"{t}:{p}" for t, p in revoked}
         health.assigned = frozenset(health.assigned - gone)
         async with w.one_writer:  # and let a sweep round in progress finish first
-            pass
+            # Their users' next writer is another worker: what this one
+            # committed may soon be stale (a revision check would catch it,
+            # at the cost of re-running a batch).
+            w.store.cache.clear()
 
     @w.app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(app: faust.App, assigned: set[TP], **kwargs: Any) -> None:
         ours = {f"{t}:{p}" for t, p in assigned if t in input_topics}
         health.assigned = frozenset(ours)
+        w.store.cache.clear()  # users owned before may have been written by others since
         health.kafka_ok, health.kafka_error = True, None
         for labels in list(metrics.CONSUMER_LAG._metrics):  # forget partitions we lost
             if f"{labels[0]}:{labels[1]}" not in ours:

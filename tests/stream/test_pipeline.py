@@ -26,8 +26,10 @@ pytestmark = pytest.mark.integration
 NOW = T0 + 400 * DAY
 
 
-async def run_batches(settings: Settings, batches: list[list[RawRecord]]):  # type: ignore[no-untyped-def]
-    store = StateStore.from_settings(settings)
+async def run_batches(  # type: ignore[no-untyped-def]
+    settings: Settings, batches: list[list[RawRecord]], cache: bool = False
+):
+    store = StateStore.from_settings(settings, cache=cache)
     sink = ConfluentSink(settings.kafka_client_config())
     model = load_current(settings.model_dir)
     proc = BatchProcessor(
@@ -168,12 +170,14 @@ def test_changes_are_published_only_when_the_segment_changes(
 @settings(
     max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(cuts=st.sets(st.integers(min_value=1, max_value=200), max_size=30))
+@given(cuts=st.sets(st.integers(min_value=1, max_value=200), max_size=30), cached=st.booleans())
 def test_changes_and_state_do_not_depend_on_where_batches_are_cut(
-    settings_factory: Callable[..., Settings], cuts: set[int]
+    settings_factory: Callable[..., Settings], cuts: set[int], cached: bool
 ) -> None:
     """Every event is scored in order, so a crash-and-replay that cuts the stream
-    differently re-publishes the very same changes (same version, same content)."""
+    differently re-publishes the very same changes (same version, same content).
+    The cut-up run reads its users back from the worker's cache of what it
+    committed (``cached``) or from Redis: the same either way."""
     base = settings_factory()
     history = sorted(
         big_spender("whale")
@@ -195,7 +199,7 @@ def test_changes_and_state_do_not_depend_on_where_batches_are_cut(
     one = settings_factory(redis_prefix=f"{base.redis_prefix}-one")
     many = settings_factory(redis_prefix=f"{base.redis_prefix}-many-{len(bounds)}")
     whole, snap_whole, counts_whole = asyncio.run(run_batches(one, [all_records]))
-    pieces, snap_pieces, counts_pieces = asyncio.run(run_batches(many, cut_up))
+    pieces, snap_pieces, counts_pieces = asyncio.run(run_batches(many, cut_up, cached))
     try:
         assert strip(pieces) == strip(whole)
         assert snap_pieces == snap_whole and counts_pieces == counts_whole

@@ -187,6 +187,7 @@ class Bench(LatencyPhases):
                     "consumer_max_fetch_size",
                     "event_loop",
                     "gc_gen0_threshold",
+                    "state_cache_users",
                     "commit_interval_s",
                     "consumer_fetch_max_wait_ms",
                     "producer_linger_ms",

@@ -187,6 +187,21 @@ def next_rev(rev: int) -> int:
     return rev % (2**32 - 1) + 1
 
 
+def as_stored(rec: UserRecord, rev: int) -> None:
+    """Make ``rec`` what :func:`decode_record` gives for ``encode_record(rec, rev)``,
+    in place (stream.worker.state.record_cache keeps records committed so).
+
+    Only what the encoding does not keep as it is changes: the revision, the
+    probabilities (kept to 4 decimals) and what the dedup memory counts
+    without storing. A property test holds this to decoding."""
+    rec.rev = rev
+    probs = rec.probabilities
+    rec.probabilities = (
+        {c: round(p * _PROB_SCALE) / _PROB_SCALE for c, p in probs.items()} if probs else None
+    )
+    rec.seen.past_cap = 0
+
+
 def decode_record(data: bytes, classes: Sequence[str] | None) -> UserRecord:
     """Read a record; ``classes`` names the stored probabilities (None: leave them out)."""
     fixed = _FIXED.unpack_from(data)
@@ -265,4 +280,4 @@ def decode_record(data: bytes, classes: Sequence[str] | None) -> UserRecord:
     return rec
 
 
-__all__ = ["CODEC_VERSION", "UserRecord", "decode_record", "encode_record", "next_rev"]
+__all__ = ["CODEC_VERSION", "UserRecord", "as_stored", "decode_record", "encode_record", "next_rev"]

@@ -19,6 +19,9 @@ Concurrent writers (two workers owning the same user for a moment during a
 rebalance) are caught by a per-record revision: the script refuses the call
 if any record changed since it was read, and the caller re-runs the batch.
 
+A worker reads the users it committed last from memory instead
+(stream.worker.state.record_cache); the revision check still guards each write.
+
 Memory is budgeted per user (``segmenter bench`` reports it): records are a
 fixed binary layout (stream.worker.state.record_codec) in shared hash buckets (no per-user
 key overhead), and the per-user index entries live in many small sorted sets,
@@ -51,6 +54,7 @@ from stream.worker.state.keys import (
     member_shard,
     tp_times,
 )
+from stream.worker.state.record_cache import RecordCache
 from stream.worker.state.record_codec import UserRecord, decode_record, encode_record
 from stream.worker.state.scripts import COMMIT_LUA, LOAD_LUA, REAP_LUA, UNSCHEDULE_LUA
 from stream.worker.state.topic_marks import RECORD_TOPIC_LUA
@@ -86,6 +90,7 @@ class StateStore:
         buckets: int = DEFAULT_BUCKETS,
         erasure_prefix: str | None = None,
         erasure_key: bytes | None = None,
+        cache_users: int = 0,
     ) -> None:
         # Any: redis-py's stubs type replies as bytes | str, we always get bytes.
         self._r: Any = client
@@ -105,6 +110,7 @@ class StateStore:
         #: Index names (segments, ``a:<audience>``) a new record is cleaned
         #: out of when buckets can expire (see :meth:`prepare_commit`).
         self._names: set[str] = set()
+        self.cache = RecordCache(cache_users)
 
     @classmethod
     def from_url(
@@ -114,6 +120,7 @@ class StateStore:
         cluster: bool = False,
         erasure_prefix: str | None = None,
         erasure_key: bytes | None = None,
+        cache_users: int = 0,
         **redis_kwargs: Any,
     ) -> StateStore:
         client = client_from_url(
@@ -129,16 +136,18 @@ class StateStore:
                 "redis-py packs commands in Python here (about 9%% of a batch's CPU): "
                 "install redis[hiredis]>=8.2"
             )
-        return cls(client, prefix, erasure_prefix=erasure_prefix, erasure_key=erasure_key)
+        return cls(client, prefix, DEFAULT_BUCKETS, erasure_prefix, erasure_key, cache_users)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> StateStore:
+    def from_settings(cls, settings: Settings, cache: bool = False) -> StateStore:
+        """``cache``: keep committed records (the worker's batches: record_cache)."""
         return cls.from_url(
             settings.redis_url,
             settings.redis_prefix,
             cluster=settings.redis_cluster,
             erasure_prefix=settings.erasure_prefix,
             erasure_key=erasure_key(settings),
+            cache_users=settings.state_cache_users if cache else 0,
             **settings.redis_client_kwargs(),
         )
 
@@ -259,10 +268,12 @@ class StateStore:
         # round trip; a bare call sends EVALSHA and loads the script only if
         # Redis answers NOSCRIPT.
         clock = [self.keys.stream_time, self.keys.ptime]
+        held = self.cache.take(user_ids)
+        wanted = [u for u in user_ids if u not in held] if held else user_ids
         if not self.cluster:
-            stream_time, ptimes, erased, datas = await self._load_call(clock, user_ids)
+            stream_time, ptimes, erased, datas = await self._load_call(clock, wanted)
         else:
-            groups = by_group(user_ids)
+            groups = by_group(wanted)
             replies = await asyncio.gather(
                 self._load_call(clock, []), *(self._load_call(None, g) for g in groups.values())
             )
@@ -270,14 +281,14 @@ class StateStore:
             order = [u for g in groups.values() for u in g]
             erased = [e for r in replies[1:] for e in r[2]]
             by_user = dict(zip(order, [d for r in replies[1:] for d in r[3]], strict=True))
-            datas = [by_user[u] for u in user_ids]
-            # Erasure times in ``user_ids`` order, for the users without a record.
+            datas = [by_user[u] for u in wanted]
+            # Erasure times in ``wanted`` order, for the users without a record.
             missing = iter(erased)
             times = {u: next(missing) for u in order if by_user[u] is None}
-            erased = [times[u] for u in user_ids if by_user[u] is None]
-        out: dict[str, UserRecord] = {}
+            erased = [times[u] for u in wanted if by_user[u] is None]
+        out: dict[str, UserRecord] = held
         erased_at = iter(erased)
-        for uid, data in zip(user_ids, datas, strict=True):
+        for uid, data in zip(wanted, datas, strict=True):
             if data is None:
                 out[uid] = UserRecord(erased_at=int(float(next(erased_at) or 0)))
             else:
@@ -367,6 +378,7 @@ class StateStore:
             )
         if prepared.clock is not None:
             await self._commit(*prepared.clock)
+        self.cache.keep(prepared.written)
 
     async def forget(self, user_id: str, now_ms: int = 0, keep_ms: int = 0) -> bool:
         """Erase one user (right to erasure). True if there was state to erase.

@@ -29,6 +29,9 @@ class PreparedCommit(NamedTuple):
 
     groups: list[ScriptCall]
     clock: ScriptCall | None
+    #: Per user written: (user id, record, the revision stored; 0 = erased),
+    #: for stream.worker.state.record_cache once the commit has succeeded.
+    written: list[tuple[str, UserRecord, int]]
 
 
 class UserWrite(NamedTuple):
@@ -97,6 +100,7 @@ def encode_commit(
     calls: dict[int, tuple[list[Any], list[Any], list[int]]] = {}
     # A new record is first taken out of every index named in ``clean``.
     buckets, n_buckets = layout.bucket_keys, layout.buckets
+    written: list[tuple[str, UserRecord, int]] = []
     for w in writes:
         rec, uid = w.record, w.user_id
         h = crc32(uid.encode())
@@ -128,10 +132,12 @@ def encode_commit(
         keys += (bucket, layout.counts(g), old_set, old_slots, new_set, new_slots)
         if moves:
             keys += [layout.members(name)[shard] for _, name in moves]
+        rev = 0 if erase else next_rev(rec.rev)
+        written.append((uid, rec, rev))
         args += (
             uid,
             rec.rev.to_bytes(_REV_BYTES, "little") if rec.exists else b"",
-            b"" if erase else encode_record(rec, rev=next_rev(rec.rev)),
+            b"" if erase else encode_record(rec, rev=rev),
             old_day,
             due_arg,
             new_day,
@@ -140,7 +146,10 @@ def encode_commit(
         )
     if not cluster:
         keys, args, n = calls.get(0, ([], [], [0]))
-        return PreparedCommit([ScriptCall(clock_keys + keys, [ttl_ms, n[0], *head, *args])], None)
+        return PreparedCommit(
+            [ScriptCall(clock_keys + keys, [ttl_ms, n[0], *head, *args])], None, written
+        )
     groups = [ScriptCall(keys, [ttl_ms, n[0], "", 0, 0, *args]) for keys, args, n in calls.values()]
     advance = partition_offsets or partition_times or stream_time
-    return PreparedCommit(groups, ScriptCall(clock_keys, [0, 0, *head]) if advance else None)
+    clock = ScriptCall(clock_keys, [0, 0, *head]) if advance else None
+    return PreparedCommit(groups, clock, written)

@@ -1,0 +1,180 @@
+"""The worker's cache of the records it committed (stream.worker.state.record_cache).
+
+A cached record must be exactly what Redis would give back, and never be
+trusted over Redis: a write by anyone else makes the next commit fail and the
+re-run read Redis. The worker's output with and without the cache is compared
+in tests/stream/test_pipeline.py (the batch-cut property)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stream import metrics
+from stream.core.dedup import SeenEvents
+from stream.core.fold import fold_all
+from stream.worker.state.record_cache import RecordCache
+from stream.worker.state.record_codec import as_stored, next_rev
+from stream.worker.state.store import (
+    ConflictError,
+    StateStore,
+    UserRecord,
+    UserWrite,
+    decode_record,
+    encode_record,
+)
+from tests.factories import DAY, T0, as_event, click, order
+
+CLASSES = ("high_value", "regular", "potential", "at_risk")
+
+
+def _reads(outcome: str) -> float:
+    return metrics.STATE_CACHE_READS.labels(outcome)._value.get()
+
+
+@given(
+    spends=st.lists(st.floats(0.01, 5_000), min_size=1, max_size=6),
+    clicks=st.integers(0, 6),
+    probs=st.none() | st.lists(st.floats(0, 1), min_size=4, max_size=4),
+    past_cap=st.integers(0, 50),
+    rev=st.integers(0, 2**32 - 1),
+    segment=st.none() | st.sampled_from(CLASSES),
+)
+def test_a_record_kept_is_what_decoding_its_stored_bytes_gives(
+    spends: list[float],
+    clicks: int,
+    probs: list[float] | None,
+    past_cap: int,
+    rev: int,
+    segment: str | None,
+) -> None:
+    events = [as_event(order("u", T0 + i * DAY, s)) for i, s in enumerate(spends)]
+    events += [as_event(click("u", T0 + i * 3_600_000)) for i in range(clicks)]
+    rec = UserRecord(
+        state=fold_all(sorted(events, key=lambda e: e.timestamp)),
+        segment=segment,
+        probabilities=None if probs is None else dict(zip(CLASSES, probs, strict=True)),
+        seen=SeenEvents({1: 8 | 1}, {5: {7}}, past_cap=past_cap),
+        offsets={"orders:3": 17},
+        rev=rev,
+    )
+    stored = next_rev(rev)
+    expected = decode_record(encode_record(rec, rev=stored), CLASSES)
+    as_stored(rec, stored)
+    assert rec == expected
+    assert rec.seen.past_cap == expected.seen.past_cap == 0  # not compared by ==
+    assert encode_record(rec) == encode_record(expected)
+
+
+def test_the_cache_keeps_the_most_recently_committed_and_drops_erased_users() -> None:
+    cache = RecordCache(2)
+    a, b, c = UserRecord(), UserRecord(), UserRecord()
+    cache.keep([("a", a, 1), ("b", b, 1)])
+    cache.keep([("c", c, 1)])
+    assert len(cache) == 2
+    assert cache.take(["a", "b", "c"]) == {"b": b, "c": c}
+    assert len(cache) == 0  # taken out: a failing batch leaves nothing behind
+    cache.keep([("a", a, 3)])
+    cache.keep([("a", a, 0)])  # erased
+    assert cache.take(["a"]) == {}
+    off = RecordCache(0)
+    off.keep([("a", a, 1)])
+    assert len(off) == 0
+
+
+@pytest.mark.integration
+def test_a_batch_reads_its_committed_users_from_the_cache_and_the_rest_from_redis(
+    redis_url: str, prefix: str
+) -> None:
+    async def scenario() -> None:
+        store = StateStore.from_url(redis_url, prefix, cache_users=100)
+        try:
+            rec = UserRecord(state=fold_all([as_event(order("a", T0, 10.0))]), segment="regular")
+            await store.commit([UserWrite("a", rec, None)], {"orders:0": 7}, T0)
+            hits, misses = _reads("hit"), _reads("miss")
+            loaded, stream_time, _ = await store.load(["a", "b"])
+            assert (_reads("hit") - hits, _reads("miss") - misses) == (1, 1)
+            assert loaded["a"] is rec and stream_time == T0
+            assert loaded["a"] == await store.get("a")
+            assert not loaded["b"].exists
+            # Taken out while the batch holds it: a second read goes to Redis.
+            again, _, _ = await store.load(["a"])
+            assert again["a"] is not rec and again["a"] == rec
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.integration
+def test_a_cached_record_someone_else_wrote_is_refused_and_the_re_run_reads_redis(
+    redis_url: str, prefix: str
+) -> None:
+    async def scenario() -> None:
+        ours = StateStore.from_url(redis_url, prefix, cache_users=100)
+        other = StateStore.from_url(redis_url, prefix)  # the next owner, in a rebalance
+        try:
+            await ours.commit([UserWrite("a", UserRecord(segment="regular"), None)], {}, T0)
+            theirs, _, _ = await other.load(["a"])
+            theirs["a"].segment = "high_value"
+            await other.commit([UserWrite("a", theirs["a"], "regular")], {}, T0)
+
+            stale, _, _ = await ours.load(["a"])
+            assert stale["a"].segment == "regular"  # from the cache
+            with pytest.raises(ConflictError):
+                await ours.commit([UserWrite("a", stale["a"], "regular")], {}, T0)
+            fresh, _, _ = await ours.load(["a"])  # the re-run
+            assert fresh["a"].segment == "high_value"
+            assert fresh["a"] == await ours.get("a")
+            await ours.commit([UserWrite("a", fresh["a"], "high_value")], {}, T0)
+            assert (await ours.load(["a"]))[0]["a"].rev == (await ours.get("a")).rev  # type: ignore[union-attr]
+        finally:
+            await ours.close()
+            await other.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.integration
+def test_a_user_erased_elsewhere_is_not_brought_back_from_the_cache(
+    redis_url: str, prefix: str
+) -> None:
+    async def scenario() -> None:
+        key = b"k" * 32
+        ours = StateStore.from_url(redis_url, prefix, erasure_key=key, cache_users=100)
+        other = StateStore.from_url(redis_url, prefix, erasure_key=key)  # `segmenter forget`
+        try:
+            state = fold_all([as_event(order("a", T0, 10.0))])
+            await ours.commit([UserWrite("a", UserRecord(state=state), None)], {}, T0)
+            assert await other.forget("a", now_ms=T0 + DAY, keep_ms=30 * DAY)
+            cached, _, _ = await ours.load(["a"])
+            with pytest.raises(ConflictError) as refused:
+                await ours.commit([UserWrite("a", cached["a"], None)], {}, T0)
+            assert refused.value.gone == ["a"]
+            fresh, _, _ = await ours.load(["a"])
+            assert not fresh["a"].exists and fresh["a"].erased_at == T0 + DAY
+        finally:
+            await ours.close()
+            await other.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.integration
+def test_erasing_through_the_store_drops_the_cached_record(redis_url: str, prefix: str) -> None:
+    async def scenario() -> None:
+        store = StateStore.from_url(redis_url, prefix, cache_users=100)
+        try:
+            rec = UserRecord(state=fold_all([as_event(order("a", T0, 10.0))]))
+            await store.commit([UserWrite("a", copy.deepcopy(rec), None)], {}, T0)
+            assert await store.forget("a")
+            loaded, _, _ = await store.load(["a"])
+            assert not loaded["a"].exists
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
