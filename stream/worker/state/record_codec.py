@@ -8,6 +8,7 @@ lets a newer release read what an older one wrote.
 
 from __future__ import annotations
 
+import functools
 import operator
 import random
 import struct
@@ -127,11 +128,42 @@ _FIRST_ORDER = struct.Struct("<q")
 _PROB_SCALE = 10_000  # probabilities are kept to 4 decimals, as published
 
 
+#: Encoded short strings: segments, model versions, topics and audience names
+#: repeat in every record, so each is encoded once (bounded, in case they do not).
+_SHORTS: dict[str | None, bytes] = {}
+#: "topic:partition" -> its encoded topic and partition, the head of an offset mark.
+_MARK_HEADS: dict[str, bytes] = {}
+_PART = struct.Struct("<H")
+_MARK_OFFSET = struct.Struct("<q")
+assert _OFFSET.format == "<Hq"  # a mark is its head then _MARK_OFFSET
+
+
 def _short(text: str | None) -> bytes:
-    raw = b"" if text is None else text.encode()
-    if len(raw) > 255:
-        raise ValueError(f"{raw[:40]!r}… is longer than 255 bytes")
-    return bytes([len(raw)]) + raw
+    out = _SHORTS.get(text)
+    if out is None:
+        raw = b"" if text is None else text.encode()
+        if len(raw) > 255:
+            raise ValueError(f"{raw[:40]!r}… is longer than 255 bytes")
+        out = bytes([len(raw)]) + raw
+        if len(_SHORTS) < 4096:
+            _SHORTS[text] = out
+    return out
+
+
+def _mark_head(tp: str) -> bytes:
+    head = _MARK_HEADS.get(tp)
+    if head is None:
+        topic, _, part = tp.rpartition(":")
+        head = _short(topic) + _PART.pack(int(part))
+        if len(_MARK_HEADS) < 4096:
+            _MARK_HEADS[tp] = head
+    return head
+
+
+@functools.cache
+def _array(code: str, n: int) -> struct.Struct:
+    """The packer of ``n`` little-endian ``code`` values (cached per length)."""
+    return struct.Struct(f"<{n}{code}")
 
 
 def encode_record(rec: UserRecord, rev: int | None = None) -> bytes:
@@ -149,17 +181,16 @@ def encode_record(rec: UserRecord, rev: int | None = None) -> bytes:
             *_record_values(rec),
             len(s.recent_sessions),
         ),
-        b"".join(_U32.pack(sid) for sid in s.recent_sessions),
+        _array("I", len(s.recent_sessions)).pack(*s.recent_sessions),
         _short(rec.segment),
         _short(rec.model_version),
     ]
     probs = list((rec.probabilities or {}).values())
     parts.append(bytes([len(probs)]))
-    parts.append(struct.pack(f"<{len(probs)}H", *(round(p * _PROB_SCALE) for p in probs)))
+    parts.append(_array("H", len(probs)).pack(*[round(p * _PROB_SCALE) for p in probs]))
     parts.append(bytes([len(rec.offsets)]))
     for tp, off in rec.offsets.items():
-        topic, _, part = tp.rpartition(":")
-        parts += [_short(topic), _OFFSET.pack(int(part), off)]
+        parts += [_mark_head(tp), _MARK_OFFSET.pack(off)]
     parts.append(dedup.encode(rec.seen))
     parts.append(bytes([len(rec.audiences)]))
     parts += [_short(name) for name in rec.audiences]
