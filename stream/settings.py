@@ -176,12 +176,12 @@ class Settings(BaseSettings):
         "(0 = Python's default); start-up objects are frozen out of collection",
     )
     state_cache_users: int = Field(
-        20_000,
+        10_000,
         ge=0,
         le=10_000_000,
         description="Users' records a worker keeps as it last committed them, so that "
-        "a batch reads only the others from Redis (0 = read every user from Redis); "
-        "each costs about 3.5 KB of the worker's memory (docs/performance.md)",
+        "Redis need not send one still at that revision (0 = none); each costs 2.5-10 KB "
+        "of the worker's memory (docs/performance.md)",
     )
 
     # --- input guards

@@ -8,12 +8,18 @@ the read's arguments, the script's work and decoding the reply: on a backlog
 most users of a batch were in an earlier one.
 
 Nothing here is trusted over Redis. A cached record keeps the revision it was
-committed with, and the commit script refuses a batch if any user's stored
-revision differs (another worker wrote during a rebalance, ``segmenter forget``
-erased the user, the bucket's backstop TTL dropped it): the batch then re-runs
-from Redis. To make that re-run read Redis, a record is *taken out* of the
-cache when a batch reads it, and only put back once its commit has succeeded:
-a batch that fails, is refused or is split leaves nothing stale behind.
+committed with, and the batch's read still asks Redis for every user: the
+load script answers "the same" (1) only if the stored record is still at that
+revision, and sends the record otherwise (another worker wrote during a
+rebalance, ``segmenter forget`` erased the user, the bucket's backstop TTL
+dropped it). What is saved is sending and decoding the record. A record is
+also *taken out* of the cache while a batch works on it, and only put back
+once the batch's commit has succeeded, so a failed, refused or split batch
+leaves no half-applied record behind.
+
+Only small records are kept: a user whose dedup memory holds many clicks (a
+bot, as a rule) costs ten times its stored size in Python objects or more,
+and is read from Redis each time.
 
 What is put back is exactly what decoding the stored bytes would give
 (:func:`stream.worker.state.record_codec.as_stored`), so a batch behaves the
@@ -28,6 +34,10 @@ from itertools import islice
 
 from stream import metrics
 from stream.worker.state.record_codec import UserRecord, as_stored
+
+#: Largest stored record kept, in bytes: a typical user's is 300-450 (about
+#: 2.5-5 KB in Python), one of 640 about 10 KB (docs/performance.md).
+MAX_STORED_BYTES = 640
 
 
 class RecordCache:
@@ -46,28 +56,30 @@ class RecordCache:
 
     def take(self, user_ids: Sequence[str]) -> dict[str, UserRecord]:
         """The cached records of ``user_ids``, removed from the cache (see the module)."""
-        if not self._records:
-            if self.capacity:
-                metrics.STATE_CACHE_READS.labels("miss").inc(len(user_ids))
+        records = self._records
+        if not records:
             return {}
-        pop = self._records.pop
-        hits = {}
+        pop = records.pop
+        held = {}
         for uid in user_ids:
             rec = pop(uid, None)
             if rec is not None:
-                hits[uid] = rec
-        metrics.STATE_CACHE_READS.labels("hit").inc(len(hits))
-        metrics.STATE_CACHE_READS.labels("miss").inc(len(user_ids) - len(hits))
-        return hits
+                held[uid] = rec
+        return held
 
-    def keep(self, committed: Iterable[tuple[str, UserRecord, int]]) -> None:
-        """Records whose commit has succeeded: (user id, record, stored revision).
+    def counted(self, reads: int, hits: int) -> None:
+        """Count a read of ``reads`` users, ``hits`` of them still current in the cache."""
+        metrics.STATE_CACHE_READS.labels("hit").inc(hits)
+        metrics.STATE_CACHE_READS.labels("miss").inc(reads - hits)
+        metrics.STATE_CACHE_USERS.set(len(self._records))
 
-        Revision 0 means the user was erased: whatever was cached goes."""
+    def keep(self, committed: Iterable[tuple[str, UserRecord, int, int]]) -> None:
+        """Records whose commit has succeeded: (user id, record, stored revision,
+        stored size). Revision 0 means the user was erased: whatever was cached goes."""
         records, capacity = self._records, self.capacity
-        for uid, rec, rev in committed:
+        for uid, rec, rev, size in committed:
             records.pop(uid, None)
-            if rev and capacity:
+            if rev and capacity and size <= MAX_STORED_BYTES:
                 as_stored(rec, rev)
                 records[uid] = rec
         if len(records) > capacity:
@@ -81,4 +93,4 @@ class RecordCache:
         metrics.STATE_CACHE_USERS.set(0)
 
 
-__all__ = ["RecordCache"]
+__all__ = ["MAX_STORED_BYTES", "RecordCache"]

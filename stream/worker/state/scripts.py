@@ -10,10 +10,12 @@ builds a key name itself.
 from __future__ import annotations
 
 # A batch's read. ARGV[1]: '1' to read the clock too (then KEYS[1], KEYS[2] =
-# stream time, ptime). Then per user: ARGV (user id, erased digest) and KEYS
-# (bucket, erasure list). Reply: stream time (or nil), the flat HGETALL of
-# ptime (empty without the clock), the erasure times (one per user without a
-# record, '' if never erased, in order), then each user's record (nil if none).
+# stream time, ptime). Then per user: ARGV (user id, erased digest, the
+# revision of the record the worker holds in memory or '') and KEYS (bucket,
+# erasure list). Reply: stream time (or nil), the flat HGETALL of ptime (empty
+# without the clock), the erasure times (one per user without a record, '' if
+# never erased, in order), then each user's record: nil if none, 1 if it is
+# still at the revision held (stream.worker.state.record_cache), else the bytes.
 # Only a user without a record can have been erased: the others cost nothing.
 LOAD_LUA = """
 local out, k = {false, {}, {}}, 0
@@ -21,8 +23,9 @@ if ARGV[1] == '1' then
   out = {redis.call('GET', KEYS[1]) or false, redis.call('HGETALL', KEYS[2]), {}}
   k = 2
 end
-for i = 2, #ARGV, 2 do
+for i = 2, #ARGV, 3 do
   local rec = redis.call('HGET', KEYS[k + 1], ARGV[i])
+  if rec and ARGV[i + 2] ~= '' and string.sub(rec, 1, 4) == ARGV[i + 2] then rec = 1 end
   out[#out + 1] = rec
   if not rec then table.insert(out[3], redis.call('ZSCORE', KEYS[k + 2], ARGV[i + 1]) or '') end
   k = k + 2

@@ -43,6 +43,7 @@ from stream.core.events import DAY_MS
 from stream.erasure import ErasureKeyError, check_key, erasure_digest, erasure_key, key_check
 from stream.redis_client import client_from_url, is_cluster, packs_with_hiredis
 from stream.settings import Settings
+from stream.worker.state.audits import StoreAudits
 from stream.worker.state.keys import (
     AUDIENCE_PREFIX,
     DEFAULT_BUCKETS,
@@ -58,7 +59,13 @@ from stream.worker.state.record_cache import RecordCache
 from stream.worker.state.record_codec import UserRecord, decode_record, encode_record
 from stream.worker.state.scripts import COMMIT_LUA, LOAD_LUA, REAP_LUA, UNSCHEDULE_LUA
 from stream.worker.state.topic_marks import RECORD_TOPIC_LUA
-from stream.worker.state.writes import PreparedCommit, UserWrite, encode_commit, index_moves
+from stream.worker.state.writes import (
+    REV_BYTES,
+    PreparedCommit,
+    UserWrite,
+    encode_commit,
+    index_moves,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +84,7 @@ class StoreMismatch(RuntimeError):
     the model serves, or another release's key layout."""
 
 
-class StateStore:
+class StateStore(StoreAudits):
     """Redis adapter. On a single Redis each method is one round trip (a
     process's first read also fetches the stored classes); on a cluster the
     per-group calls of one method run concurrently. Errors surface as
@@ -250,15 +257,17 @@ class StateStore:
         self._names.update(await self._index_names())
 
     async def load(
-        self, user_ids: Sequence[str]
+        self, user_ids: Sequence[str], cached: bool = True
     ) -> tuple[dict[str, UserRecord], int, dict[str, int]]:
         """Records for ``user_ids`` (new ones for unknown users), stored stream time,
         and each input topic-partition's stream time, in one round trip on a single
         Redis (two on a process's first read, which also fetches the classes).
 
-        A user erased within the erasure list's keep time comes back as a new
-        record with ``erased_at`` set: their events from before it are not theirs
-        to count any more."""
+        A record this store committed last is taken from memory if Redis still
+        holds it at that revision (``cached``; the read API passes False). A user
+        erased within the erasure list's keep time comes back as a new record
+        with ``erased_at`` set: their events from before it are not theirs to
+        count any more."""
         if self._classes is None:
             await self._fetch_classes()
         # One script call with one flat reply, not a pipeline of reads:
@@ -268,44 +277,50 @@ class StateStore:
         # round trip; a bare call sends EVALSHA and loads the script only if
         # Redis answers NOSCRIPT.
         clock = [self.keys.stream_time, self.keys.ptime]
-        held = self.cache.take(user_ids)
-        wanted = [u for u in user_ids if u not in held] if held else user_ids
+        held = self.cache.take(user_ids) if cached else {}
         if not self.cluster:
-            stream_time, ptimes, erased, datas = await self._load_call(clock, wanted)
+            stream_time, ptimes, erased, datas = await self._load_call(clock, user_ids, held)
         else:
-            groups = by_group(wanted)
+            groups = by_group(user_ids)
             replies = await asyncio.gather(
-                self._load_call(clock, []), *(self._load_call(None, g) for g in groups.values())
+                self._load_call(clock, [], held),
+                *(self._load_call(None, g, held) for g in groups.values()),
             )
             stream_time, ptimes = replies[0][0], replies[0][1]
             order = [u for g in groups.values() for u in g]
             erased = [e for r in replies[1:] for e in r[2]]
             by_user = dict(zip(order, [d for r in replies[1:] for d in r[3]], strict=True))
-            datas = [by_user[u] for u in wanted]
-            # Erasure times in ``wanted`` order, for the users without a record.
+            datas = [by_user[u] for u in user_ids]
+            # Erasure times in ``user_ids`` order, for the users without a record.
             missing = iter(erased)
             times = {u: next(missing) for u in order if by_user[u] is None}
-            erased = [times[u] for u in wanted if by_user[u] is None]
-        out: dict[str, UserRecord] = held
+            erased = [times[u] for u in user_ids if by_user[u] is None]
+        out: dict[str, UserRecord] = {}
         erased_at = iter(erased)
-        for uid, data in zip(wanted, datas, strict=True):
+        for uid, data in zip(user_ids, datas, strict=True):
             if data is None:
                 out[uid] = UserRecord(erased_at=int(float(next(erased_at) or 0)))
+            elif type(data) is int:  # still at the revision held in memory
+                out[uid] = held[uid]
             else:
                 out[uid] = self._decode(data)
+        if held:
+            self.cache.counted(len(user_ids), sum(type(d) is int for d in datas))
         it = iter(ptimes)
         partition_times = tp_times(zip(it, it, strict=True))
         return out, int(stream_time or 0), partition_times
 
     async def _load_call(
-        self, clock: list[str] | None, user_ids: Sequence[str]
+        self, clock: list[str] | None, user_ids: Sequence[str], held: dict[str, UserRecord]
     ) -> tuple[Any, list[Any], list[Any], list[Any]]:
         keys: list[str] = list(clock or ())
         args: list[str | bytes] = ["1" if clock else "0"]
         for uid in user_ids:
             k = self.keys.user(uid)
             keys += (k.bucket, k.erased)
-            args += (uid, self.erased_digest(uid))
+            rec = held.get(uid)
+            rev = rec.rev.to_bytes(REV_BYTES, "little") if rec is not None else b""
+            args += (uid, self.erased_digest(uid), rev)
         stream_time, ptimes, erased, *datas = await self._load(keys=keys, args=args)
         return stream_time, ptimes, erased, datas
 
@@ -552,38 +567,6 @@ class StateStore:
         """Every worker's latest drift report (readers judge freshness by ``at``)."""
         raw = await self._r.hgetall(self.keys.drift)
         return [orjson.loads(v) for v in raw.values()]
-
-    async def bucket_records(self, group: int) -> list[bytes]:
-        """The stored records of one hash-tag group (for audits and benchmarks)."""
-        async with self._r.pipeline(transaction=False) as pipe:
-            for key in self.keys.buckets_of(group):
-                pipe.hvals(key)
-            return [v for vals in await pipe.execute() for v in vals]
-
-    async def scan_users(self, count: int = 1000) -> list[str]:
-        """Every user id under this prefix (for tests, export and audits; not the hot path)."""
-        users = []
-        async for key in self._r.scan_iter(match=f"{self.prefix}:{{*}}:b:*", count=count):
-            users += [u.decode() for u in await self._r.hkeys(key)]
-        return users
-
-    async def memory_per_user(self) -> dict[str, float]:
-        """Bytes Redis holds per stored user, by kind of key (MEMORY USAGE; for benchmarks)."""
-        totals = dict.fromkeys(["records", "members", "schedule", "other"], 0)
-        async for key in self._r.scan_iter(match=f"{self.prefix}:*", count=1000):
-            kind = self.keys.kind(key.decode())
-            totals[kind] += int(await self._r.memory_usage(key, samples=0) or 0)
-        users = max(1, len(await self.scan_users()))
-        out = {k: v / users for k, v in totals.items()}
-        out["total"] = sum(totals.values()) / users
-        return out
-
-    async def delete_prefix(self) -> int:
-        """Delete every key under this prefix (tests and `segmenter demo` clean-up only)."""
-        n = 0
-        async for key in self._r.scan_iter(match=f"{self.prefix}:*", count=1000):
-            n += await self._r.delete(key)
-        return n
 
 
 __all__ = [

@@ -13,7 +13,7 @@ from zlib import crc32
 from stream.worker.state.keys import AUDIENCE_PREFIX, GROUPS, MEMBER_SHARDS, KeyLayout
 from stream.worker.state.record_codec import UserRecord, encode_record, next_rev
 
-_REV_BYTES = 4  # a stored record starts with its revision (stream.worker.state.record_codec)
+REV_BYTES = 4  # a stored record starts with its revision (stream.worker.state.record_codec)
 
 
 class ScriptCall(NamedTuple):
@@ -29,9 +29,9 @@ class PreparedCommit(NamedTuple):
 
     groups: list[ScriptCall]
     clock: ScriptCall | None
-    #: Per user written: (user id, record, the revision stored; 0 = erased),
-    #: for stream.worker.state.record_cache once the commit has succeeded.
-    written: list[tuple[str, UserRecord, int]]
+    #: Per user written: (user id, record, the revision stored (0 = erased), its
+    #: stored size), for stream.worker.state.record_cache once the commit succeeded.
+    written: list[tuple[str, UserRecord, int, int]]
 
 
 class UserWrite(NamedTuple):
@@ -100,7 +100,7 @@ def encode_commit(
     calls: dict[int, tuple[list[Any], list[Any], list[int]]] = {}
     # A new record is first taken out of every index named in ``clean``.
     buckets, n_buckets = layout.bucket_keys, layout.buckets
-    written: list[tuple[str, UserRecord, int]] = []
+    written: list[tuple[str, UserRecord, int, int]] = []
     for w in writes:
         rec, uid = w.record, w.user_id
         h = crc32(uid.encode())
@@ -133,11 +133,12 @@ def encode_commit(
         if moves:
             keys += [layout.members(name)[shard] for _, name in moves]
         rev = 0 if erase else next_rev(rec.rev)
-        written.append((uid, rec, rev))
+        stored = b"" if erase else encode_record(rec, rev=rev)
+        written.append((uid, rec, rev, len(stored)))
         args += (
             uid,
-            rec.rev.to_bytes(_REV_BYTES, "little") if rec.exists else b"",
-            b"" if erase else encode_record(rec, rev=rev),
+            rec.rev.to_bytes(REV_BYTES, "little") if rec.exists else b"",
+            stored,
             old_day,
             due_arg,
             new_day,

@@ -223,7 +223,8 @@ def mount_api(
         check_user_id(user_id)
         key = user_id if settings is None else stored_id(settings, user_id)
         # One pipelined round trip for the record and stream time.
-        records, stream_time, _ = await store.load([key])
+        # Not from the worker's cache: a read must not take a batch's record out.
+        records, stream_time, _ = await store.load([key], cached=False)
         rec = records[key]
         if not rec.exists:
             return _error(404, "unknown user", user_id=user_id)
