@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from stream import metrics
 from stream.core.dedup import SeenEvents
-from stream.core.fold import fold_all
+from stream.core.fold import UserState, fold_all
 from stream.worker.state.record_cache import MAX_STORED_BYTES, RecordCache
 from stream.worker.state.record_codec import as_stored, next_rev
 from stream.worker.state.store import (
@@ -199,3 +199,42 @@ def test_erasing_through_the_store_drops_the_cached_record(redis_url: str, prefi
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_the_record_layout_is_byte_for_byte_what_earlier_releases_wrote() -> None:
+    """The encoder is tuned for speed (memoised strings, cached packers); the bytes
+    it writes are a stored format and must not move (hex from the encoder before)."""
+    s = UserState(
+        first_seen=1_700_000_000_000,
+        last_seen=1_700_086_400_000,
+        last_order_at=1_700_086_400_000,
+        first_order_at=1_700_000_000_000,
+        order_count=3,
+        total_spend=129.5,
+        events=11,
+        session_count=2,
+        recent_sessions=[7, 4_000_000_000],
+        categories=0b1011,
+    )
+    s.decayed = {k: 0.5 * i for i, k in enumerate(s.decayed)}
+    rec = UserRecord(
+        state=s,
+        segment="regular",
+        probabilities=dict(zip(CLASSES, [0.1234, 0.5, 0.3766, 0.0], strict=True)),
+        version=4,
+        model_version="20261207T000000-abc",
+        offsets={"orders:3": 17, "clickstream:12": 90_000},
+        seen=SeenEvents({123: (19_675 << 3) | 1}, {472_000: {5, 9}}),
+        scored_at=1_700_086_400_000,
+        due=1_702_678_400_000,
+        partition=3,
+        rev=77,
+        erased_at=1_600_000_000_000,
+        audiences=("lapsed", "vip"),
+        audience_version=2,
+    )
+    golden = bytes.fromhex(
+        "4d000000070068e5cf8b01000000c40bd58b01000000c40bd58b0100000300000000000000000000000000000000306040000000000000000000000000000000000b000000020000000b000000000000000000000000000000000000000000e03f000000000000f03f000000000000f83f0000000000000040000000000000044000000000000008400400000000c40bd58b010000008c8a6f8c0100000300020700000000286bee07726567756c6172133230323631323037543030303030302d61626304d2048813b60e000002066f7264657273030011000000000000000b636c69636b73747265616d0c00905f01000000000001000000db4c0000d90300000000000100c03307000200050000000900000002066c617073656403766970020000000068e5cf8b01000000806e8774010000"
+    )
+    assert encode_record(rec) == encode_record(rec) == golden  # twice: memoised the same
+    assert decode_record(golden, CLASSES) == rec
