@@ -32,6 +32,16 @@ WEEK_DAYS = 7.0
 #: The extra model inputs, appended to the feature row in this order.
 CADENCE_INPUTS: tuple[str, ...] = ("btyd_p_alive", "btyd_purchases", "btyd_spend")
 
+#: The feature columns the cadence reads. No other column moves its inputs or
+#: its scores (tests/model/test_explain.py holds both to that), which is what
+#: lets an explanation occlude any other feature without recomputing them.
+CADENCE_READS: tuple[str, ...] = (
+    "order_count",
+    "days_since_first_order",
+    "days_since_last_order",
+    "avg_order_value",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Cadence:

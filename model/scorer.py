@@ -96,10 +96,10 @@ class Scorer:
         if self.towers is None:
             probs = self._softmax(x)
             return Scores(probs, legacy_traits(self.classes, probs))
-        probs, traits = self.towers.value.compose(self.heads(x), self.classes, self._btyd(x))
+        probs, traits = self.towers.value.compose(self.heads(x), self.classes, self.btyd(x))
         return Scores(probs, traits)
 
-    def _btyd(self, x: np.ndarray) -> np.ndarray | None:
+    def btyd(self, x: np.ndarray) -> np.ndarray | None:
         """The buy-till-you-die scores a stacked value head reads (None if it reads none)."""
         towers = self.towers
         if towers is None or towers.value.stack is None or towers.cadence is None:
@@ -108,16 +108,34 @@ class Scorer:
 
     def heads(self, x: np.ndarray) -> np.ndarray:
         """The ``towers`` kind's raw outputs (n, 4): active logit, buy logit, value, line logit."""
+        return self.heads_after(self.first_layer(self.model_input(x)))
+
+    def model_input(self, x: np.ndarray) -> np.ndarray:
+        """The ``towers`` kind's network input: ``x`` with its cadence inputs, clipped to
+        the training range and standardised, (n, :attr:`n_inputs`)."""
         if self.towers is None:
             raise ValueError("only a value-head model has heads")
-        h = self._standardised(extend(np.asarray(x, dtype=np.float64), self.towers.cadence))
-        (w_in, b_in), (w_out, b_out) = self.layers
-        a = _rowwise(h, w_in) + b_in
+        return self._standardised(extend(np.asarray(x, dtype=np.float64), self.towers.cadence))
+
+    def first_layer(self, h: np.ndarray) -> np.ndarray:
+        """The towers' first layer before its activation, for :meth:`model_input` rows."""
+        w_in, b_in = self.layers[0]
+        out: np.ndarray = _rowwise(h, w_in) + b_in
+        return out
+
+    def heads_after(self, a: np.ndarray) -> np.ndarray:
+        """:meth:`heads` from :meth:`first_layer`'s output."""
+        w_out, b_out = self.layers[1]
         n_hidden = w_out.shape[0]
         out: np.ndarray = (
             _rowwise(np.maximum(a[:, :n_hidden], 0.0), w_out) + b_out + a[:, n_hidden:]
         )
         return out
+
+    def standardised_mean(self) -> np.ndarray:
+        """Each network input at its training mean, as :meth:`model_input` gives it:
+        0, unless the training range clips the mean."""
+        return self._standardised(self.mean[None, :])[0]
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities for a (n, n_features) matrix, one forward pass.
@@ -132,7 +150,7 @@ class Scorer:
         the cost of one matrix product, which is small beside the batch.
         """
         if self.towers is not None:
-            return self.towers.value.probabilities(self.heads(x), self.classes, self._btyd(x))
+            return self.towers.value.probabilities(self.heads(x), self.classes, self.btyd(x))
         return self._softmax(x)
 
     def _standardised(self, x: np.ndarray) -> np.ndarray:
