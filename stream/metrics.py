@@ -81,8 +81,8 @@ REDIS_ERRORS = Counter(
 )
 STATE_CACHE_READS = Counter(
     "segmenter_state_cache_reads_total",
-    "Users read by batches and sweeps with a record in the worker's cache of what it "
-    "committed: still current in Redis (hit, not sent again) or not (miss)",
+    "Users read by batches and sweeps of a worker that caches what it committed: "
+    "held and still current in Redis (hit, not sent again), or read from Redis (miss)",
     ["outcome"],
 )
 STATE_CACHE_USERS = Gauge(

@@ -123,6 +123,26 @@ def test_a_batch_reads_its_committed_users_from_the_cache_and_the_rest_from_redi
 
 
 @pytest.mark.integration
+def test_reads_with_the_cache_empty_count_as_misses_and_the_apis_not_at_all(
+    redis_url: str, prefix: str
+) -> None:
+    """After a rebalance the cache is empty: the hit rate must show it, not go quiet."""
+
+    async def scenario() -> None:
+        store = StateStore.from_url(redis_url, prefix, cache_users=100)
+        try:
+            hits, misses = _reads("hit"), _reads("miss")
+            await store.load(["a", "b"])
+            assert (_reads("hit") - hits, _reads("miss") - misses) == (0, 2)
+            await store.load(["a"], cached=False)  # the read API's
+            assert (_reads("hit") - hits, _reads("miss") - misses) == (0, 2)
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.integration
 def test_a_record_someone_else_wrote_since_is_read_from_redis(redis_url: str, prefix: str) -> None:
     async def scenario() -> None:
         ours = StateStore.from_url(redis_url, prefix, cache_users=100)

@@ -304,8 +304,9 @@ class StateStore(StoreAudits):
                 out[uid] = held[uid]
             else:
                 out[uid] = self._decode(data)
-        if held:
-            self.cache.counted(len(user_ids), sum(type(d) is int for d in datas))
+        if cached and self.cache.capacity:
+            # Counted with an empty cache too (after a rebalance): every read is then a miss.
+            self.cache.counted(len(user_ids), sum(type(d) is int for d in datas) if held else 0)
         it = iter(ptimes)
         partition_times = tp_times(zip(it, it, strict=True))
         return out, int(stream_time or 0), partition_times
